@@ -1,0 +1,1 @@
+"""Sample microservices (orders, payments, inventory, shipping) run by `sagakit demo`."""

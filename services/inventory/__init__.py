@@ -1,0 +1,1 @@
+"""Inventory: reserves stock for orders (ReserveStock / ReleaseStock)."""

@@ -1,0 +1,76 @@
+"""The place-order saga, as the orders service defines it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from sagakit import Saga, Step
+from services.inventory.messages import OutOfStock, ReleaseStock, ReserveStock, StockReserved
+from services.payments.messages import CreditLimitExceeded, CreditReleased, CreditReserved, ReleaseCredit, ReserveCredit
+from services.shipping.messages import ScheduleShipment, ShipmentFailed, ShipmentScheduled
+
+from .messages import ApproveOrder, OrderApproved, RejectOrder
+
+
+class OrderState(BaseModel):
+    order_id: str
+    customer_id: str
+    product_id: str
+    quantity: int
+    amount: int
+    address: str
+    shipment_id: str | None = None
+    rejection_reason: str | None = None
+
+
+def reject_order(state: OrderState) -> RejectOrder:
+    return RejectOrder(order_id=state.order_id, reason=state.rejection_reason or "rejected")
+
+
+def note_reason(state: OrderState, failure: Any) -> OrderState:
+    return state.model_copy(update={"rejection_reason": failure.reason})
+
+
+def note_shipment(state: OrderState, reply: ShipmentScheduled) -> OrderState:
+    return state.model_copy(update={"shipment_id": reply.shipment_id})
+
+
+place_order: Saga[OrderState] = Saga(
+    "place-order",
+    version=1,
+    state=OrderState,
+    steps=[
+        # The orders service created the order (PENDING) before starting the saga;
+        # if a later step fails, the order is rejected.
+        Step("create-order", compensate=reject_order),
+        Step(
+            "reserve-credit",
+            invoke=ReserveCredit,
+            on_reply={CreditReserved: None},
+            failures=[CreditLimitExceeded],
+            on_failure=note_reason,
+            compensate=ReleaseCredit,
+        ),
+        Step(
+            "reserve-stock",
+            invoke=ReserveStock,
+            on_reply={StockReserved: None},
+            failures=[OutOfStock],
+            on_failure=note_reason,
+            compensate=ReleaseStock,
+        ),
+        # The last step that can fail needs no compensation: nothing after it fails.
+        Step(
+            "schedule-shipment",
+            invoke=ScheduleShipment,
+            on_reply={ShipmentScheduled: note_shipment},
+            failures=[ShipmentFailed],
+            on_failure=note_reason,
+        ),
+        Step("approve-order", invoke=ApproveOrder, on_reply={OrderApproved: None}),
+    ],
+)
+
+__all__ = ["CreditReleased", "OrderState", "place_order"]

@@ -1,0 +1,1 @@
+"""Payments: holds customer credit for orders (ReserveCredit / ReleaseCredit)."""

@@ -1,0 +1,87 @@
+"""Customer credit in SQLite, and the handlers of the payments service."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from sagakit import BusinessFailure, HandlerContext, Service, SqliteStore
+
+from .messages import CreditLimitExceeded, CreditReleased, CreditReserved, ReleaseCredit, ReserveCredit
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS customers (id TEXT PRIMARY KEY, credit_limit INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS credit_reservations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    order_id TEXT NOT NULL,
+    customer_id TEXT NOT NULL,
+    amount INTEGER NOT NULL,
+    status TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS credit_by_order ON credit_reservations(order_id);
+CREATE INDEX IF NOT EXISTS credit_by_customer ON credit_reservations(customer_id, status);
+"""
+
+
+class CreditRepository:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def add_customer(self, customer_id: str, credit_limit: int) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO customers (id, credit_limit) VALUES (?, ?)", (customer_id, credit_limit)
+        )
+
+    def available(self, customer_id: str) -> int:
+        row = self.db.execute(
+            "SELECT c.credit_limit - COALESCE((SELECT SUM(amount) FROM credit_reservations r "
+            "WHERE r.customer_id = c.id AND r.status = 'RESERVED'), 0) FROM customers c WHERE c.id = ?",
+            (customer_id,),
+        ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def reserve(self, order_id: str, customer_id: str, amount: int) -> None:
+        self.db.execute(
+            "INSERT INTO credit_reservations (order_id, customer_id, amount, status) "
+            "VALUES (?, ?, ?, 'RESERVED')",
+            (order_id, customer_id, amount),
+        )
+
+    def release(self, order_id: str) -> None:
+        self.db.execute(
+            "UPDATE credit_reservations SET status = 'RELEASED' WHERE order_id = ? AND status = 'RESERVED'",
+            (order_id,),
+        )
+
+    def held_by_customer(self) -> dict[str, int]:
+        rows = self.db.execute(
+            "SELECT customer_id, SUM(amount) FROM credit_reservations WHERE status = 'RESERVED' "
+            "GROUP BY customer_id"
+        )
+        return {c: int(a) for c, a in rows}
+
+    def reservations_per_order(self) -> dict[str, int]:
+        rows = self.db.execute("SELECT order_id, COUNT(*) FROM credit_reservations GROUP BY order_id")
+        return {o: int(n) for o, n in rows}
+
+
+def build(store: SqliteStore, *, partitions: int = 8) -> Service[sqlite3.Connection]:
+    store.connection.executescript(SCHEMA)
+    service = Service("payments", store, partitions=partitions)
+
+    @service.handles(ReserveCredit)
+    def reserve_credit(cmd: ReserveCredit, ctx: HandlerContext[sqlite3.Connection]) -> CreditReserved:
+        credit = CreditRepository(ctx.db)
+        available = credit.available(cmd.customer_id)
+        if cmd.amount > available:
+            raise BusinessFailure(
+                CreditLimitExceeded(order_id=cmd.order_id, requested=cmd.amount, available=available)
+            )
+        credit.reserve(cmd.order_id, cmd.customer_id, cmd.amount)
+        return CreditReserved(order_id=cmd.order_id)
+
+    @service.handles(ReleaseCredit)
+    def release_credit(cmd: ReleaseCredit, ctx: HandlerContext[sqlite3.Connection]) -> CreditReleased:
+        CreditRepository(ctx.db).release(cmd.order_id)
+        return CreditReleased(order_id=cmd.order_id)
+
+    return service

@@ -1,0 +1,1 @@
+"""Shipping: schedules shipments; fails for addresses it cannot deliver to."""

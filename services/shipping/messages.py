@@ -1,0 +1,18 @@
+"""The shipping service's contract."""
+
+from sagakit import Command, Reply
+
+
+class ScheduleShipment(Command, type="shipping.ScheduleShipment"):
+    order_id: str
+    address: str
+
+
+class ShipmentScheduled(Reply, type="shipping.ShipmentScheduled"):
+    order_id: str
+    shipment_id: str
+
+
+class ShipmentFailed(Reply, type="shipping.ShipmentFailed"):
+    order_id: str
+    reason: str

@@ -1,0 +1,164 @@
+"""The sample system assembled: four services, their stores and the consistency check."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sagakit import Service, SqliteStore
+
+from .inventory import service as inventory
+from .orders.service import NewOrder, OrdersApp
+from .payments import service as payments
+from .shipping import service as shipping
+
+RICH_CREDIT = 1_000_000_000
+POOR_CREDIT = 10
+PLENTY = 1_000_000
+BLOCKED_REGION = "Atlantis"
+FAILURE_KINDS = ("credit", "stock", "shipping")
+
+
+@dataclass
+class SampleSystem:
+    orders: OrdersApp
+    payments: Service[sqlite3.Connection]
+    inventory: Service[sqlite3.Connection]
+    shipping: Service[sqlite3.Connection]
+    stores: dict[str, SqliteStore]
+
+    def services(self) -> list[Service[sqlite3.Connection]]:
+        return [self.orders.service, self.payments, self.inventory, self.shipping]
+
+    def db(self, name: str) -> sqlite3.Connection:
+        return self.stores[name].connection
+
+    def close(self) -> None:
+        for store in self.stores.values():
+            store.close()
+
+
+def build_system(
+    *,
+    db_dir: Path | None = None,
+    partitions: int = 8,
+    on_ended: Callable[[str, str], None] | None = None,
+) -> SampleSystem:
+    """The four services, each with its own SQLite database (files in `db_dir`, else memory)."""
+
+    def store(name: str) -> SqliteStore:
+        return SqliteStore(db_dir / f"{name}.sqlite3" if db_dir is not None else ":memory:")
+
+    stores = {name: store(name) for name in ("orders", "payments", "inventory", "shipping")}
+    return SampleSystem(
+        orders=OrdersApp(stores["orders"], partitions=partitions, on_ended=on_ended),
+        payments=payments.build(stores["payments"], partitions=partitions),
+        inventory=inventory.build(stores["inventory"], partitions=partitions),
+        shipping=shipping.build(stores["shipping"], partitions=partitions),
+        stores=stores,
+    )
+
+
+def seed_orders(system: SampleSystem, count: int, *, seed: int, run: str) -> list[NewOrder]:
+    """Reference data and `count` orders in which every failure path happens.
+
+    Whether an order fails does not depend on which order is processed first: a
+    credit failure uses a customer whose limit is below any order, a stock failure a
+    product with no stock, a shipping failure an undeliverable region. So both
+    coordination styles must reach the same outcome for the same seed.
+    """
+    rng = random.Random(seed)
+    credit = payments.CreditRepository(system.db("payments"))
+    stock = inventory.StockRepository(system.db("inventory"))
+    shipments = shipping.ShipmentRepository(system.db("shipping"))
+    credit.add_customer(f"{run}-cust-rich-1", RICH_CREDIT)
+    credit.add_customer(f"{run}-cust-rich-2", RICH_CREDIT)
+    credit.add_customer(f"{run}-cust-poor", POOR_CREDIT)
+    stock.add_product(f"{run}-prod-a", PLENTY)
+    stock.add_product(f"{run}-prod-b", PLENTY)
+    stock.add_product(f"{run}-prod-gone", 0)
+    shipments.block_region(BLOCKED_REGION)
+    orders = []
+    for i in range(count):
+        kind = FAILURE_KINDS[i] if i < len(FAILURE_KINDS) else rng.choices(
+            ("ok", *FAILURE_KINDS), weights=(70, 10, 10, 10)
+        )[0]
+        customer = f"{run}-cust-poor" if kind == "credit" else f"{run}-cust-rich-{rng.randint(1, 2)}"
+        product = f"{run}-prod-gone" if kind == "stock" else f"{run}-prod-{rng.choice('ab')}"
+        region = BLOCKED_REGION if kind == "shipping" else rng.choice(("Lisbon", "Porto", "Faro"))
+        quantity = rng.randint(1, 5)
+        orders.append(
+            NewOrder(
+                order_id=f"{run}-order-{i:06d}",
+                customer_id=customer,
+                product_id=product,
+                quantity=quantity,
+                amount=quantity * rng.randint(100, 5_000),
+                address=f"{rng.randint(1, 200)} Main Street, {region}",
+            )
+        )
+    return orders
+
+
+def check_consistency(system: SampleSystem) -> list[str]:
+    """Violations of the business invariants; an empty list means consistent.
+
+    Every order ended; credit held equals approved amounts per customer; stock
+    reserved equals approved quantities per product and none is negative; one
+    shipment per approved order and none for rejected ones; no effect applied twice.
+    """
+    violations: list[str] = []
+    orders = system.orders.repository.all()
+    approved = [o for o in orders if o.status == "APPROVED"]
+    for o in orders:
+        if o.status not in ("APPROVED", "REJECTED"):
+            violations.append(f"order {o.order_id} is {o.status}, not ended")
+
+    credit = payments.CreditRepository(system.db("payments"))
+    held = credit.held_by_customer()
+    owed: Counter[str] = Counter()
+    for o in approved:
+        owed[o.customer_id] += o.amount
+    for customer in sorted(set(held) | set(owed)):
+        if held.get(customer, 0) != owed.get(customer, 0):
+            violations.append(
+                f"customer {customer}: credit held {held.get(customer, 0)}, "
+                f"approved orders total {owed.get(customer, 0)}"
+            )
+
+    stock = inventory.StockRepository(system.db("inventory"))
+    reserved = stock.reserved_by_product()
+    wanted: Counter[str] = Counter()
+    for o in approved:
+        wanted[o.product_id] += o.quantity
+    for product, (left, initial) in sorted(stock.products().items()):
+        if left < 0:
+            violations.append(f"product {product}: stock is negative ({left})")
+        if reserved.get(product, 0) != wanted.get(product, 0):
+            violations.append(
+                f"product {product}: {reserved.get(product, 0)} reserved, "
+                f"approved orders need {wanted.get(product, 0)}"
+            )
+        if left + reserved.get(product, 0) != initial:
+            violations.append(f"product {product}: stock leaked ({left} + reserved != {initial})")
+
+    shipped = shipping.ShipmentRepository(system.db("shipping")).shipments_per_order()
+    for o in orders:
+        n = shipped.get(o.order_id, 0)
+        if o.status == "APPROVED" and n != 1:
+            violations.append(f"order {o.order_id} is APPROVED with {n} shipments")
+        if o.status == "REJECTED" and n != 0:
+            violations.append(f"order {o.order_id} is REJECTED with {n} shipments")
+
+    for name, per_order in (
+        ("credit reservation", credit.reservations_per_order()),
+        ("stock reservation", stock.reservations_per_order()),
+    ):
+        for order_id, n in per_order.items():
+            if n > 1:
+                violations.append(f"order {order_id}: {n} {name}s (effect applied twice)")
+    return violations

@@ -1,0 +1,85 @@
+"""sagakit: sagas over Kafka for asyncio, orchestrated or choreographed."""
+
+from ._client import SagaClient
+from ._codec import Codec, Incoming, JsonCodec
+from ._definition import RetryPolicy, Saga, Step
+from ._errors import (
+    BrokerError,
+    BusinessFailure,
+    DecodeError,
+    DefinitionError,
+    PartitionsLost,
+    SagaError,
+    TopicMismatch,
+    TransportError,
+)
+from ._evaluator import Decision, PendingCommand, Phase, SagaInstance, SagaStatus, Transition, decide, evolve, replay
+from ._idempotency import IdempotencyStore, MemoryStore, SqliteStore, StoredReply
+from ._messages import Command, Envelope, Event, Header, Message, Reply, StartSaga
+from ._orchestrator import Orchestrator
+from ._participant import HandlerContext, Service
+from .eventlog import EventLog, KafkaEventLog, MemoryEventLog
+from .transport import (
+    KafkaSettings,
+    KafkaTransport,
+    MemoryBroker,
+    MemoryTransport,
+    OutgoingRecord,
+    Record,
+    TopicPartition,
+    Transport,
+)
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "BrokerError",
+    "BusinessFailure",
+    "Codec",
+    "Command",
+    "DecodeError",
+    "Decision",
+    "DefinitionError",
+    "Envelope",
+    "Event",
+    "EventLog",
+    "HandlerContext",
+    "Header",
+    "IdempotencyStore",
+    "Incoming",
+    "JsonCodec",
+    "KafkaEventLog",
+    "KafkaSettings",
+    "KafkaTransport",
+    "MemoryBroker",
+    "MemoryEventLog",
+    "MemoryStore",
+    "MemoryTransport",
+    "Message",
+    "Orchestrator",
+    "OutgoingRecord",
+    "PartitionsLost",
+    "PendingCommand",
+    "Phase",
+    "Record",
+    "Reply",
+    "RetryPolicy",
+    "Saga",
+    "SagaClient",
+    "SagaError",
+    "SagaInstance",
+    "SagaStatus",
+    "Service",
+    "SqliteStore",
+    "StartSaga",
+    "Step",
+    "StoredReply",
+    "TopicMismatch",
+    "TopicPartition",
+    "Transition",
+    "Transport",
+    "TransportError",
+    "decide",
+    "evolve",
+    "replay",
+)

@@ -1,0 +1,324 @@
+"""The saga DSL: a saga is a named, versioned recipe of steps over a typed state.
+
+    place_order = Saga(
+        "place-order",
+        version=1,
+        state=OrderState,
+        steps=[
+            Step("create-order", compensate=reject_order),
+            Step(
+                "reserve-credit",
+                invoke=ReserveCredit,                 # built from the state's fields
+                on_reply={CreditReserved: None},      # success replies (and how they update state)
+                failures=(CreditLimitExceeded,),      # business failures: compensate
+                compensate=ReleaseCredit,
+            ),
+            ...
+        ],
+    )
+
+Everything is checked when the `Saga` is built; mistakes raise DefinitionError
+naming the saga and the step.
+"""
+
+from __future__ import annotations
+
+import re
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel
+
+from ._errors import DefinitionError
+from ._messages import Command, Reply, is_registered
+
+S = TypeVar("S", bound=BaseModel)
+
+#: Builds a command from the saga state: a Command class (fields copied from the
+#: state by name) or a function with an annotated return type.
+CommandBuilder = type[Command] | Callable[[S], Command]
+#: Updates the state from a reply; None means the reply leaves the state as it is.
+StateUpdate = Callable[[S, Any], S] | None
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often a step's command is sent before it counts as failed.
+
+    Only ``max_attempts=1`` (no retries) is acted on today; the fields are the
+    contract the retry and timer support builds on.
+    """
+
+    max_attempts: int = 1
+    initial_backoff_s: float = 0.5
+    max_backoff_s: float = 30.0
+    multiplier: float = 2.0
+    jitter: float = 0.2
+    timeout_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise DefinitionError(f"RetryPolicy.max_attempts must be >= 1, got {self.max_attempts}")
+
+
+@dataclass(frozen=True, slots=True)
+class Action(Generic[S]):
+    """A resolved command builder: the command type, its topic and how to build it."""
+
+    command: type[Command]
+    topic: str
+    build: Callable[[S], Command]
+
+
+@dataclass(frozen=True)
+class Step(Generic[S]):
+    """One step of a saga.
+
+    name        -- unique within the saga, used in command ids and journal records
+    invoke      -- the command sent to the participant (omit for a step whose forward
+                   action happened before the saga started, e.g. creating the order)
+    on_reply    -- success reply types, each with an optional state update
+    failures    -- reply types that are business failures: the saga compensates
+    on_failure  -- optional state update applied with a failure reply
+    compensate  -- the command that undoes this step (optional)
+    to          -- participant name; default: the command type's prefix
+                   (``payments.ReserveCredit`` goes to ``payments.commands``)
+    pivot       -- point of no return: later steps are retried forward, never compensated
+    """
+
+    name: str
+    invoke: CommandBuilder[S] | None = None
+    on_reply: Mapping[type[Reply], StateUpdate[S]] = field(default_factory=dict)
+    failures: Sequence[type[Reply]] = ()
+    on_failure: StateUpdate[S] = None
+    compensate: CommandBuilder[S] | None = None
+    to: str | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    pivot: bool = False
+
+    @property
+    def can_fail(self) -> bool:
+        return self.invoke is not None and bool(self.failures)
+
+
+@dataclass(frozen=True)
+class _ResolvedStep(Generic[S]):
+    step: Step[S]
+    index: int
+    action: Action[S] | None
+    compensation: Action[S] | None
+    success: Mapping[type[Reply], StateUpdate[S]]
+    failures: frozenset[type[Reply]]
+
+    @property
+    def name(self) -> str:
+        return self.step.name
+
+
+class Saga(Generic[S]):
+    """A validated saga definition (immutable once built)."""
+
+    def __init__(self, name: str, *, version: int = 1, state: type[S], steps: Sequence[Step[S]]):
+        self.name = name
+        self.version = version
+        self.state = state
+        self.steps: tuple[Step[S], ...] = tuple(steps)
+        self._resolved: tuple[_ResolvedStep[S], ...] = ()
+        self._by_name: dict[str, _ResolvedStep[S]] = {}
+        self._validate()
+
+    def __repr__(self) -> str:
+        return f"Saga({self.name!r}, version={self.version}, steps={[s.name for s in self.steps]})"
+
+    # topics --------------------------------------------------------------
+    @property
+    def inbox_topic(self) -> str:
+        return f"{self.name}.inbox"
+
+    @property
+    def journal_topic(self) -> str:
+        return f"{self.name}.journal"
+
+    def command_topics(self) -> frozenset[str]:
+        topics = set()
+        for r in self._resolved:
+            for action in (r.action, r.compensation):
+                if action is not None:
+                    topics.add(action.topic)
+        return frozenset(topics)
+
+    # lookup ----------------------------------------------------------------
+    def resolved(self) -> tuple[_ResolvedStep[S], ...]:
+        return self._resolved
+
+    def step(self, name: str) -> _ResolvedStep[S]:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise DefinitionError(f"saga {self.name!r} has no step {name!r}") from None
+
+    # validation ------------------------------------------------------------
+    def _fail(self, step: str | None, problem: str) -> DefinitionError:
+        where = f"step {step!r} of saga {self.name!r}" if step else f"saga {self.name!r}"
+        return DefinitionError(f"{where}: {problem}")
+
+    def _validate(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise DefinitionError(
+                f"saga name {self.name!r} must be lower-case letters, digits, '.', '_' or '-' "
+                "(it names the saga's topics)"
+            )
+        if not isinstance(self.version, int) or self.version < 1:
+            raise self._fail(None, f"version must be a positive integer, got {self.version!r}")
+        if not (isinstance(self.state, type) and issubclass(self.state, BaseModel)):
+            raise self._fail(None, f"state must be a pydantic model class, got {self.state!r}")
+        if not self.steps:
+            raise self._fail(None, "has no steps")
+        seen: set[str] = set()
+        resolved = []
+        for index, step in enumerate(self.steps):
+            if not isinstance(step, Step):
+                raise self._fail(None, f"steps[{index}] is {step!r}, not a Step")
+            if not _NAME.match(step.name):
+                raise self._fail(step.name, "name must be lower-case letters, digits, '.', '_' or '-'")
+            if step.name in seen:
+                raise self._fail(step.name, "duplicate step name")
+            seen.add(step.name)
+            resolved.append(self._resolve(index, step))
+        self._check_pivot_and_compensation(resolved)
+        self._resolved = tuple(resolved)
+        self._by_name = {r.name: r for r in resolved}
+
+    def _resolve(self, index: int, step: Step[S]) -> _ResolvedStep[S]:
+        if step.invoke is None and step.compensate is None:
+            raise self._fail(step.name, "has neither invoke nor compensate; it does nothing")
+        action = self._action(step, step.invoke, "invoke") if step.invoke is not None else None
+        compensation = (
+            self._action(step, step.compensate, "compensate") if step.compensate is not None else None
+        )
+        if action is None and (step.on_reply or step.failures or step.on_failure):
+            raise self._fail(step.name, "declares replies but sends no command (no invoke)")
+        if action is not None and not step.on_reply:
+            raise self._fail(
+                step.name,
+                f"sends {action.command.message_type} but lists no success reply in on_reply",
+            )
+        for reply in [*step.on_reply, *step.failures]:
+            if not (isinstance(reply, type) and issubclass(reply, Reply)):
+                raise self._fail(step.name, f"{reply!r} is not a Reply model")
+            if not is_registered(reply):
+                raise self._fail(
+                    step.name,
+                    f"reply {reply.__qualname__} is not registered: declare it as "
+                    f'class {reply.__name__}(Reply, type="<service>.{reply.__name__}")',
+                )
+        for reply, update in step.on_reply.items():
+            if update is not None and not callable(update):
+                raise self._fail(step.name, f"on_reply[{reply.__name__}] is not callable")
+        if step.on_failure is not None and not callable(step.on_failure):
+            raise self._fail(step.name, "on_failure is not callable")
+        both = set(step.on_reply) & set(step.failures)
+        if both:
+            names = ", ".join(sorted(r.message_type for r in both))
+            raise self._fail(step.name, f"{names} listed both as success and as failure")
+        if step.on_failure is not None and not step.failures:
+            raise self._fail(step.name, "has on_failure but lists no failures")
+        return _ResolvedStep(
+            step, index, action, compensation, dict(step.on_reply), frozenset(step.failures)
+        )
+
+    def _action(self, step: Step[S], builder: CommandBuilder[S], what: str) -> Action[S]:
+        if isinstance(builder, type):
+            command = builder
+            build = self._from_state(command)
+        elif callable(builder):
+            command = self._return_type(step, builder, what)
+            build = builder
+        else:
+            raise self._fail(step.name, f"{what} must be a Command class or a function")
+        if not issubclass(command, Command):
+            raise self._fail(step.name, f"{what} builds {command.__qualname__}, which is not a Command")
+        if not is_registered(command):
+            raise self._fail(
+                step.name,
+                f"command {command.__qualname__} is not registered: declare it as "
+                f'class {command.__name__}(Command, type="<service>.{command.__name__}")',
+            )
+        participant = step.to or command.message_type.rpartition(".")[0]
+        if not participant or not _NAME.match(participant):
+            raise self._fail(
+                step.name,
+                f"cannot tell which participant handles {command.message_type}: name it "
+                "'<service>.<Command>' or pass to='<service>'",
+            )
+        if isinstance(builder, type):
+            self._check_fields(step, command)
+        return Action(command, f"{participant}.commands", build)
+
+    def _from_state(self, command: type[Command]) -> Callable[[S], Command]:
+        def build(state: S) -> Command:
+            return command.model_validate(state, from_attributes=True)
+
+        return build
+
+    def _check_fields(self, step: Step[S], command: type[Command]) -> None:
+        missing = [
+            name
+            for name, info in command.model_fields.items()
+            if info.is_required() and name not in self.state.model_fields
+        ]
+        if missing:
+            raise self._fail(
+                step.name,
+                f"{command.__qualname__} is built from the state, but state "
+                f"{self.state.__qualname__} has no field {', '.join(missing)}; "
+                "pass a function instead",
+            )
+
+    def _return_type(self, step: Step[S], fn: Callable[..., Any], what: str) -> type[Command]:
+        try:
+            hints = typing.get_type_hints(fn)
+        except Exception as exc:
+            raise self._fail(step.name, f"cannot read the annotations of {what} ({exc})") from exc
+        ret = hints.get("return")
+        if not isinstance(ret, type):
+            raise self._fail(
+                step.name,
+                f"{what} function {getattr(fn, '__qualname__', fn)!r} needs a return annotation "
+                "naming its Command class (lambdas cannot say it; use a def or the class itself)",
+            )
+        return ret
+
+    def _check_pivot_and_compensation(self, resolved: list[_ResolvedStep[S]]) -> None:
+        pivots = [r for r in resolved if r.step.pivot]
+        if len(pivots) > 1:
+            raise self._fail(pivots[1].name, f"second pivot; {pivots[0].name!r} already is one")
+        pivot = pivots[0].index if pivots else len(resolved)
+        if pivots and pivots[0].action is None:
+            raise self._fail(pivots[0].name, "a pivot must send a command (invoke)")
+        for r in resolved[pivot + 1 :]:
+            if r.step.failures:
+                raise self._fail(
+                    r.name,
+                    f"comes after the pivot {resolved[pivot].name!r}, so it is retried forward "
+                    "and must not list business failures",
+                )
+            if r.compensation is not None:
+                raise self._fail(
+                    r.name,
+                    f"comes after the pivot {resolved[pivot].name!r} and is never compensated; "
+                    "remove its compensate",
+                )
+        for r in resolved[:pivot]:
+            if r.compensation is not None or r.action is None:
+                continue
+            later = [x for x in resolved[r.index + 1 : pivot + 1] if x.step.can_fail]
+            if later:
+                raise self._fail(
+                    r.name,
+                    f"has no compensation but is followed by step {later[0].name!r}, which may fail",
+                )

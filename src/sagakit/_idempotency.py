@@ -1,0 +1,163 @@
+"""Idempotency stores: a participant's stored reply per command message id.
+
+Effect-once needs the stored reply and the business effect to commit in one
+transaction. A store opens one transaction per consumed batch; each command runs in
+a savepoint (a business failure undoes the handler's own writes and still stores the
+failure reply); the transaction commits before the replies are sent.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+TxT = TypeVar("TxT")
+TxT_co = TypeVar("TxT_co", covariant=True)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReply:
+    message_type: str
+    payload: bytes
+
+
+class StoreBatch(Protocol[TxT_co]):
+    """One open transaction of a store."""
+
+    @property
+    def db(self) -> TxT_co: ...
+
+    def reply_for(self, message_id: str) -> StoredReply | None: ...
+
+    def save_reply(self, message_id: str, reply: StoredReply) -> None: ...
+
+    def savepoint(self) -> AbstractContextManager[None]:
+        """Undo the writes made inside the block if it raises."""
+        ...
+
+    def commit(self) -> None: ...
+
+    def rollback(self) -> None: ...
+
+
+class IdempotencyStore(Protocol[TxT_co]):
+    def begin(self) -> StoreBatch[TxT_co]: ...
+
+
+class MemoryStore:
+    """Replies in a dict; the handler gets no database (``ctx.db`` is None)."""
+
+    def __init__(self) -> None:
+        self.replies: dict[str, StoredReply] = {}
+
+    def begin(self) -> _MemoryBatch:
+        return _MemoryBatch(self)
+
+
+class _MemoryBatch:
+    def __init__(self, store: MemoryStore) -> None:
+        self._store = store
+        self._new: dict[str, StoredReply] = {}
+
+    @property
+    def db(self) -> None:
+        return None
+
+    def reply_for(self, message_id: str) -> StoredReply | None:
+        return self._new.get(message_id) or self._store.replies.get(message_id)
+
+    def save_reply(self, message_id: str, reply: StoredReply) -> None:
+        self._new[message_id] = reply
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        yield
+
+    def commit(self) -> None:
+        self._store.replies.update(self._new)
+        self._new = {}
+
+    def rollback(self) -> None:
+        self._new = {}
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sagakit_replies (
+    message_id   TEXT PRIMARY KEY,
+    message_type TEXT NOT NULL,
+    payload      BLOB NOT NULL
+)
+"""
+
+
+class SqliteStore:
+    """Replies in a SQLite table next to the service's own tables, in one transaction.
+
+    Handlers get the connection as ``ctx.db`` and write their business state through
+    it; the reply row and those writes commit together.
+    """
+
+    def __init__(self, path: str | Path = ":memory:") -> None:
+        self.path = str(path)
+        self.connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        if self.path != ":memory:":
+            self.connection.execute("PRAGMA journal_mode=WAL")
+            self.connection.execute("PRAGMA synchronous=NORMAL")
+        self.connection.execute(_SCHEMA)
+
+    def begin(self) -> _SqliteBatch:
+        self.connection.execute("BEGIN IMMEDIATE")
+        return _SqliteBatch(self.connection)
+
+    def close(self) -> None:
+        self.connection.close()
+
+    def reply_count(self) -> int:
+        row = self.connection.execute("SELECT count(*) FROM sagakit_replies").fetchone()
+        return int(row[0])
+
+
+class _SqliteBatch:
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._conn = connection
+        self._n = 0
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        return self._conn
+
+    def reply_for(self, message_id: str) -> StoredReply | None:
+        row = self._conn.execute(
+            "SELECT message_type, payload FROM sagakit_replies WHERE message_id = ?", (message_id,)
+        ).fetchone()
+        return None if row is None else StoredReply(row[0], bytes(row[1]))
+
+    def save_reply(self, message_id: str, reply: StoredReply) -> None:
+        self._conn.execute(
+            "INSERT INTO sagakit_replies (message_id, message_type, payload) VALUES (?, ?, ?)",
+            (message_id, reply.message_type, reply.payload),
+        )
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        self._n += 1
+        name = f"sk{self._n}"
+        self._conn.execute(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException:
+            self._conn.execute(f"ROLLBACK TO {name}")
+            self._conn.execute(f"RELEASE {name}")
+            raise
+        self._conn.execute(f"RELEASE {name}")
+
+    def commit(self) -> None:
+        self._conn.execute("COMMIT")
+
+    def rollback(self) -> None:
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")

@@ -1,0 +1,193 @@
+"""Journal records on the wire, and restoring a partition with claim-epoch fencing.
+
+Each journal partition is written by the owner of the inbox partition with the same
+number. On assignment the new owner replays the partition, appends
+``PartitionClaimed(epoch = highest epoch + 1)`` and from then on stamps its epoch on
+every record. Replay ignores a record whose epoch is below the latest claim before
+it: whatever a stalled former owner (a zombie) appends after losing the partition is
+fenced, without broker transactions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from ._codec import _default
+from ._definition import Saga
+from ._errors import DecodeError
+from ._evaluator import Phase, PendingCommand, SagaInstance, SagaStatus, Transition, evolve
+from ._messages import Command, registered
+from .eventlog._base import EventLog, JournalEntry, StoredEntry
+
+log = logging.getLogger("sagakit.journal")
+
+TRANSITION = "transition"
+CLAIM = "claim"
+
+
+def encode_transition(t: Transition) -> bytes:
+    pending = t.pending
+    return orjson.dumps(
+        {
+            "saga_id": t.saga_id,
+            "saga_type": t.saga_type,
+            "version": t.version,
+            "seq": t.seq,
+            "cause": t.cause,
+            "cause_type": t.cause_type,
+            "at": t.at_ms,
+            "event": t.event,
+            "step": t.step,
+            "status": t.status.value,
+            "state": t.state.model_dump(),
+            "completed": t.completed,
+            "compensated": t.compensated,
+            "pending": None
+            if pending is None
+            else {
+                "step": pending.step,
+                "phase": pending.phase.value,
+                "attempt": pending.attempt,
+                "message_id": pending.message_id,
+                "topic": pending.topic,
+                "type": pending.command.message_type,
+                "command": pending.command.model_dump(),
+                "causation_id": pending.causation_id,
+            },
+            "failure": t.failure,
+            "correlation_id": t.correlation_id,
+            "started": t.started_ms,
+        },
+        default=_default,
+    )
+
+
+def decode_transition(data: bytes, saga: Saga[Any]) -> Transition:
+    try:
+        d = orjson.loads(data)
+        if d["saga_type"] != saga.name:
+            raise DecodeError(f"journal record of saga type {d['saga_type']!r}, expected {saga.name!r}")
+        p = d["pending"]
+        pending = None
+        if p is not None:
+            model = registered(p["type"])
+            if model is None or not issubclass(model, Command):
+                raise DecodeError(f"journal names unknown command type {p['type']!r}")
+            pending = PendingCommand(
+                step=p["step"],
+                phase=Phase(p["phase"]),
+                attempt=p["attempt"],
+                message_id=p["message_id"],
+                topic=p["topic"],
+                command=model.model_validate(p["command"]),
+                causation_id=p["causation_id"],
+            )
+        return Transition(
+            saga_id=d["saga_id"],
+            saga_type=d["saga_type"],
+            version=d["version"],
+            seq=d["seq"],
+            cause=d["cause"],
+            cause_type=d["cause_type"],
+            at_ms=d["at"],
+            event=d["event"],
+            step=d["step"],
+            status=SagaStatus(d["status"]),
+            state=saga.state.model_validate(d["state"]),
+            completed=tuple(d["completed"]),
+            compensated=tuple(d["compensated"]),
+            pending=pending,
+            failure=d["failure"],
+            correlation_id=d["correlation_id"],
+            started_ms=d["started"],
+        )
+    except DecodeError:
+        raise
+    except Exception as exc:
+        raise DecodeError(f"journal record does not decode: {exc!r}") from exc
+
+
+def transition_entry(t: Transition, epoch: int) -> JournalEntry:
+    return JournalEntry(t.saga_id, TRANSITION, epoch, encode_transition(t))
+
+
+def claim_entry(epoch: int) -> JournalEntry:
+    return JournalEntry("", CLAIM, epoch, orjson.dumps({"epoch": epoch}))
+
+
+@dataclass
+class Replayer:
+    """Folds journal entries of one partition into saga instances, applying the fencing."""
+
+    decode: Callable[[bytes], Transition]
+    instances: dict[str, SagaInstance] = field(default_factory=dict)
+    epoch: int = 0
+    next_offset: int = 0
+    applied: int = 0
+    fenced: int = 0
+    anomalies: list[str] = field(default_factory=list)
+
+    def feed(self, batch: list[StoredEntry]) -> None:
+        for stored in batch:
+            self.next_offset = stored.offset + 1
+            entry = stored.entry
+            if entry.kind == CLAIM:
+                self.epoch = max(self.epoch, entry.epoch)
+                continue
+            if entry.kind != TRANSITION:
+                self.anomalies.append(f"offset {stored.offset}: unknown kind {entry.kind!r}")
+                continue
+            if entry.epoch < self.epoch:
+                self.fenced += 1
+                continue
+            t = self.decode(entry.data)
+            current = self.instances.get(t.saga_id)
+            if current is not None and (t.cause in current.applied or t.seq <= current.seq):
+                self.anomalies.append(
+                    f"offset {stored.offset}: saga {t.saga_id} seq {t.seq} repeats seq {current.seq}"
+                )
+                continue
+            expected = 1 if current is None else current.seq + 1
+            if t.seq != expected:
+                self.anomalies.append(
+                    f"offset {stored.offset}: saga {t.saga_id} seq {t.seq}, expected {expected}"
+                )
+            self.instances[t.saga_id] = evolve(current, t)
+            self.applied += 1
+
+
+async def restore_partition(
+    event_log: EventLog, partition: int, decode: Callable[[bytes], Transition]
+) -> Replayer:
+    """Replay one journal partition, claim it with the next epoch, and catch up to the claim.
+
+    Records that land between the end of the replay and our claim were written by
+    the previous owner before it was fenced, so they are applied too.
+    """
+    replayer = Replayer(decode)
+    async with aclosing(event_log.read(partition)) as batches:
+        async for batch in batches:
+            replayer.feed(batch)
+    epoch = replayer.epoch + 1
+    [claim_offset] = await event_log.append([(partition, claim_entry(epoch))])
+    async with aclosing(event_log.read(partition, replayer.next_offset)) as batches:
+        async for batch in batches:
+            replayer.feed([s for s in batch if s.offset <= claim_offset])
+            if replayer.next_offset > claim_offset:
+                break
+    if replayer.epoch != epoch:
+        log.warning("journal partition %d: claimed epoch %d but saw %d", partition, epoch, replayer.epoch)
+    if replayer.anomalies:
+        log.warning(
+            "journal partition %d: %d anomalies, first: %s",
+            partition,
+            len(replayer.anomalies),
+            replayer.anomalies[0],
+        )
+    return replayer

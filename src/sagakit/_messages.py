@@ -1,0 +1,176 @@
+"""Wire models: the message bases users subclass, the registry, and the envelope headers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from ._errors import DecodeError, DefinitionError
+
+_REGISTRY: dict[str, type[Message]] = {}
+
+
+class Message(BaseModel):
+    """Base of everything that travels on a topic.
+
+    A concrete message names its wire type, ``<service>.<Name>`` by convention::
+
+        class ReserveCredit(Command, type="payments.ReserveCredit"):
+            customer_id: str
+            amount: int
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    message_type: ClassVar[str] = ""
+
+    def __init_subclass__(cls, *, type: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if type is None:
+            cls.message_type = ""
+            return
+        if not type or type != type.strip() or " " in type:
+            raise DefinitionError(f"message type of {cls.__qualname__} must be a non-empty name")
+        previous = _REGISTRY.get(type)
+        if previous is not None and (previous.__module__, previous.__qualname__) != (
+            cls.__module__,
+            cls.__qualname__,
+        ):
+            raise DefinitionError(
+                f"message type {type!r} of {cls.__module__}.{cls.__qualname__} is already "
+                f"registered by {previous.__module__}.{previous.__qualname__}"
+            )
+        cls.message_type = type
+        _REGISTRY[type] = cls
+
+
+class Command(Message):
+    """A request sent to one participant, which answers with a `Reply`."""
+
+
+class Reply(Message):
+    """A participant's answer to a command: success, or a business failure."""
+
+
+class Event(Message):
+    """A domain fact a service publishes for whoever is interested (choreography)."""
+
+
+class StartSaga(Message, type="sagakit.StartSaga"):
+    """Start request written to ``<saga>.inbox``: the saga's initial state."""
+
+    state: dict[str, Any]
+
+
+def registered(message_type: str) -> type[Message] | None:
+    """The model registered under `message_type`, or None."""
+    return _REGISTRY.get(message_type)
+
+
+def is_registered(model: type[Message]) -> bool:
+    return bool(model.message_type) and _REGISTRY.get(model.message_type) is model
+
+
+class Header:
+    """Names of the record headers of the wire contract."""
+
+    MESSAGE_ID = "message-id"
+    MESSAGE_TYPE = "message-type"
+    SAGA_ID = "saga-id"
+    SAGA_TYPE = "saga-type"
+    SAGA_VERSION = "saga-version"
+    CORRELATION_ID = "correlation-id"
+    CAUSATION_ID = "causation-id"
+    REPLY_TO = "reply-to"
+    TRACEPARENT = "traceparent"
+    TRACESTATE = "tracestate"
+
+
+_OPTIONAL = {
+    "saga_type": Header.SAGA_TYPE,
+    "saga_version": Header.SAGA_VERSION,
+    "reply_to": Header.REPLY_TO,
+    "traceparent": Header.TRACEPARENT,
+    "tracestate": Header.TRACESTATE,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """The headers of one record, as typed fields."""
+
+    message_id: str
+    message_type: str
+    saga_id: str
+    correlation_id: str
+    causation_id: str
+    saga_type: str | None = None
+    saga_version: str | None = None
+    reply_to: str | None = None
+    traceparent: str | None = None
+    tracestate: str | None = None
+    extra: tuple[tuple[str, bytes], ...] = field(default=())
+
+    def to_headers(self) -> list[tuple[str, bytes]]:
+        headers = [
+            (Header.MESSAGE_ID, self.message_id.encode()),
+            (Header.MESSAGE_TYPE, self.message_type.encode()),
+            (Header.SAGA_ID, self.saga_id.encode()),
+            (Header.CORRELATION_ID, self.correlation_id.encode()),
+            (Header.CAUSATION_ID, self.causation_id.encode()),
+        ]
+        for attr, name in _OPTIONAL.items():
+            value = getattr(self, attr)
+            if value is not None:
+                headers.append((name, value.encode()))
+        headers.extend(self.extra)
+        return headers
+
+    @classmethod
+    def from_headers(cls, headers: Any) -> Envelope:
+        """Read the envelope from Kafka-style ``[(name, bytes), ...]`` headers."""
+        found: dict[str, str] = {}
+        extra: list[tuple[str, bytes]] = []
+        known = _KNOWN
+        try:
+            for name, value in headers:
+                if name in known:
+                    found[name] = value.decode() if value is not None else ""
+                else:
+                    extra.append((name, value))
+        except (UnicodeDecodeError, AttributeError, TypeError, ValueError) as exc:
+            raise DecodeError(f"record headers are not UTF-8 name/value pairs: {exc}") from exc
+        missing = [h for h in _REQUIRED if not found.get(h)]
+        if missing:
+            raise DecodeError(f"record lacks required header(s) {', '.join(missing)}")
+        return cls(
+            message_id=found[Header.MESSAGE_ID],
+            message_type=found[Header.MESSAGE_TYPE],
+            saga_id=found[Header.SAGA_ID],
+            correlation_id=found.get(Header.CORRELATION_ID) or found[Header.SAGA_ID],
+            causation_id=found.get(Header.CAUSATION_ID) or found[Header.MESSAGE_ID],
+            saga_type=found.get(Header.SAGA_TYPE),
+            saga_version=found.get(Header.SAGA_VERSION),
+            reply_to=found.get(Header.REPLY_TO),
+            traceparent=found.get(Header.TRACEPARENT),
+            tracestate=found.get(Header.TRACESTATE),
+            extra=tuple(extra),
+        )
+
+    def evolve(self, **changes: Any) -> Envelope:
+        return replace(self, **changes)
+
+
+_REQUIRED = (Header.MESSAGE_ID, Header.MESSAGE_TYPE, Header.SAGA_ID)
+_KNOWN = frozenset(
+    {
+        Header.MESSAGE_ID,
+        Header.MESSAGE_TYPE,
+        Header.SAGA_ID,
+        Header.CORRELATION_ID,
+        Header.CAUSATION_ID,
+        *_OPTIONAL.values(),
+    }
+)

@@ -1,0 +1,285 @@
+"""The orchestrator: consumes ``<saga>.inbox``, decides, journals, sends, commits.
+
+Per batch, in this order: decide every record (each saga serial, in offset order) →
+append the journal records and wait for their acks → send the commands (and dead
+letters) and wait for their acks → commit the inbox offsets. A crash anywhere
+redelivers the batch; what the journal already holds is skipped by message id, and
+commands without a recorded reply are re-sent when a partition is restored.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+
+from ._codec import DEFAULT_CODEC, Codec, decode_record, encode_record
+from ._definition import Saga
+from ._dlq import dead_letter, dlq_topic
+from ._errors import DecodeError, PartitionsLost
+from ._evaluator import PendingCommand, SagaInstance, Transition, decide
+from ._journal import decode_transition, restore_partition, transition_entry
+from ._messages import Envelope
+from .eventlog._base import EventLog, JournalEntry
+from .eventlog.kafka import KafkaEventLog
+from .transport._base import OutgoingRecord, Record, Subscription, TopicPartition, Transport
+
+log = logging.getLogger("sagakit.orchestrator")
+
+
+@dataclass
+class _Partition:
+    """What this instance holds for one inbox partition it owns."""
+
+    epoch: int = 0
+    instances: dict[str, SagaInstance] = field(default_factory=dict)
+    ready: bool = False
+    restore_scope: anyio.CancelScope | None = None
+
+
+@dataclass
+class OrchestratorStats:
+    batches: int = 0
+    records: int = 0
+    transitions: int = 0
+    commands_sent: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    restores: int = 0
+    fenced_records: int = 0
+
+
+def command_record(saga: Saga[Any], instance: SagaInstance, pending: PendingCommand, codec: Codec) -> OutgoingRecord:
+    envelope = Envelope(
+        message_id=pending.message_id,
+        message_type=pending.command.message_type,
+        saga_id=instance.saga_id,
+        correlation_id=instance.correlation_id,
+        causation_id=pending.causation_id,
+        saga_type=saga.name,
+        saga_version=str(saga.version),
+        reply_to=saga.inbox_topic,
+    )
+    return encode_record(pending.topic, envelope, pending.command, codec=codec)
+
+
+class Orchestrator:
+    """Runs one saga definition. Several instances may share the work (one consumer group).
+
+    The owner of inbox partition *p* is the only writer of journal partition *p*.
+    """
+
+    def __init__(
+        self,
+        saga: Saga[Any],
+        transport: Transport,
+        *,
+        event_log: EventLog | None = None,
+        partitions: int = 8,
+        group_id: str | None = None,
+        codec: Codec = DEFAULT_CODEC,
+        max_records: int = 500,
+        poll_timeout_s: float = 0.1,
+        on_transition: Callable[[Transition], None] | None = None,
+    ) -> None:
+        self.saga = saga
+        self.on_transition = on_transition
+        self.transport = transport
+        self.event_log = event_log if event_log is not None else KafkaEventLog(transport, saga.journal_topic)
+        self.partitions = partitions
+        self.group_id = group_id or f"{saga.name}.orchestrator"
+        self.codec = codec
+        self.max_records = max_records
+        self.poll_timeout_s = poll_timeout_s
+        self.stats = OrchestratorStats()
+        self._owned: dict[TopicPartition, _Partition] = {}
+        self._lock = anyio.Lock()
+        self._sub: Subscription | None = None
+        self._tg: TaskGroup | None = None
+        self._unhandled_assignment: frozenset[TopicPartition] = frozenset()
+
+    # public -----------------------------------------------------------------------------
+    async def ensure_topics(self) -> None:
+        """Create inbox, journal (same partition count), DLQ and command topics, or check them."""
+        topics = {self.saga.inbox_topic: self.partitions, dlq_topic(self.saga.inbox_topic): 1}
+        for topic in self.saga.command_topics():
+            topics[topic] = self.partitions
+        await self.transport.ensure_topics(topics)
+        await self.event_log.ensure(self.partitions)
+
+    def instance(self, saga_id: str) -> SagaInstance | None:
+        """The current instance of `saga_id`, if one of this orchestrator's partitions holds it."""
+        for part in self._owned.values():
+            found = part.instances.get(saga_id)
+            if found is not None:
+                return found
+        return None
+
+    def instances(self) -> list[SagaInstance]:
+        return [i for part in list(self._owned.values()) for i in part.instances.values()]
+
+    def owned_partitions(self) -> frozenset[int]:
+        return frozenset(tp.partition for tp, part in self._owned.items() if part.ready)
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Consume until cancelled. Reports started once it has joined the group."""
+        await self.ensure_topics()
+        inbox = self.saga.inbox_topic
+        async with (
+            self.transport.subscribe([inbox], group_id=self.group_id, listener=self) as sub,
+            anyio.create_task_group() as tg,
+        ):
+            self._sub, self._tg = sub, tg
+            if self._unhandled_assignment:
+                await self.on_assigned(self._unhandled_assignment)
+            task_status.started()
+            try:
+                while True:
+                    records = await sub.getmany(timeout=self.poll_timeout_s, max_records=self.max_records)
+                    if records:
+                        async with self._lock:
+                            await self._process(sub, records)
+            finally:
+                self._sub = self._tg = None
+                self._owned.clear()
+                self._unhandled_assignment = frozenset()
+
+    # rebalance listener -----------------------------------------------------------------
+    async def on_revoked(self, partitions: frozenset[TopicPartition]) -> None:
+        self._unhandled_assignment -= partitions
+        async with self._lock:  # let the in-flight batch finish its append, sends and commit
+            for tp in partitions:
+                part = self._owned.pop(tp, None)
+                if part is not None and part.restore_scope is not None:
+                    part.restore_scope.cancel()
+
+    async def on_assigned(self, partitions: frozenset[TopicPartition]) -> None:
+        if self._sub is None or self._tg is None:  # assigned before run() took the subscription
+            self._unhandled_assignment = partitions
+            return
+        self._unhandled_assignment = frozenset()
+        self._sub.pause(partitions)
+        for tp in partitions:
+            part = _Partition()
+            self._owned[tp] = part
+            self._tg.start_soon(self._restore, tp, part)
+
+    # restore ------------------------------------------------------------------------------
+    async def _restore(self, tp: TopicPartition, part: _Partition) -> None:
+        with anyio.CancelScope() as scope:
+            part.restore_scope = scope
+            replayed = await restore_partition(
+                self.event_log, tp.partition, lambda data: decode_transition(data, self.saga)
+            )
+            if self._owned.get(tp) is not part:
+                return
+            part.epoch = replayed.epoch
+            part.instances = replayed.instances
+            resend = [
+                command_record(self.saga, inst, inst.pending, self.codec)
+                for inst in replayed.instances.values()
+                if inst.pending is not None
+            ]
+            if resend:
+                await self.transport.send(resend)
+                self.stats.commands_sent += len(resend)
+            if self._owned.get(tp) is not part or self._sub is None:
+                return
+            part.ready = True
+            part.restore_scope = None
+            self.stats.restores += 1
+            self.stats.fenced_records += replayed.fenced
+            self._sub.resume([tp])
+            log.info(
+                "restored %s[%d]: epoch %d, %d sagas, %d records, %d fenced, %d re-sent",
+                tp.topic,
+                tp.partition,
+                replayed.epoch,
+                len(replayed.instances),
+                replayed.applied,
+                replayed.fenced,
+                len(resend),
+            )
+
+    # the batch ------------------------------------------------------------------------------
+    async def _process(self, sub: Subscription, records: Sequence[Record]) -> None:
+        entries: list[tuple[int, JournalEntry]] = []
+        transitions: list[Transition] = []
+        outgoing: list[OutgoingRecord] = []
+        offsets: dict[TopicPartition, int] = {}
+        rewind: dict[TopicPartition, int] = {}
+        dead = 0
+        for record in records:
+            tp = record.tp
+            part = self._owned.get(tp)
+            if part is None:
+                # Revoked after this batch was fetched: the new owner reads it from the
+                # committed offset.
+                continue
+            if not part.ready:
+                # Fetched before the partition was paused for its restore: read it again
+                # once restored. (Whatever this instance processed before is journaled.)
+                rewind.setdefault(tp, record.offset)
+                continue
+            offsets[tp] = record.offset + 1
+            try:
+                incoming = decode_record(record, self.codec)
+                if record.key is None or record.key.decode() != incoming.envelope.saga_id:
+                    raise DecodeError(
+                        f"record key {record.key!r} is not its saga-id {incoming.envelope.saga_id!r}"
+                    )
+            except DecodeError as exc:
+                outgoing.append(dead_letter(record, "DecodeError", str(exc)))
+                dead += 1
+                continue
+            saga_id = incoming.envelope.saga_id
+            try:
+                decision = decide(self.saga, part.instances.get(saga_id), incoming)
+            except Exception as exc:  # a state update or command builder of the definition raised
+                log.exception("deciding %s for saga %s failed", incoming.envelope.message_type, saga_id)
+                outgoing.append(dead_letter(record, type(exc).__name__, f"decide failed: {exc}"))
+                dead += 1
+                continue
+            if decision.rejected is not None:
+                outgoing.append(dead_letter(record, "Rejected", decision.rejected))
+                dead += 1
+                continue
+            if decision.ignored is not None:
+                self.stats.duplicates += 1
+                continue
+            assert decision.instance is not None
+            part.instances[saga_id] = decision.instance
+            for t in decision.records:
+                entries.append((tp.partition, transition_entry(t, part.epoch)))
+                transitions.append(t)
+            for pending in decision.commands:
+                outgoing.append(command_record(self.saga, decision.instance, pending, self.codec))
+        assigned = sub.assignment()
+        for tp, offset in rewind.items():
+            if tp in assigned:
+                sub.seek(tp, offset)
+        if entries:
+            await self.event_log.append(entries)
+        if outgoing:
+            await self.transport.send(outgoing)
+        self.stats.batches += 1
+        self.stats.records += len(records)
+        self.stats.transitions += len(entries)
+        self.stats.commands_sent += len(outgoing) - dead
+        self.stats.dead_letters += dead
+        if self.on_transition is not None:
+            for t in transitions:
+                self.on_transition(t)
+        if offsets:
+            try:
+                await sub.commit(offsets)
+            except PartitionsLost as exc:
+                log.warning("commit refused, dropping lost partitions: %s", exc)
+                still = sub.assignment()
+                for tp in list(self._owned):
+                    if tp not in still:
+                        del self._owned[tp]

@@ -1,0 +1,40 @@
+"""The EventLog protocol: an append-only, partitioned journal of opaque entries."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    """One journal record: whose (saga id, or "" for the partition), what kind, the writer's
+    claim epoch, and the encoded body."""
+
+    key: str
+    kind: str
+    epoch: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEntry:
+    offset: int
+    entry: JournalEntry
+
+
+class EventLog(Protocol):
+    """Append-only journal partitions, co-partitioned with the saga's inbox."""
+
+    async def ensure(self, partitions: int) -> None:
+        """Create the journal with `partitions` partitions, or check that it has them."""
+        ...
+
+    async def append(self, entries: Sequence[tuple[int, JournalEntry]]) -> list[int]:
+        """Append (partition, entry) pairs in order; return once all are durable, with offsets."""
+        ...
+
+    def read(self, partition: int, start: int = 0) -> AsyncIterator[list[StoredEntry]]:
+        """Batches of one partition from `start` to its end at the time of reading."""
+        ...

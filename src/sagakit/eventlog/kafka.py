@@ -1,0 +1,60 @@
+"""An EventLog on a journal topic (Kafka, or any Transport), co-partitioned with the inbox."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+from .._errors import DecodeError
+from ..transport._base import OutgoingRecord, Record, Transport
+from ._base import JournalEntry, StoredEntry
+
+KIND_HEADER = "journal-kind"
+EPOCH_HEADER = "journal-epoch"
+
+
+def _entry(record: Record) -> JournalEntry:
+    kind = epoch = None
+    for name, value in record.headers:
+        if name == KIND_HEADER:
+            kind = value.decode()
+        elif name == EPOCH_HEADER:
+            epoch = int(value)
+    if kind is None or epoch is None or record.value is None:
+        raise DecodeError(
+            f"journal record {record.topic}[{record.partition}]@{record.offset} lacks "
+            f"{KIND_HEADER}/{EPOCH_HEADER} headers or a value; is another writer using this topic?"
+        )
+    key = record.key.decode() if record.key is not None else ""
+    return JournalEntry(key, kind, epoch, record.value)
+
+
+class KafkaEventLog:
+    """Journal entries as records of `topic`: key = saga id, kind and epoch in headers.
+
+    Entries go to an explicit partition (the inbox partition they belong to), so a
+    saga's journal never depends on the producer's partitioner.
+    """
+
+    def __init__(self, transport: Transport, topic: str) -> None:
+        self.transport = transport
+        self.topic = topic
+
+    async def ensure(self, partitions: int) -> None:
+        await self.transport.ensure_topics({self.topic: partitions})
+
+    async def append(self, entries: Sequence[tuple[int, JournalEntry]]) -> list[int]:
+        records = [
+            OutgoingRecord(
+                topic=self.topic,
+                key=e.key.encode() if e.key else None,
+                value=e.data,
+                headers=((KIND_HEADER, e.kind.encode()), (EPOCH_HEADER, str(e.epoch).encode())),
+                partition=p,
+            )
+            for p, e in entries
+        ]
+        return [d.offset for d in await self.transport.send(records)]
+
+    async def read(self, partition: int, start: int = 0) -> AsyncIterator[list[StoredEntry]]:
+        async for batch in self.transport.read(self.topic, partition, start=start):
+            yield [StoredEntry(r.offset, _entry(r)) for r in batch]

@@ -1,0 +1,117 @@
+"""What every transport speaks: records, the Transport protocol and its subscriptions."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+from aiokafka.partitioner import murmur2
+
+
+class TopicPartition(NamedTuple):
+    topic: str
+    partition: int
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A record as consumed: where it sits, its key, value, headers and timestamp."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+    timestamp_ms: int
+
+    @property
+    def tp(self) -> TopicPartition:
+        return TopicPartition(self.topic, self.partition)
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingRecord:
+    """A record to produce. Without a partition, the key picks it (murmur2, as Kafka)."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+    partition: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """Where an acknowledged record was written."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (murmur2) gives `key`."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+class RebalanceListener(Protocol):
+    """Told when the group takes partitions away from this member or gives it some."""
+
+    async def on_revoked(self, partitions: frozenset[TopicPartition]) -> None: ...
+
+    async def on_assigned(self, partitions: frozenset[TopicPartition]) -> None: ...
+
+
+class Subscription(Protocol):
+    """A consumer-group member: fetch batches, commit offsets once per batch."""
+
+    async def getmany(self, *, timeout: float, max_records: int = 500) -> list[Record]:
+        """The next batch (possibly empty after `timeout` seconds), in offset order per partition."""
+        ...
+
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Commit the next offsets to read; raises PartitionsLost if the group moved them."""
+        ...
+
+    def assignment(self) -> frozenset[TopicPartition]: ...
+
+    def pause(self, partitions: Iterable[TopicPartition]) -> None: ...
+
+    def resume(self, partitions: Iterable[TopicPartition]) -> None: ...
+
+    def seek(self, partition: TopicPartition, offset: int) -> None: ...
+
+
+class Transport(Protocol):
+    """Produce, consume in groups, and read single partitions to their end."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def ensure_topics(self, topics: Mapping[str, int]) -> None:
+        """Create missing topics; raise TopicMismatch if one has another partition count."""
+        ...
+
+    async def partition_count(self, topic: str) -> int: ...
+
+    async def send(self, records: Sequence[OutgoingRecord]) -> list[Delivered]:
+        """Produce all `records` as one batch and return once every one is acknowledged."""
+        ...
+
+    def subscribe(
+        self,
+        topics: Sequence[str],
+        *,
+        group_id: str,
+        listener: RebalanceListener | None = None,
+    ) -> AbstractAsyncContextManager[Subscription]: ...
+
+    def read(
+        self, topic: str, partition: int, *, start: int = 0, max_records: int = 500
+    ) -> AsyncIterator[list[Record]]:
+        """Batches of one partition from `start` until the partition's end at that time."""
+        ...

@@ -1,0 +1,319 @@
+"""`Transport` on Apache Kafka (or any Kafka-compatible broker) through aiokafka."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from typing import Any
+
+import anyio
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.structs import OffsetAndMetadata
+from aiokafka.structs import TopicPartition as KafkaTP
+
+from .._errors import PartitionsLost, TopicMismatch, TransportError
+from ._base import Delivered, OutgoingRecord, RebalanceListener, Record, Subscription, TopicPartition
+
+log = logging.getLogger("sagakit.transport.kafka")
+
+_TOPIC_EXISTS = 36
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSettings:
+    """Client settings. `embedded()` gives the profile for the embedded broker.
+
+    The embedded broker holds every fetch for the whole ``fetch_max_wait_ms`` and
+    needs a few milliseconds there; a real Kafka answers a fetch as soon as data
+    arrives, so the default can stay higher.
+    """
+
+    bootstrap_servers: str
+    client_id: str = "sagakit"
+    fetch_max_wait_ms: int = 100
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 3_000
+    linger_ms: int = 2
+    max_batch_size: int = 256 * 1024
+    acks: int | str = "all"
+    request_timeout_ms: int = 30_000
+
+    @classmethod
+    def embedded(cls, bootstrap_servers: str, **overrides: Any) -> KafkaSettings:
+        profile = cls(
+            bootstrap_servers,
+            fetch_max_wait_ms=5,
+            session_timeout_ms=3_000,
+            heartbeat_interval_ms=500,
+        )
+        return replace(profile, **overrides)
+
+
+def _record(msg: Any) -> Record:
+    return Record(
+        msg.topic,
+        msg.partition,
+        msg.offset,
+        msg.key,
+        msg.value,
+        tuple(msg.headers),
+        msg.timestamp,
+    )
+
+
+class _ListenerAdapter(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Forwards aiokafka's callbacks; aiokafka swallows listener errors, so we keep them."""
+
+    def __init__(self, sub: KafkaSubscription, listener: RebalanceListener) -> None:
+        self._sub = sub
+        self._listener = listener
+
+    async def on_partitions_revoked(self, revoked: Iterable[KafkaTP]) -> None:
+        try:
+            await self._listener.on_revoked(frozenset(TopicPartition(t.topic, t.partition) for t in revoked))
+        except Exception as exc:
+            log.exception("rebalance listener failed on revoke")
+            self._sub._failure = exc
+
+    async def on_partitions_assigned(self, assigned: Iterable[KafkaTP]) -> None:
+        try:
+            await self._listener.on_assigned(frozenset(TopicPartition(t.topic, t.partition) for t in assigned))
+        except Exception as exc:
+            log.exception("rebalance listener failed on assign")
+            self._sub._failure = exc
+
+
+class KafkaSubscription:
+    """A consumer-group member backed by an `AIOKafkaConsumer`."""
+
+    def __init__(self, consumer: AIOKafkaConsumer) -> None:
+        self._consumer = consumer
+        self._failure: Exception | None = None
+
+    def _check(self) -> None:
+        if self._failure is not None:
+            exc, self._failure = self._failure, None
+            raise TransportError(f"rebalance listener failed: {exc!r}") from exc
+
+    async def getmany(self, *, timeout: float, max_records: int = 500) -> list[Record]:
+        self._check()
+        try:
+            batches = await self._consumer.getmany(
+                timeout_ms=int(timeout * 1000), max_records=max_records
+            )
+        except KafkaError as exc:
+            raise TransportError(f"fetch failed: {exc!r}") from exc
+        self._check()
+        out: list[Record] = []
+        for msgs in batches.values():
+            out.extend(map(_record, msgs))
+        return out
+
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        if not offsets:
+            return
+        request = {KafkaTP(tp.topic, tp.partition): OffsetAndMetadata(off, "") for tp, off in offsets.items()}
+        try:
+            await self._consumer.commit(request)
+        except (CommitFailedError, IllegalStateError) as exc:
+            raise PartitionsLost(f"commit refused, partitions were reassigned: {exc}") from exc
+        except KafkaError as exc:
+            raise TransportError(f"commit failed: {exc!r}") from exc
+
+    def assignment(self) -> frozenset[TopicPartition]:
+        return frozenset(TopicPartition(t.topic, t.partition) for t in self._consumer.assignment())
+
+    def pause(self, partitions: Iterable[TopicPartition]) -> None:
+        mine = self._consumer.assignment()
+        tps = [KafkaTP(*tp) for tp in partitions if KafkaTP(*tp) in mine]
+        if tps:
+            self._consumer.pause(*tps)
+
+    def resume(self, partitions: Iterable[TopicPartition]) -> None:
+        mine = self._consumer.assignment()
+        tps = [KafkaTP(*tp) for tp in partitions if KafkaTP(*tp) in mine]
+        if tps:
+            self._consumer.resume(*tps)
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        try:
+            self._consumer.seek(KafkaTP(*partition), offset)
+        except IllegalStateError as exc:
+            raise TransportError(f"cannot seek {partition}: {exc}") from exc
+
+
+class KafkaTransport:
+    """Produce in batches, consume in groups with manual commits, replay partitions."""
+
+    def __init__(self, settings: KafkaSettings | str) -> None:
+        self.settings = KafkaSettings(settings) if isinstance(settings, str) else settings
+        self._producer: AIOKafkaProducer | None = None
+
+    async def __aenter__(self) -> KafkaTransport:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        s = self.settings
+        producer = AIOKafkaProducer(
+            bootstrap_servers=s.bootstrap_servers,
+            client_id=s.client_id,
+            acks=s.acks,
+            linger_ms=s.linger_ms,
+            max_batch_size=s.max_batch_size,
+            request_timeout_ms=s.request_timeout_ms,
+            enable_idempotence=False,
+        )
+        try:
+            await producer.start()
+        except KafkaError as exc:
+            await producer.stop()
+            raise TransportError(f"cannot connect to Kafka at {s.bootstrap_servers}: {exc!r}") from exc
+        self._producer = producer
+
+    async def stop(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+                await producer.stop()
+
+    def _require_producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            raise TransportError("KafkaTransport is not started (use `async with` or start())")
+        return self._producer
+
+    # admin --------------------------------------------------------------
+    @asynccontextmanager
+    async def _admin(self) -> AsyncIterator[Any]:
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=self.settings.bootstrap_servers, client_id=self.settings.client_id
+        )
+        try:
+            await admin.start()
+        except KafkaError as exc:
+            raise TransportError(f"cannot reach Kafka admin API: {exc!r}") from exc
+        try:
+            yield admin
+        finally:
+            with anyio.CancelScope(shield=True):
+                await admin.close()
+
+    async def ensure_topics(self, topics: Mapping[str, int]) -> None:
+        """Create what is missing, then check every partition count.
+
+        Unknown topics are only ever described after creation: a metadata request
+        for an unknown topic auto-creates it with the broker's default count.
+        """
+        async with self._admin() as admin:
+            existing = set(await admin.list_topics())
+            missing = [NewTopic(n, p, 1) for n, p in topics.items() if n not in existing]
+            if missing:
+                response = await admin.create_topics(missing)
+                for err in getattr(response, "topic_errors", []):
+                    name, code = err[0], err[1]
+                    if code not in (0, _TOPIC_EXISTS):
+                        raise TransportError(f"creating topic {name!r} failed with error {code}")
+            described = await admin.describe_topics(list(topics))
+        counts = {d["topic"]: len(d["partitions"]) for d in described}
+        for name, wanted in topics.items():
+            if counts.get(name) != wanted:
+                raise TopicMismatch(
+                    f"topic {name!r} has {counts.get(name)} partitions, {wanted} are required; "
+                    "partitions cannot be added later, so recreate the topic"
+                )
+
+    async def partition_count(self, topic: str) -> int:
+        producer = self._require_producer()
+        parts = await producer.partitions_for(topic)
+        return len(parts)
+
+    # produce ------------------------------------------------------------
+    async def send(self, records: Sequence[OutgoingRecord]) -> list[Delivered]:
+        producer = self._require_producer()
+        try:
+            futures = [
+                await producer.send(
+                    r.topic, r.value, key=r.key, partition=r.partition, headers=list(r.headers)
+                )
+                for r in records
+            ]
+            results = [await f for f in futures]
+        except KafkaError as exc:
+            raise TransportError(f"produce failed: {exc!r}") from exc
+        return [Delivered(m.topic, m.partition, m.offset) for m in results]
+
+    # consume ------------------------------------------------------------
+    def _consumer(self, group_id: str | None, **extra: Any) -> AIOKafkaConsumer:
+        s = self.settings
+        return AIOKafkaConsumer(
+            bootstrap_servers=s.bootstrap_servers,
+            client_id=s.client_id,
+            group_id=group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=s.fetch_max_wait_ms,
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=s.heartbeat_interval_ms,
+            request_timeout_ms=s.request_timeout_ms,
+            **extra,
+        )
+
+    @asynccontextmanager
+    async def subscribe(
+        self,
+        topics: Sequence[str],
+        *,
+        group_id: str,
+        listener: RebalanceListener | None = None,
+    ) -> AsyncIterator[Subscription]:
+        consumer = self._consumer(group_id)
+        sub = KafkaSubscription(consumer)
+        adapter = _ListenerAdapter(sub, listener) if listener is not None else None
+        try:
+            await consumer.start()
+            consumer.subscribe(list(topics), listener=adapter)
+        except KafkaError as exc:
+            with anyio.CancelScope(shield=True):
+                await consumer.stop()
+            raise TransportError(f"cannot join group {group_id!r}: {exc!r}") from exc
+        try:
+            yield sub
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+                await consumer.stop()
+
+    async def read(
+        self, topic: str, partition: int, *, start: int = 0, max_records: int = 500
+    ) -> AsyncIterator[list[Record]]:
+        """Read to the fetch high-watermark, not to ``end_offsets``.
+
+        ``end_offsets`` (and ``seek_to_end``) can be short of the real end after
+        multi-record batches on some brokers; the high-watermark that comes with
+        every fetch response is right.
+        """
+        tp = KafkaTP(topic, partition)
+        consumer = self._consumer(None)
+        try:
+            await consumer.start()
+            consumer.assign([tp])
+            consumer.seek(tp, start)
+            while True:
+                batches = await consumer.getmany(tp, timeout_ms=200, max_records=max_records)
+                msgs = batches.get(tp, [])
+                if msgs:
+                    yield [_record(m) for m in msgs]
+                highwater = consumer.highwater(tp)
+                if highwater is not None and await consumer.position(tp) >= highwater:
+                    return
+        except KafkaError as exc:
+            raise TransportError(f"reading {topic}[{partition}] failed: {exc!r}") from exc
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+                await consumer.stop()
