@@ -80,19 +80,27 @@ async def run_orchestration(
     db_dir: Path | None = None,
     progress: ProgressFn | None = None,
     run_id: str | None = None,
+    namespace: str = "",
 ) -> DemoResult:
     """Run `orders` orders through the orchestrated place-order saga and check the outcome."""
     run = run_id or uuid.uuid4().hex[:8]
-    system = build_system(db_dir=db_dir, partitions=partitions)
+    system = build_system(db_dir=db_dir, partitions=partitions, namespace=namespace)
     try:
         new_orders = seed_orders(system, orders, seed=seed, run=run)
         tracker = _Tracker(len(new_orders), progress)
-        orchestrator = Orchestrator(place_order, transport, partitions=partitions, on_transition=tracker)
+        orchestrator = Orchestrator(
+            place_order, transport, partitions=partitions, namespace=namespace, on_transition=tracker
+        )
         started = time.perf_counter()
         async with anyio.create_task_group() as tg:
             await tg.start(orchestrator.run)
             for service in system.services():
                 await tg.start(service.run, transport)
+            with anyio.fail_after(max(timeout_s, 30.0)):
+                await orchestrator.wait_ready()
+                for service in system.services():
+                    await service.wait_assigned()
+            started = time.perf_counter()
             await system.orders.place(transport, new_orders)
             with anyio.move_on_after(timeout_s):
                 await tracker.all_ended.wait()

@@ -46,6 +46,7 @@ def build_system(
     *,
     db_dir: Path | None = None,
     partitions: int = 8,
+    namespace: str = "",
     on_ended: Callable[[str, str], None] | None = None,
 ) -> SampleSystem:
     """The four services, each with its own SQLite database (files in `db_dir`, else memory)."""
@@ -55,10 +56,12 @@ def build_system(
 
     stores = {name: store(name) for name in ("orders", "payments", "inventory", "shipping")}
     return SampleSystem(
-        orders=OrdersApp(stores["orders"], partitions=partitions, on_ended=on_ended),
-        payments=payments.build(stores["payments"], partitions=partitions),
-        inventory=inventory.build(stores["inventory"], partitions=partitions),
-        shipping=shipping.build(stores["shipping"], partitions=partitions),
+        orders=OrdersApp(
+            stores["orders"], partitions=partitions, namespace=namespace, on_ended=on_ended
+        ),
+        payments=payments.build(stores["payments"], partitions=partitions, namespace=namespace),
+        inventory=inventory.build(stores["inventory"], partitions=partitions, namespace=namespace),
+        shipping=shipping.build(stores["shipping"], partitions=partitions, namespace=namespace),
         stores=stores,
     )
 

@@ -69,9 +69,11 @@ class StockRepository:
         return {o: int(n) for o, n in rows}
 
 
-def build(store: SqliteStore, *, partitions: int = 8) -> Service[sqlite3.Connection]:
+def build(
+    store: SqliteStore, *, partitions: int = 8, namespace: str = ""
+) -> Service[sqlite3.Connection]:
     store.connection.executescript(SCHEMA)
-    service = Service("inventory", store, partitions=partitions)
+    service = Service("inventory", store, partitions=partitions, namespace=namespace)
 
     @service.handles(ReserveStock)
     def reserve_stock(cmd: ReserveStock, ctx: HandlerContext[sqlite3.Connection]) -> StockReserved:

@@ -119,13 +119,17 @@ class OrdersApp:
         store: SqliteStore,
         *,
         partitions: int = 8,
+        namespace: str = "",
         on_ended: Callable[[str, str], None] | None = None,
     ) -> None:
         store.connection.executescript(SCHEMA)
         self.store = store
         self.repository = OrderRepository(store.connection)
         self.on_ended = on_ended
-        self.service: Service[sqlite3.Connection] = Service("orders", store, partitions=partitions)
+        self.namespace = namespace
+        self.service: Service[sqlite3.Connection] = Service(
+            "orders", store, partitions=partitions, namespace=namespace
+        )
 
         @self.service.handles(ApproveOrder)
         def approve(cmd: ApproveOrder, ctx: HandlerContext[sqlite3.Connection]) -> OrderApproved:
@@ -153,7 +157,7 @@ class OrdersApp:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
-        await SagaClient(transport).start_many(place_order, [(o.order_id, saga_state(o)) for o in created])
+        await SagaClient(transport, namespace=self.namespace).start_many(place_order, [(o.order_id, saga_state(o)) for o in created])
 
     async def resume_pending(self, transport: Transport) -> int:
         """Re-send the start request of every PENDING order.
@@ -164,5 +168,5 @@ class OrdersApp:
         """
         pending = self.repository.pending()
         if pending:
-            await SagaClient(transport).start_many(place_order, [(o.order_id, saga_state(o)) for o in pending])
+            await SagaClient(transport, namespace=self.namespace).start_many(place_order, [(o.order_id, saga_state(o)) for o in pending])
         return len(pending)

@@ -64,9 +64,11 @@ class CreditRepository:
         return {o: int(n) for o, n in rows}
 
 
-def build(store: SqliteStore, *, partitions: int = 8) -> Service[sqlite3.Connection]:
+def build(
+    store: SqliteStore, *, partitions: int = 8, namespace: str = ""
+) -> Service[sqlite3.Connection]:
     store.connection.executescript(SCHEMA)
-    service = Service("payments", store, partitions=partitions)
+    service = Service("payments", store, partitions=partitions, namespace=namespace)
 
     @service.handles(ReserveCredit)
     def reserve_credit(cmd: ReserveCredit, ctx: HandlerContext[sqlite3.Connection]) -> CreditReserved:

@@ -46,9 +46,11 @@ class ShipmentRepository:
         return {o: int(n) for o, n in rows}
 
 
-def build(store: SqliteStore, *, partitions: int = 8) -> Service[sqlite3.Connection]:
+def build(
+    store: SqliteStore, *, partitions: int = 8, namespace: str = ""
+) -> Service[sqlite3.Connection]:
     store.connection.executescript(SCHEMA)
-    service = Service("shipping", store, partitions=partitions)
+    service = Service("shipping", store, partitions=partitions, namespace=namespace)
 
     @service.handles(ScheduleShipment)
     def schedule(cmd: ScheduleShipment, ctx: HandlerContext[sqlite3.Connection]) -> ShipmentScheduled:

@@ -21,8 +21,11 @@ def start_id(saga_id: str) -> str:
 class SagaClient:
     """Sends start requests. A start re-sent for an existing saga id changes nothing."""
 
-    def __init__(self, transport: Transport, *, codec: Codec = DEFAULT_CODEC) -> None:
+    def __init__(
+        self, transport: Transport, *, namespace: str = "", codec: Codec = DEFAULT_CODEC
+    ) -> None:
         self.transport = transport
+        self.namespace = namespace
         self.codec = codec
 
     def start_record(self, saga: Saga[Any], saga_id: str, state: BaseModel) -> OutgoingRecord:
@@ -41,7 +44,7 @@ class SagaClient:
             saga_version=str(saga.version),
         )
         return encode_record(
-            saga.inbox_topic, envelope, StartSaga(state=state.model_dump(mode="json")), codec=self.codec
+            self.namespace + saga.inbox_topic, envelope, StartSaga(state=state.model_dump(mode="json")), codec=self.codec
         )
 
     async def start(self, saga: Saga[Any], saga_id: str, state: BaseModel) -> None:

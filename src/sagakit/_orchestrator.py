@@ -53,7 +53,9 @@ class OrchestratorStats:
     fenced_records: int = 0
 
 
-def command_record(saga: Saga[Any], instance: SagaInstance, pending: PendingCommand, codec: Codec) -> OutgoingRecord:
+def command_record(
+    saga: Saga[Any], instance: SagaInstance, pending: PendingCommand, codec: Codec, namespace: str = ""
+) -> OutgoingRecord:
     envelope = Envelope(
         message_id=pending.message_id,
         message_type=pending.command.message_type,
@@ -62,9 +64,9 @@ def command_record(saga: Saga[Any], instance: SagaInstance, pending: PendingComm
         causation_id=pending.causation_id,
         saga_type=saga.name,
         saga_version=str(saga.version),
-        reply_to=saga.inbox_topic,
+        reply_to=namespace + saga.inbox_topic,
     )
-    return encode_record(pending.topic, envelope, pending.command, codec=codec)
+    return encode_record(namespace + pending.topic, envelope, pending.command, codec=codec)
 
 
 class Orchestrator:
@@ -81,17 +83,20 @@ class Orchestrator:
         event_log: EventLog | None = None,
         partitions: int = 8,
         group_id: str | None = None,
+        namespace: str = "",
         codec: Codec = DEFAULT_CODEC,
         max_records: int = 500,
         poll_timeout_s: float = 0.1,
         on_transition: Callable[[Transition], None] | None = None,
     ) -> None:
         self.saga = saga
+        self.namespace = namespace
+        self.inbox_topic = namespace + saga.inbox_topic
         self.on_transition = on_transition
         self.transport = transport
-        self.event_log = event_log if event_log is not None else KafkaEventLog(transport, saga.journal_topic)
+        self.event_log = event_log if event_log is not None else KafkaEventLog(transport, namespace + saga.journal_topic)
         self.partitions = partitions
-        self.group_id = group_id or f"{saga.name}.orchestrator"
+        self.group_id = group_id or f"{namespace}{saga.name}.orchestrator"
         self.codec = codec
         self.max_records = max_records
         self.poll_timeout_s = poll_timeout_s
@@ -101,13 +106,14 @@ class Orchestrator:
         self._sub: Subscription | None = None
         self._tg: TaskGroup | None = None
         self._unhandled_assignment: frozenset[TopicPartition] = frozenset()
+        self._changed = anyio.Event()
 
     # public -----------------------------------------------------------------------------
     async def ensure_topics(self) -> None:
         """Create inbox, journal (same partition count), DLQ and command topics, or check them."""
-        topics = {self.saga.inbox_topic: self.partitions, dlq_topic(self.saga.inbox_topic): 1}
+        topics = {self.inbox_topic: self.partitions, dlq_topic(self.inbox_topic): 1}
         for topic in self.saga.command_topics():
-            topics[topic] = self.partitions
+            topics[self.namespace + topic] = self.partitions
         await self.transport.ensure_topics(topics)
         await self.event_log.ensure(self.partitions)
 
@@ -125,12 +131,25 @@ class Orchestrator:
     def owned_partitions(self) -> frozenset[int]:
         return frozenset(tp.partition for tp, part in self._owned.items() if part.ready)
 
+    @property
+    def ready(self) -> bool:
+        """True when this instance owns partitions and has restored all of them."""
+        return bool(self._owned) and all(p.ready for p in self._owned.values())
+
+    async def wait_ready(self) -> None:
+        """Wait until `ready` (the group has settled and every owned partition is restored)."""
+        while not self.ready:
+            await self._changed.wait()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Consume until cancelled. Reports started once it has joined the group."""
         await self.ensure_topics()
-        inbox = self.saga.inbox_topic
         async with (
-            self.transport.subscribe([inbox], group_id=self.group_id, listener=self) as sub,
+            self.transport.subscribe([self.inbox_topic], group_id=self.group_id, listener=self) as sub,
             anyio.create_task_group() as tg,
         ):
             self._sub, self._tg = sub, tg
@@ -156,6 +175,7 @@ class Orchestrator:
                 part = self._owned.pop(tp, None)
                 if part is not None and part.restore_scope is not None:
                     part.restore_scope.cancel()
+            self._notify()
 
     async def on_assigned(self, partitions: frozenset[TopicPartition]) -> None:
         if self._sub is None or self._tg is None:  # assigned before run() took the subscription
@@ -167,6 +187,9 @@ class Orchestrator:
             part = _Partition()
             self._owned[tp] = part
             self._tg.start_soon(self._restore, tp, part)
+
+    def _command_record(self, instance: SagaInstance, pending: PendingCommand) -> OutgoingRecord:
+        return command_record(self.saga, instance, pending, self.codec, self.namespace)
 
     # restore ------------------------------------------------------------------------------
     async def _restore(self, tp: TopicPartition, part: _Partition) -> None:
@@ -180,7 +203,7 @@ class Orchestrator:
             part.epoch = replayed.epoch
             part.instances = replayed.instances
             resend = [
-                command_record(self.saga, inst, inst.pending, self.codec)
+                self._command_record(inst, inst.pending)
                 for inst in replayed.instances.values()
                 if inst.pending is not None
             ]
@@ -194,6 +217,7 @@ class Orchestrator:
             self.stats.restores += 1
             self.stats.fenced_records += replayed.fenced
             self._sub.resume([tp])
+            self._notify()
             log.info(
                 "restored %s[%d]: epoch %d, %d sagas, %d records, %d fenced, %d re-sent",
                 tp.topic,
@@ -257,7 +281,7 @@ class Orchestrator:
                 entries.append((tp.partition, transition_entry(t, part.epoch)))
                 transitions.append(t)
             for pending in decision.commands:
-                outgoing.append(command_record(self.saga, decision.instance, pending, self.codec))
+                outgoing.append(self._command_record(decision.instance, pending))
         assigned = sub.assignment()
         for tp, offset in rewind.items():
             if tp in assigned:

@@ -81,11 +81,13 @@ class Service(Generic[TxT]):
         store: IdempotencyStore[TxT],
         *,
         partitions: int = 8,
+        namespace: str = "",
         codec: Codec = DEFAULT_CODEC,
         max_records: int = 500,
         poll_timeout_s: float = 0.1,
     ) -> None:
         self.name = name
+        self.namespace = namespace
         self.store = store
         self.partitions = partitions
         self.codec = codec
@@ -93,10 +95,12 @@ class Service(Generic[TxT]):
         self.poll_timeout_s = poll_timeout_s
         self.stats = ServiceStats()
         self._handlers: dict[str, Callable[[Any, HandlerContext[TxT]], Any]] = {}
+        self._assignment: frozenset[TopicPartition] = frozenset()
+        self._changed = anyio.Event()
 
     @property
     def commands_topic(self) -> str:
-        return f"{self.name}.commands"
+        return f"{self.namespace}{self.name}.commands"
 
     def handles(self, command: type[C]) -> Callable[[Handler[C, TxT]], Handler[C, TxT]]:
         """Register the decorated function as the handler of `command`."""
@@ -118,6 +122,28 @@ class Service(Generic[TxT]):
 
         return register
 
+    @property
+    def assignment(self) -> frozenset[TopicPartition]:
+        """The command partitions this instance consumes right now."""
+        return self._assignment
+
+    async def wait_assigned(self) -> None:
+        """Wait until the consumer group has given this instance some partitions."""
+        while not self._assignment:
+            await self._changed.wait()
+
+    async def on_revoked(self, partitions: frozenset[TopicPartition]) -> None:
+        self._assignment = frozenset()
+        self._notify()
+
+    async def on_assigned(self, partitions: frozenset[TopicPartition]) -> None:
+        self._assignment = partitions
+        self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
     def handled_types(self) -> frozenset[str]:
         return frozenset(self._handlers)
 
@@ -135,8 +161,8 @@ class Service(Generic[TxT]):
     ) -> None:
         """Consume and handle commands until cancelled."""
         await self.ensure_topics(transport)
-        group = group_id or f"{self.name}.service"
-        async with transport.subscribe([self.commands_topic], group_id=group) as sub:
+        group = group_id or f"{self.namespace}{self.name}.service"
+        async with transport.subscribe([self.commands_topic], group_id=group, listener=self) as sub:
             task_status.started()
             while True:
                 records = await sub.getmany(timeout=self.poll_timeout_s, max_records=self.max_records)
