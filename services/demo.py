@@ -48,7 +48,12 @@ def percentiles(values: list[float]) -> dict[str, float]:
         v = round(values[0], 2)
         return {"p50": v, "p95": v, "p99": v, "max": v}
     q = statistics.quantiles(values, n=100, method="inclusive")
-    return {"p50": round(q[49], 2), "p95": round(q[94], 2), "p99": round(q[98], 2), "max": round(max(values), 2)}
+    return {
+        "p50": round(q[49], 2),
+        "p95": round(q[94], 2),
+        "p99": round(q[98], 2),
+        "max": round(max(values), 2),
+    }
 
 
 class _Tracker:
@@ -89,7 +94,11 @@ async def run_orchestration(
         new_orders = seed_orders(system, orders, seed=seed, run=run)
         tracker = _Tracker(len(new_orders), progress)
         orchestrator = Orchestrator(
-            place_order, transport, partitions=partitions, namespace=namespace, on_transition=tracker
+            place_order,
+            transport,
+            partitions=partitions,
+            namespace=namespace,
+            on_transition=tracker,
         )
         started = time.perf_counter()
         async with anyio.create_task_group() as tg:

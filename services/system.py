@@ -87,10 +87,14 @@ def seed_orders(system: SampleSystem, count: int, *, seed: int, run: str) -> lis
     shipments.block_region(BLOCKED_REGION)
     orders = []
     for i in range(count):
-        kind = FAILURE_KINDS[i] if i < len(FAILURE_KINDS) else rng.choices(
-            ("ok", *FAILURE_KINDS), weights=(70, 10, 10, 10)
-        )[0]
-        customer = f"{run}-cust-poor" if kind == "credit" else f"{run}-cust-rich-{rng.randint(1, 2)}"
+        kind = (
+            FAILURE_KINDS[i]
+            if i < len(FAILURE_KINDS)
+            else rng.choices(("ok", *FAILURE_KINDS), weights=(70, 10, 10, 10))[0]
+        )
+        customer = (
+            f"{run}-cust-poor" if kind == "credit" else f"{run}-cust-rich-{rng.randint(1, 2)}"
+        )
         product = f"{run}-prod-gone" if kind == "stock" else f"{run}-prod-{rng.choice('ab')}"
         region = BLOCKED_REGION if kind == "shipping" else rng.choice(("Lisbon", "Porto", "Faro"))
         quantity = rng.randint(1, 5)

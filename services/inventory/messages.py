@@ -21,7 +21,9 @@ class OutOfStock(Reply, type="inventory.OutOfStock"):
 
     @property
     def reason(self) -> str:
-        return f"out of stock: {self.requested} of {self.product_id} requested, {self.available} left"
+        return (
+            f"out of stock: {self.requested} of {self.product_id} requested, {self.available} left"
+        )
 
 
 class ReleaseStock(Command, type="inventory.ReleaseStock"):

@@ -9,7 +9,9 @@ from sagakit import BusinessFailure, HandlerContext, Service, SqliteStore
 from .messages import OutOfStock, ReleaseStock, ReserveStock, StockReleased, StockReserved
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS products (id TEXT PRIMARY KEY, stock INTEGER NOT NULL, initial INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS products (
+    id TEXT PRIMARY KEY, stock INTEGER NOT NULL, initial INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS stock_reservations (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     order_id TEXT NOT NULL,
@@ -36,7 +38,9 @@ class StockRepository:
         return 0 if row is None else int(row[0])
 
     def reserve(self, order_id: str, product_id: str, quantity: int) -> None:
-        self.db.execute("UPDATE products SET stock = stock - ? WHERE id = ?", (quantity, product_id))
+        self.db.execute(
+            "UPDATE products SET stock = stock - ? WHERE id = ?", (quantity, product_id)
+        )
         self.db.execute(
             "INSERT INTO stock_reservations (order_id, product_id, quantity, status) "
             "VALUES (?, ?, ?, 'RESERVED')",
@@ -50,12 +54,19 @@ class StockRepository:
             (order_id,),
         ).fetchall()
         for rid, product_id, quantity in rows:
-            self.db.execute("UPDATE products SET stock = stock + ? WHERE id = ?", (quantity, product_id))
-            self.db.execute("UPDATE stock_reservations SET status = 'RELEASED' WHERE id = ?", (rid,))
+            self.db.execute(
+                "UPDATE products SET stock = stock + ? WHERE id = ?", (quantity, product_id)
+            )
+            self.db.execute(
+                "UPDATE stock_reservations SET status = 'RELEASED' WHERE id = ?", (rid,)
+            )
 
     def products(self) -> dict[str, tuple[int, int]]:
         """product id -> (stock left, initial stock)."""
-        return {p: (int(s), int(i)) for p, s, i in self.db.execute("SELECT id, stock, initial FROM products")}
+        return {
+            p: (int(s), int(i))
+            for p, s, i in self.db.execute("SELECT id, stock, initial FROM products")
+        }
 
     def reserved_by_product(self) -> dict[str, int]:
         rows = self.db.execute(
@@ -65,7 +76,9 @@ class StockRepository:
         return {p: int(q) for p, q in rows}
 
     def reservations_per_order(self) -> dict[str, int]:
-        rows = self.db.execute("SELECT order_id, COUNT(*) FROM stock_reservations GROUP BY order_id")
+        rows = self.db.execute(
+            "SELECT order_id, COUNT(*) FROM stock_reservations GROUP BY order_id"
+        )
         return {o: int(n) for o, n in rows}
 
 

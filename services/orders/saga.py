@@ -8,7 +8,13 @@ from pydantic import BaseModel
 
 from sagakit import Saga, Step
 from services.inventory.messages import OutOfStock, ReleaseStock, ReserveStock, StockReserved
-from services.payments.messages import CreditLimitExceeded, CreditReleased, CreditReserved, ReleaseCredit, ReserveCredit
+from services.payments.messages import (
+    CreditLimitExceeded,
+    CreditReleased,
+    CreditReserved,
+    ReleaseCredit,
+    ReserveCredit,
+)
 from services.shipping.messages import ScheduleShipment, ShipmentFailed, ShipmentScheduled
 
 from .messages import ApproveOrder, OrderApproved, RejectOrder

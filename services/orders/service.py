@@ -67,9 +67,17 @@ class OrderRepository:
         created = []
         for o in orders:
             cur = self.db.execute(
-                "INSERT OR IGNORE INTO orders (id, customer_id, product_id, quantity, amount, address, "
-                "status, created_ms) VALUES (?, ?, ?, ?, ?, ?, 'PENDING', ?)",
-                (o.order_id, o.customer_id, o.product_id, o.quantity, o.amount, o.address, now_ms()),
+                "INSERT OR IGNORE INTO orders (id, customer_id, product_id, quantity, amount, "
+                "address, status, created_ms) VALUES (?, ?, ?, ?, ?, ?, 'PENDING', ?)",
+                (
+                    o.order_id,
+                    o.customer_id,
+                    o.product_id,
+                    o.quantity,
+                    o.amount,
+                    o.address,
+                    now_ms(),
+                ),
             )
             if cur.rowcount:
                 created.append(o)
@@ -78,26 +86,31 @@ class OrderRepository:
     def end(self, order_id: str, status: str, reason: str | None = None) -> bool:
         """Set a PENDING order's final status; False if it had one already."""
         cur = self.db.execute(
-            "UPDATE orders SET status = ?, reason = ?, ended_ms = ? WHERE id = ? AND status = 'PENDING'",
+            "UPDATE orders SET status = ?, reason = ?, ended_ms = ? "
+            "WHERE id = ? AND status = 'PENDING'",
             (status, reason, now_ms(), order_id),
         )
         return bool(cur.rowcount)
 
     def pending(self) -> list[NewOrder]:
         rows = self.db.execute(
-            "SELECT id, customer_id, product_id, quantity, amount, address FROM orders WHERE status = 'PENDING'"
+            "SELECT id, customer_id, product_id, quantity, amount, address FROM orders "
+            "WHERE status = 'PENDING'"
         )
         return [NewOrder(*r) for r in rows]
 
     def all(self) -> list[OrderRow]:
         rows = self.db.execute(
-            "SELECT id, customer_id, product_id, quantity, amount, status, reason, created_ms, ended_ms "
-            "FROM orders ORDER BY id"
+            "SELECT id, customer_id, product_id, quantity, amount, status, reason, "
+            "created_ms, ended_ms FROM orders ORDER BY id"
         )
         return [OrderRow(*r) for r in rows]
 
     def count_by_status(self) -> dict[str, int]:
-        return {s: int(n) for s, n in self.db.execute("SELECT status, COUNT(*) FROM orders GROUP BY status")}
+        return {
+            s: int(n)
+            for s, n in self.db.execute("SELECT status, COUNT(*) FROM orders GROUP BY status")
+        }
 
 
 def saga_state(order: NewOrder) -> OrderState:
@@ -157,7 +170,9 @@ class OrdersApp:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
-        await SagaClient(transport, namespace=self.namespace).start_many(place_order, [(o.order_id, saga_state(o)) for o in created])
+        await SagaClient(transport, namespace=self.namespace).start_many(
+            place_order, [(o.order_id, saga_state(o)) for o in created]
+        )
 
     async def resume_pending(self, transport: Transport) -> int:
         """Re-send the start request of every PENDING order.
@@ -168,5 +183,7 @@ class OrdersApp:
         """
         pending = self.repository.pending()
         if pending:
-            await SagaClient(transport, namespace=self.namespace).start_many(place_order, [(o.order_id, saga_state(o)) for o in pending])
+            await SagaClient(transport, namespace=self.namespace).start_many(
+                place_order, [(o.order_id, saga_state(o)) for o in pending]
+            )
         return len(pending)

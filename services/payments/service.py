@@ -6,7 +6,13 @@ import sqlite3
 
 from sagakit import BusinessFailure, HandlerContext, Service, SqliteStore
 
-from .messages import CreditLimitExceeded, CreditReleased, CreditReserved, ReleaseCredit, ReserveCredit
+from .messages import (
+    CreditLimitExceeded,
+    CreditReleased,
+    CreditReserved,
+    ReleaseCredit,
+    ReserveCredit,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS customers (id TEXT PRIMARY KEY, credit_limit INTEGER NOT NULL);
@@ -28,13 +34,15 @@ class CreditRepository:
 
     def add_customer(self, customer_id: str, credit_limit: int) -> None:
         self.db.execute(
-            "INSERT OR REPLACE INTO customers (id, credit_limit) VALUES (?, ?)", (customer_id, credit_limit)
+            "INSERT OR REPLACE INTO customers (id, credit_limit) VALUES (?, ?)",
+            (customer_id, credit_limit),
         )
 
     def available(self, customer_id: str) -> int:
         row = self.db.execute(
             "SELECT c.credit_limit - COALESCE((SELECT SUM(amount) FROM credit_reservations r "
-            "WHERE r.customer_id = c.id AND r.status = 'RESERVED'), 0) FROM customers c WHERE c.id = ?",
+            "WHERE r.customer_id = c.id AND r.status = 'RESERVED'), 0) "
+            "FROM customers c WHERE c.id = ?",
             (customer_id,),
         ).fetchone()
         return 0 if row is None else int(row[0])
@@ -48,7 +56,8 @@ class CreditRepository:
 
     def release(self, order_id: str) -> None:
         self.db.execute(
-            "UPDATE credit_reservations SET status = 'RELEASED' WHERE order_id = ? AND status = 'RESERVED'",
+            "UPDATE credit_reservations SET status = 'RELEASED' "
+            "WHERE order_id = ? AND status = 'RESERVED'",
             (order_id,),
         )
 
@@ -60,7 +69,9 @@ class CreditRepository:
         return {c: int(a) for c, a in rows}
 
     def reservations_per_order(self) -> dict[str, int]:
-        rows = self.db.execute("SELECT order_id, COUNT(*) FROM credit_reservations GROUP BY order_id")
+        rows = self.db.execute(
+            "SELECT order_id, COUNT(*) FROM credit_reservations GROUP BY order_id"
+        )
         return {o: int(n) for o, n in rows}
 
 
@@ -71,18 +82,24 @@ def build(
     service = Service("payments", store, partitions=partitions, namespace=namespace)
 
     @service.handles(ReserveCredit)
-    def reserve_credit(cmd: ReserveCredit, ctx: HandlerContext[sqlite3.Connection]) -> CreditReserved:
+    def reserve_credit(
+        cmd: ReserveCredit, ctx: HandlerContext[sqlite3.Connection]
+    ) -> CreditReserved:
         credit = CreditRepository(ctx.db)
         available = credit.available(cmd.customer_id)
         if cmd.amount > available:
             raise BusinessFailure(
-                CreditLimitExceeded(order_id=cmd.order_id, requested=cmd.amount, available=available)
+                CreditLimitExceeded(
+                    order_id=cmd.order_id, requested=cmd.amount, available=available
+                )
             )
         credit.reserve(cmd.order_id, cmd.customer_id, cmd.amount)
         return CreditReserved(order_id=cmd.order_id)
 
     @service.handles(ReleaseCredit)
-    def release_credit(cmd: ReleaseCredit, ctx: HandlerContext[sqlite3.Connection]) -> CreditReleased:
+    def release_credit(
+        cmd: ReleaseCredit, ctx: HandlerContext[sqlite3.Connection]
+    ) -> CreditReleased:
         CreditRepository(ctx.db).release(cmd.order_id)
         return CreditReleased(order_id=cmd.order_id)
 

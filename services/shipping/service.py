@@ -25,11 +25,15 @@ class ShipmentRepository:
         self.db = db
 
     def block_region(self, region: str) -> None:
-        self.db.execute("INSERT OR IGNORE INTO undeliverable_regions (region) VALUES (?)", (region,))
+        self.db.execute(
+            "INSERT OR IGNORE INTO undeliverable_regions (region) VALUES (?)", (region,)
+        )
 
     def deliverable(self, address: str) -> bool:
         region = address.rpartition(",")[2].strip()
-        row = self.db.execute("SELECT 1 FROM undeliverable_regions WHERE region = ?", (region,)).fetchone()
+        row = self.db.execute(
+            "SELECT 1 FROM undeliverable_regions WHERE region = ?", (region,)
+        ).fetchone()
         return row is None
 
     def schedule(self, order_id: str, address: str) -> str:
@@ -53,12 +57,16 @@ def build(
     service = Service("shipping", store, partitions=partitions, namespace=namespace)
 
     @service.handles(ScheduleShipment)
-    def schedule(cmd: ScheduleShipment, ctx: HandlerContext[sqlite3.Connection]) -> ShipmentScheduled:
+    def schedule(
+        cmd: ScheduleShipment, ctx: HandlerContext[sqlite3.Connection]
+    ) -> ShipmentScheduled:
         shipments = ShipmentRepository(ctx.db)
         if not shipments.deliverable(cmd.address):
             raise BusinessFailure(
                 ShipmentFailed(order_id=cmd.order_id, reason=f"cannot deliver to {cmd.address!r}")
             )
-        return ShipmentScheduled(order_id=cmd.order_id, shipment_id=shipments.schedule(cmd.order_id, cmd.address))
+        return ShipmentScheduled(
+            order_id=cmd.order_id, shipment_id=shipments.schedule(cmd.order_id, cmd.address)
+        )
 
     return service

@@ -13,7 +13,17 @@ from ._errors import (
     TopicMismatch,
     TransportError,
 )
-from ._evaluator import Decision, PendingCommand, Phase, SagaInstance, SagaStatus, Transition, decide, evolve, replay
+from ._evaluator import (
+    Decision,
+    PendingCommand,
+    Phase,
+    SagaInstance,
+    SagaStatus,
+    Transition,
+    decide,
+    evolve,
+    replay,
+)
 from ._idempotency import IdempotencyStore, MemoryStore, SqliteStore, StoredReply
 from ._messages import Command, Envelope, Event, Header, Message, Reply, StartSaga
 from ._orchestrator import Orchestrator
@@ -37,8 +47,8 @@ __all__ = (
     "BusinessFailure",
     "Codec",
     "Command",
-    "DecodeError",
     "Decision",
+    "DecodeError",
     "DefinitionError",
     "Envelope",
     "Event",

@@ -31,7 +31,8 @@ class SagaClient:
     def start_record(self, saga: Saga[Any], saga_id: str, state: BaseModel) -> OutgoingRecord:
         if not isinstance(state, saga.state):
             raise TypeError(
-                f"saga {saga.name!r} takes a {saga.state.__qualname__} state, got {type(state).__name__}"
+                f"saga {saga.name!r} takes a {saga.state.__qualname__} state, "
+                f"got {type(state).__name__}"
             )
         message_id = start_id(saga_id)
         envelope = Envelope(
@@ -44,7 +45,10 @@ class SagaClient:
             saga_version=str(saga.version),
         )
         return encode_record(
-            self.namespace + saga.inbox_topic, envelope, StartSaga(state=state.model_dump(mode="json")), codec=self.codec
+            self.namespace + saga.inbox_topic,
+            envelope,
+            StartSaga(state=state.model_dump(mode="json")),
+            codec=self.codec,
         )
 
     async def start(self, saga: Saga[Any], saga_id: str, state: BaseModel) -> None:

@@ -184,7 +184,9 @@ class Saga(Generic[S]):
             if not isinstance(step, Step):
                 raise self._fail(None, f"steps[{index}] is {step!r}, not a Step")
             if not _NAME.match(step.name):
-                raise self._fail(step.name, "name must be lower-case letters, digits, '.', '_' or '-'")
+                raise self._fail(
+                    step.name, "name must be lower-case letters, digits, '.', '_' or '-'"
+                )
             if step.name in seen:
                 raise self._fail(step.name, "duplicate step name")
             seen.add(step.name)
@@ -198,7 +200,9 @@ class Saga(Generic[S]):
             raise self._fail(step.name, "has neither invoke nor compensate; it does nothing")
         action = self._action(step, step.invoke, "invoke") if step.invoke is not None else None
         compensation = (
-            self._action(step, step.compensate, "compensate") if step.compensate is not None else None
+            self._action(step, step.compensate, "compensate")
+            if step.compensate is not None
+            else None
         )
         if action is None and (step.on_reply or step.failures or step.on_failure):
             raise self._fail(step.name, "declares replies but sends no command (no invoke)")
@@ -241,7 +245,9 @@ class Saga(Generic[S]):
         else:
             raise self._fail(step.name, f"{what} must be a Command class or a function")
         if not issubclass(command, Command):
-            raise self._fail(step.name, f"{what} builds {command.__qualname__}, which is not a Command")
+            raise self._fail(
+                step.name, f"{what} builds {command.__qualname__}, which is not a Command"
+            )
         if not is_registered(command):
             raise self._fail(
                 step.name,
@@ -320,5 +326,6 @@ class Saga(Generic[S]):
             if later:
                 raise self._fail(
                     r.name,
-                    f"has no compensation but is followed by step {later[0].name!r}, which may fail",
+                    f"has no compensation but is followed by step {later[0].name!r}, "
+                    "which may fail",
                 )

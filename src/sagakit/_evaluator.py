@@ -143,7 +143,9 @@ def command_id(saga_id: str, step: str, phase: Phase, attempt: int) -> str:
     return f"{saga_id}:{name}:{attempt}"
 
 
-def decide(definition: Saga[Any], instance: SagaInstance | None, incoming: Incoming[Message]) -> Decision:
+def decide(
+    definition: Saga[Any], instance: SagaInstance | None, incoming: Incoming[Message]
+) -> Decision:
     """The decision for one inbox message, given the saga's current instance (or None)."""
     env = incoming.envelope
     message = incoming.message
@@ -161,7 +163,9 @@ def decide(definition: Saga[Any], instance: SagaInstance | None, incoming: Incom
 
 
 # -- start ---------------------------------------------------------------------------------
-def _start(definition: Saga[Any], instance: SagaInstance | None, incoming: Incoming[Message]) -> Decision:
+def _start(
+    definition: Saga[Any], instance: SagaInstance | None, incoming: Incoming[Message]
+) -> Decision:
     env = incoming.envelope
     if instance is not None:
         return Decision(instance=instance, ignored=f"saga {env.saga_id} already started")
@@ -200,7 +204,9 @@ def _start(definition: Saga[Any], instance: SagaInstance | None, incoming: Incom
 
 
 # -- replies -------------------------------------------------------------------------------
-def _reply(definition: Saga[Any], instance: SagaInstance | None, incoming: Incoming[Message]) -> Decision:
+def _reply(
+    definition: Saga[Any], instance: SagaInstance | None, incoming: Incoming[Message]
+) -> Decision:
     env = incoming.envelope
     reply = incoming.message
     assert isinstance(reply, Reply)
@@ -277,7 +283,9 @@ class _Draft:
             instance=instance,
         )
 
-    def forward_from(self, index: int, event: str, step: str | None, causation: str | None) -> Decision:
+    def forward_from(
+        self, index: int, event: str, step: str | None, causation: str | None
+    ) -> Decision:
         for r in self.definition.resolved()[index:]:
             if r.action is None:
                 self.completed = (*self.completed, r.name)
@@ -316,7 +324,9 @@ class _Draft:
             causation_id=causation or self.cause,
         )
         record = self._record(event, step, status, pending)
-        return Decision(records=(record,), commands=(pending,), instance=evolve(self.instance, record))
+        return Decision(
+            records=(record,), commands=(pending,), instance=evolve(self.instance, record)
+        )
 
     def _finish(self, event: str, step: str | None, status: SagaStatus) -> Decision:
         record = self._record(event, step, status, None)

@@ -21,7 +21,7 @@ import orjson
 from ._codec import _default
 from ._definition import Saga
 from ._errors import DecodeError
-from ._evaluator import Phase, PendingCommand, SagaInstance, SagaStatus, Transition, evolve
+from ._evaluator import PendingCommand, Phase, SagaInstance, SagaStatus, Transition, evolve
 from ._messages import Command, registered
 from .eventlog._base import EventLog, JournalEntry, StoredEntry
 
@@ -72,7 +72,9 @@ def decode_transition(data: bytes, saga: Saga[Any]) -> Transition:
     try:
         d = orjson.loads(data)
         if d["saga_type"] != saga.name:
-            raise DecodeError(f"journal record of saga type {d['saga_type']!r}, expected {saga.name!r}")
+            raise DecodeError(
+                f"journal record of saga type {d['saga_type']!r}, expected {saga.name!r}"
+            )
         p = d["pending"]
         pending = None
         if p is not None:
@@ -150,7 +152,8 @@ class Replayer:
             current = self.instances.get(t.saga_id)
             if current is not None and (t.cause in current.applied or t.seq <= current.seq):
                 self.anomalies.append(
-                    f"offset {stored.offset}: saga {t.saga_id} seq {t.seq} repeats seq {current.seq}"
+                    f"offset {stored.offset}: saga {t.saga_id} seq {t.seq} "
+                    f"repeats seq {current.seq}"
                 )
                 continue
             expected = 1 if current is None else current.seq + 1
@@ -182,7 +185,9 @@ async def restore_partition(
             if replayer.next_offset > claim_offset:
                 break
     if replayer.epoch != epoch:
-        log.warning("journal partition %d: claimed epoch %d but saw %d", partition, epoch, replayer.epoch)
+        log.warning(
+            "journal partition %d: claimed epoch %d but saw %d", partition, epoch, replayer.epoch
+        )
     if replayer.anomalies:
         log.warning(
             "journal partition %d: %d anomalies, first: %s",

@@ -54,7 +54,11 @@ class OrchestratorStats:
 
 
 def command_record(
-    saga: Saga[Any], instance: SagaInstance, pending: PendingCommand, codec: Codec, namespace: str = ""
+    saga: Saga[Any],
+    instance: SagaInstance,
+    pending: PendingCommand,
+    codec: Codec,
+    namespace: str = "",
 ) -> OutgoingRecord:
     envelope = Envelope(
         message_id=pending.message_id,
@@ -94,7 +98,11 @@ class Orchestrator:
         self.inbox_topic = namespace + saga.inbox_topic
         self.on_transition = on_transition
         self.transport = transport
-        self.event_log = event_log if event_log is not None else KafkaEventLog(transport, namespace + saga.journal_topic)
+        self.event_log = (
+            event_log
+            if event_log is not None
+            else KafkaEventLog(transport, namespace + saga.journal_topic)
+        )
         self.partitions = partitions
         self.group_id = group_id or f"{namespace}{saga.name}.orchestrator"
         self.codec = codec
@@ -149,7 +157,9 @@ class Orchestrator:
         """Consume until cancelled. Reports started once it has joined the group."""
         await self.ensure_topics()
         async with (
-            self.transport.subscribe([self.inbox_topic], group_id=self.group_id, listener=self) as sub,
+            self.transport.subscribe(
+                [self.inbox_topic], group_id=self.group_id, listener=self
+            ) as sub,
             anyio.create_task_group() as tg,
         ):
             self._sub, self._tg = sub, tg
@@ -158,7 +168,9 @@ class Orchestrator:
             task_status.started()
             try:
                 while True:
-                    records = await sub.getmany(timeout=self.poll_timeout_s, max_records=self.max_records)
+                    records = await sub.getmany(
+                        timeout=self.poll_timeout_s, max_records=self.max_records
+                    )
                     if records:
                         async with self._lock:
                             await self._process(sub, records)
@@ -254,7 +266,8 @@ class Orchestrator:
                 incoming = decode_record(record, self.codec)
                 if record.key is None or record.key.decode() != incoming.envelope.saga_id:
                     raise DecodeError(
-                        f"record key {record.key!r} is not its saga-id {incoming.envelope.saga_id!r}"
+                        f"record key {record.key!r} is not its saga-id "
+                        f"{incoming.envelope.saga_id!r}"
                     )
             except DecodeError as exc:
                 outgoing.append(dead_letter(record, "DecodeError", str(exc)))
@@ -264,7 +277,9 @@ class Orchestrator:
             try:
                 decision = decide(self.saga, part.instances.get(saga_id), incoming)
             except Exception as exc:  # a state update or command builder of the definition raised
-                log.exception("deciding %s for saga %s failed", incoming.envelope.message_type, saga_id)
+                log.exception(
+                    "deciding %s for saga %s failed", incoming.envelope.message_type, saga_id
+                )
                 outgoing.append(dead_letter(record, type(exc).__name__, f"decide failed: {exc}"))
                 dead += 1
                 continue

@@ -18,7 +18,7 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar
 
 import anyio
 from anyio.abc import TaskStatus
@@ -165,11 +165,15 @@ class Service(Generic[TxT]):
         async with transport.subscribe([self.commands_topic], group_id=group, listener=self) as sub:
             task_status.started()
             while True:
-                records = await sub.getmany(timeout=self.poll_timeout_s, max_records=self.max_records)
+                records = await sub.getmany(
+                    timeout=self.poll_timeout_s, max_records=self.max_records
+                )
                 if records:
                     await self._process(transport, sub, records)
 
-    async def _process(self, transport: Transport, sub: Subscription, records: Sequence[Record]) -> None:
+    async def _process(
+        self, transport: Transport, sub: Subscription, records: Sequence[Record]
+    ) -> None:
         outgoing: list[OutgoingRecord] = []
         offsets: dict[TopicPartition, int] = {}
         batch = self.store.begin()
@@ -187,7 +191,11 @@ class Service(Generic[TxT]):
         try:
             await sub.commit(offsets)
         except PartitionsLost as exc:
-            log.warning("%s: commit refused (%s); the new owner answers from the stored replies", self.name, exc)
+            log.warning(
+                "%s: commit refused (%s); the new owner answers from the stored replies",
+                self.name,
+                exc,
+            )
 
     async def _handle(self, batch: StoreBatch[TxT], record: Record) -> OutgoingRecord:
         try:
@@ -204,7 +212,9 @@ class Service(Generic[TxT]):
             )
         if not env.reply_to:
             self.stats.dead_letters += 1
-            return dead_letter(record, "NoReplyTo", f"command {env.message_id} has no reply-to header")
+            return dead_letter(
+                record, "NoReplyTo", f"command {env.message_id} has no reply-to header"
+            )
         stored = batch.reply_for(env.message_id)
         if stored is not None:
             self.stats.duplicates += 1
@@ -216,7 +226,7 @@ class Service(Generic[TxT]):
                         result = await result
                 reply = _check_reply(self.name, env, result)
             except BusinessFailure as failure:
-                reply = cast(Reply, failure.reply)
+                reply = failure.reply
                 self.stats.failures += 1
             except Exception as exc:
                 log.exception("%s: handler of %s failed", self.name, env.message_type)
@@ -245,7 +255,8 @@ class Service(Generic[TxT]):
 def _check_reply(service: str, env: Envelope, result: object) -> Reply:
     if not isinstance(result, Reply) or not is_registered(type(result)):
         raise TypeError(
-            f"handler of {env.message_type} in service {service!r} returned {type(result).__name__}; "
+            f"handler of {env.message_type} in service {service!r} "
+            f"returned {type(result).__name__}; "
             "it must return a registered Reply (or raise BusinessFailure)"
         )
     return result

@@ -40,7 +40,9 @@ def _quiet_logs(verbose: bool) -> None:
 
 @app.command()
 def broker(
-    port: Annotated[int, typer.Option(help="Loopback port to listen on (default: a free one).")] = 0,
+    port: Annotated[
+        int, typer.Option(help="Loopback port to listen on (default: a free one).")
+    ] = 0,
 ) -> None:
     """Run the embedded Kafka-compatible broker in the foreground (Ctrl-C stops it)."""
     try:
@@ -64,9 +66,12 @@ def broker(
 def demo(
     orders: Annotated[int, typer.Option(min=1, help="How many orders to place.")] = 100,
     seed: Annotated[int, typer.Option(help="Seed of the order mix.")] = 7,
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object on stdout.")
+    ] = False,
     bootstrap: Annotated[
-        str | None, typer.Option(help="Kafka bootstrap servers; default: start the embedded broker.")
+        str | None,
+        typer.Option(help="Kafka bootstrap servers; default: start the embedded broker."),
     ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for every saga to end.")] = 120.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens.")] = False,
@@ -128,7 +133,9 @@ def _print_demo(result: Any) -> None:
     table.add_column("orders", justify="right")
     for status, n in result.outcomes.items():
         table.add_row(status, str(n))
-    table.add_row("unfinished", str(result.unfinished), style="red" if result.unfinished else "green")
+    table.add_row(
+        "unfinished", str(result.unfinished), style="red" if result.unfinished else "green"
+    )
     out.print(table)
     lat = result.latency_ms
     out.print(

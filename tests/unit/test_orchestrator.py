@@ -79,7 +79,9 @@ trip = Saga(
     "trip",
     state=Trip,
     steps=[
-        Step("book", invoke=Book, on_reply={Booked: remember}, failures=[SoldOut], compensate=Cancel),
+        Step(
+            "book", invoke=Book, on_reply={Booked: remember}, failures=[SoldOut], compensate=Cancel
+        ),
         Step("charge", invoke=Charge, on_reply={Charged: None}, failures=[Declined]),
     ],
 )
@@ -153,9 +155,7 @@ async def test_redelivered_start_and_reply_change_nothing() -> None:
         await env.transport.send(
             [OutgoingRecord(r.topic, r.key, r.value, r.headers) for r in replies]
         )
-        with anyio.fail_after(5):
-            while orchestrator.stats.duplicates < before + len(replies):
-                await anyio.sleep(0.01)
+        await env.broker.wait_until(lambda: orchestrator.stats.duplicates >= before + len(replies))
         assert env.broker.records("trip.journal") == journal
         assert env.broker.records("otest.commands") == commands
         assert env.dead_letters("trip.inbox") == []
@@ -202,7 +202,10 @@ async def test_commands_journaled_but_not_sent_are_resent_after_restore() -> Non
 
     ended = anyio.Event()
     second = Orchestrator(
-        trip, transport, partitions=4, on_transition=lambda t: ended.set() if t.status.terminal else None
+        trip,
+        transport,
+        partitions=4,
+        on_transition=lambda t: ended.set() if t.status.terminal else None,
     )
     async with anyio.create_task_group() as tg:
         await tg.start(second.run)
@@ -213,14 +216,18 @@ async def test_commands_journaled_but_not_sent_are_resent_after_restore() -> Non
         tg.cancel_scope.cancel()
     assert instance is not None and instance.status is SagaStatus.COMPLETED
     assert calls["book"] == 1  # re-sent once after the restore, handled once
-    book_commands = [r for r in broker.records("otest.commands") if b"t3:book:1" in dict(r.headers)["message-id"]]
+    book_commands = [
+        r for r in broker.records("otest.commands") if b"t3:book:1" in dict(r.headers)["message-id"]
+    ]
     assert len(book_commands) >= 1
 
 
 async def test_bad_records_go_to_the_dlq_and_consumption_goes_on() -> None:
     service, _, _ = trip_services()
     async with SagaTestEnvironment([trip], [service]) as env:
-        good_headers = SagaClient(env.transport).start_record(trip, "t4", Trip(trip_id="t4", seats=1)).headers
+        good_headers = (
+            SagaClient(env.transport).start_record(trip, "t4", Trip(trip_id="t4", seats=1)).headers
+        )
         await env.transport.send(
             [
                 OutgoingRecord("trip.inbox", b"junk", b"\xff not json", good_headers),
@@ -253,9 +260,7 @@ async def test_unexpected_reply_type_is_dead_lettered_with_reason() -> None:
 
     async with SagaTestEnvironment([trip], [strays]) as env:
         await env.start(trip, "t5", Trip(trip_id="t5", seats=1))
-        with anyio.fail_after(5):
-            while not env.dead_letters("trip.inbox"):
-                await anyio.sleep(0.01)
+        await env.broker.wait_until(lambda: bool(env.dead_letters("trip.inbox")))
         [dead] = env.dead_letters("trip.inbox")
         instance = env.instance("t5")
     headers: dict[str, Any] = dict(dead.headers)

@@ -85,7 +85,9 @@ def bank(store: SqliteStore) -> tuple[Service[sqlite3.Connection], list[str]]:
 
 
 def balance(store: SqliteStore, account: str) -> int | None:
-    row = store.connection.execute("SELECT balance FROM accounts WHERE id = ?", (account,)).fetchone()
+    row = store.connection.execute(
+        "SELECT balance FROM accounts WHERE id = ?", (account,)
+    ).fetchone()
     return None if row is None else int(row[0])
 
 
@@ -100,9 +102,9 @@ async def run_until(
     async with anyio.create_task_group() as tg:
         await tg.start(service.run, transport)
         await transport.send(records)
-        with anyio.fail_after(5):
-            while len(transport.broker.records(topic)) < expected_replies:
-                await anyio.sleep(0.01)
+        await transport.broker.wait_until(
+            lambda: len(transport.broker.records(topic)) >= expected_replies
+        )
         tg.cancel_scope.cancel()
     return transport.broker.records(topic)
 
@@ -153,9 +155,9 @@ async def test_handler_error_goes_to_the_dlq_and_the_next_command_is_handled() -
         ],
         expected_replies=1,
     )
-    with anyio.fail_after(5):
-        while len(transport.broker.records("bank.commands.dlq")) < 2:
-            await anyio.sleep(0.01)
+    await transport.broker.wait_until(
+        lambda: len(transport.broker.records("bank.commands.dlq")) >= 2
+    )
     dead = transport.broker.records("bank.commands.dlq")
     kinds = sorted(dict(r.headers)["error-type"] for r in dead)
     assert kinds == [b"DecodeError", b"ValueError"]
@@ -174,9 +176,9 @@ async def test_unknown_command_type_is_dead_lettered() -> None:
     async with anyio.create_task_group() as tg:
         await tg.start(service.run, transport)
         await transport.send([command("s1:withdraw:1", Withdraw(account="a"))])
-        with anyio.fail_after(5):
-            while not transport.broker.records("bank.commands.dlq"):
-                await anyio.sleep(0.01)
+        await transport.broker.wait_until(
+            lambda: bool(transport.broker.records("bank.commands.dlq"))
+        )
         tg.cancel_scope.cancel()
     [dead] = transport.broker.records("bank.commands.dlq")
     assert dict(dead.headers)["error-type"] == b"NoHandler"
@@ -227,8 +229,6 @@ async def test_memory_store_deduplicates_too() -> None:
         await tg.start(service.run, transport)
         await transport.send([cmd])
         await transport.send([cmd])
-        with anyio.fail_after(5):
-            while len(transport.broker.records(REPLIES)) < 2:
-                await anyio.sleep(0.01)
+        await transport.broker.wait_until(lambda: len(transport.broker.records(REPLIES)) >= 2)
         tg.cancel_scope.cancel()
     assert seen == ["s1:deposit:1"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -35,6 +35,6 @@ class EventLog(Protocol):
         """Append (partition, entry) pairs in order; return once all are durable, with offsets."""
         ...
 
-    def read(self, partition: int, start: int = 0) -> AsyncIterator[list[StoredEntry]]:
+    def read(self, partition: int, start: int = 0) -> AsyncGenerator[list[StoredEntry], None]:
         """Batches of one partition from `start` to its end at the time of reading."""
         ...

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 
 from .._errors import DecodeError
 from ..transport._base import OutgoingRecord, Record, Transport
@@ -55,6 +55,6 @@ class KafkaEventLog:
         ]
         return [d.offset for d in await self.transport.send(records)]
 
-    async def read(self, partition: int, start: int = 0) -> AsyncIterator[list[StoredEntry]]:
+    async def read(self, partition: int, start: int = 0) -> AsyncGenerator[list[StoredEntry], None]:
         async for batch in self.transport.read(self.topic, partition, start=start):
             yield [StoredEntry(r.offset, _entry(r)) for r in batch]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 
 import anyio
 
@@ -41,7 +41,7 @@ class MemoryEventLog:
             log.append(entry)
         return offsets
 
-    async def read(self, partition: int, start: int = 0) -> AsyncIterator[list[StoredEntry]]:
+    async def read(self, partition: int, start: int = 0) -> AsyncGenerator[list[StoredEntry], None]:
         log = self._partition(partition)
         pos = start
         while pos < len(log):

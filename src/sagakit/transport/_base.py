@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
@@ -54,7 +54,7 @@ class Delivered:
 
 def partition_for(key: bytes, partitions: int) -> int:
     """The partition Kafka's default partitioner (murmur2) gives `key`."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    return int((murmur2(key) & 0x7FFFFFFF) % partitions)
 
 
 class RebalanceListener(Protocol):
@@ -69,7 +69,7 @@ class Subscription(Protocol):
     """A consumer-group member: fetch batches, commit offsets once per batch."""
 
     async def getmany(self, *, timeout: float, max_records: int = 500) -> list[Record]:
-        """The next batch (possibly empty after `timeout` seconds), in offset order per partition."""
+        """The next batch (empty after `timeout` seconds), in offset order per partition."""
         ...
 
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
@@ -112,6 +112,6 @@ class Transport(Protocol):
 
     def read(
         self, topic: str, partition: int, *, start: int = 0, max_records: int = 500
-    ) -> AsyncIterator[list[Record]]:
+    ) -> AsyncGenerator[list[Record], None]:
         """Batches of one partition from `start` until the partition's end at that time."""
         ...

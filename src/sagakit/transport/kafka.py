@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -16,7 +16,14 @@ from aiokafka.structs import OffsetAndMetadata
 from aiokafka.structs import TopicPartition as KafkaTP
 
 from .._errors import PartitionsLost, TopicMismatch, TransportError
-from ._base import Delivered, OutgoingRecord, RebalanceListener, Record, Subscription, TopicPartition
+from ._base import (
+    Delivered,
+    OutgoingRecord,
+    RebalanceListener,
+    Record,
+    Subscription,
+    TopicPartition,
+)
 
 log = logging.getLogger("sagakit.transport.kafka")
 
@@ -74,14 +81,18 @@ class _ListenerAdapter(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: Iterable[KafkaTP]) -> None:
         try:
-            await self._listener.on_revoked(frozenset(TopicPartition(t.topic, t.partition) for t in revoked))
+            await self._listener.on_revoked(
+                frozenset(TopicPartition(t.topic, t.partition) for t in revoked)
+            )
         except Exception as exc:
             log.exception("rebalance listener failed on revoke")
             self._sub._failure = exc
 
     async def on_partitions_assigned(self, assigned: Iterable[KafkaTP]) -> None:
         try:
-            await self._listener.on_assigned(frozenset(TopicPartition(t.topic, t.partition) for t in assigned))
+            await self._listener.on_assigned(
+                frozenset(TopicPartition(t.topic, t.partition) for t in assigned)
+            )
         except Exception as exc:
             log.exception("rebalance listener failed on assign")
             self._sub._failure = exc
@@ -116,7 +127,10 @@ class KafkaSubscription:
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         if not offsets:
             return
-        request = {KafkaTP(tp.topic, tp.partition): OffsetAndMetadata(off, "") for tp, off in offsets.items()}
+        request = {
+            KafkaTP(tp.topic, tp.partition): OffsetAndMetadata(off, "")
+            for tp, off in offsets.items()
+        }
         try:
             await self._consumer.commit(request)
         except (CommitFailedError, IllegalStateError) as exc:
@@ -175,7 +189,9 @@ class KafkaTransport:
             await producer.start()
         except KafkaError as exc:
             await producer.stop()
-            raise TransportError(f"cannot connect to Kafka at {s.bootstrap_servers}: {exc!r}") from exc
+            raise TransportError(
+                f"cannot connect to Kafka at {s.bootstrap_servers}: {exc!r}"
+            ) from exc
         self._producer = producer
 
     async def stop(self) -> None:
@@ -291,7 +307,7 @@ class KafkaTransport:
 
     async def read(
         self, topic: str, partition: int, *, start: int = 0, max_records: int = 500
-    ) -> AsyncIterator[list[Record]]:
+    ) -> AsyncGenerator[list[Record], None]:
         """Read to the fetch high-watermark, not to ``end_offsets``.
 
         ``end_offsets`` (and ``seek_to_end``) can be short of the real end after

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -104,6 +104,12 @@ class MemoryBroker:
     def _notify(self) -> None:
         self._changed.set()
         self._changed = anyio.Event()
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+        """Wait (in tests) until `predicate()` holds; checked after every append and commit."""
+        with anyio.fail_after(timeout):
+            while not predicate():
+                await self._changed.wait()
 
     async def _wait_change(self, timeout: float) -> None:
         with anyio.move_on_after(timeout):
@@ -235,6 +241,7 @@ class MemorySubscription:
             raise PartitionsLost(f"commit refused: {lost} are not assigned to {self._member_id}")
         await anyio.lowlevel.checkpoint()
         group.committed.update(offsets)
+        self._broker._notify()
 
     def assignment(self) -> frozenset[TopicPartition]:
         return self._assigned
@@ -301,7 +308,7 @@ class MemoryTransport:
 
     async def read(
         self, topic: str, partition: int, *, start: int = 0, max_records: int = 500
-    ) -> AsyncIterator[list[Record]]:
+    ) -> AsyncGenerator[list[Record], None]:
         if not 0 <= partition < self.broker.partition_count(topic):
             raise TransportError(f"topic {topic!r} has no partition {partition}")
         pos = start
