@@ -1,0 +1,43 @@
+"""`sagakit demo` as a user runs it: its own embedded broker, JSON on stdout, exit status."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.kafka
+
+SAGAKIT = str(Path(sys.executable).with_name("sagakit"))
+
+
+def run_demo(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [SAGAKIT, "demo", "--json", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_demo_json_reports_every_order_ended_and_consistent() -> None:
+    proc = run_demo("--orders", "40", "--seed", "5")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["style"] == "orchestration"
+    assert result["orders"] == 40
+    assert result["unfinished"] == 0
+    assert result["consistent"] is True and result["violations"] == []
+    assert sum(result["outcomes"].values()) == 40
+    assert set(result["outcomes"]) == {"APPROVED", "REJECTED"}
+    lat = result["latency_ms"]
+    assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"]
+
+
+def test_demo_exits_non_zero_when_sagas_do_not_end() -> None:
+    proc = run_demo("--orders", "40", "--timeout", "0.001")
+    assert proc.returncode == 1
+    result = json.loads(proc.stdout)
+    assert result["unfinished"] > 0
+    assert result["consistent"] is False
+    assert any("not ended" in v for v in result["violations"])
