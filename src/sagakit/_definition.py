@@ -163,7 +163,9 @@ class Saga(Generic[S]):
 
     # validation ------------------------------------------------------------
     def _fail(self, step: str | None, problem: str) -> DefinitionError:
-        where = f"step {step!r} of saga {self.name!r}" if step else f"saga {self.name!r}"
+        where = (
+            f"step {step!r} of saga {self.name!r}" if step is not None else f"saga {self.name!r}"
+        )
         return DefinitionError(f"{where}: {problem}")
 
     def _validate(self) -> None:
@@ -183,6 +185,8 @@ class Saga(Generic[S]):
         for index, step in enumerate(self.steps):
             if not isinstance(step, Step):
                 raise self._fail(None, f"steps[{index}] is {step!r}, not a Step")
+            if not isinstance(step.name, str):
+                raise self._fail(None, f"steps[{index}] has name {step.name!r}, not a string")
             if not _NAME.match(step.name):
                 raise self._fail(
                     step.name, "name must be lower-case letters, digits, '.', '_' or '-'"

@@ -138,9 +138,14 @@ def replay(records: Iterable[Transition]) -> dict[str, SagaInstance]:
 
 
 def command_id(saga_id: str, step: str, phase: Phase, attempt: int) -> str:
-    """Deterministic command message id: ``{saga}:{step}:{attempt}``."""
-    name = step if phase is Phase.FORWARD else f"compensate-{step}"
-    return f"{saga_id}:{name}:{attempt}"
+    """Deterministic command message id: ``{saga}:{step}:{attempt}``, ``{saga}:{step}:c{attempt}``.
+
+    A forward id ends in digits and a compensation id in ``c`` and digits, and step
+    names hold no ``:``, so no two commands of any two sagas share an id.
+    """
+    if phase is Phase.FORWARD:
+        return f"{saga_id}:{step}:{attempt}"
+    return f"{saga_id}:{step}:c{attempt}"
 
 
 def decide(

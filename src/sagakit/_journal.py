@@ -45,7 +45,7 @@ def encode_transition(t: Transition) -> bytes:
             "event": t.event,
             "step": t.step,
             "status": t.status.value,
-            "state": t.state.model_dump(),
+            "state": t.state.model_dump(mode="json"),
             "completed": t.completed,
             "compensated": t.compensated,
             "pending": None
@@ -57,7 +57,7 @@ def encode_transition(t: Transition) -> bytes:
                 "message_id": pending.message_id,
                 "topic": pending.topic,
                 "type": pending.command.message_type,
-                "command": pending.command.model_dump(),
+                "command": pending.command.model_dump(mode="json"),
                 "causation_id": pending.causation_id,
             },
             "failure": t.failure,
