@@ -52,7 +52,14 @@ def broker(
         raise typer.Exit(1) from None
     out.print(f"embedded broker listening on [bold]{b.bootstrap_servers}[/bold] (memory only)")
     out.print(f"use it with: --bootstrap {b.bootstrap_servers}")
-    signal.signal(signal.SIGTERM, lambda *_: b.stop())
+
+    def terminate(*_: object) -> None:
+        # Unwind out of wait(); stopping from inside the handler would deadlock on the
+        # lock Popen.wait() holds in the frame below.
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+    status = 0
     try:
         status = b.wait()
     except KeyboardInterrupt:

@@ -251,8 +251,22 @@ class KafkaTransport:
         return len(parts)
 
     # produce ------------------------------------------------------------
+    async def _check_partition(self, topic: str, partition: int) -> None:
+        known = await self._require_producer().partitions_for(topic)
+        if partition not in known:
+            raise TransportError(
+                f"topic {topic!r} has no partition {partition} (it has {len(known)})"
+            )
+
     async def send(self, records: Sequence[OutgoingRecord]) -> list[Delivered]:
         producer = self._require_producer()
+        checked: set[tuple[str, int]] = set()
+        for r in records:
+            if r.key is None and r.value is None:
+                raise TransportError(f"a record for {r.topic!r} needs a key or a value")
+            if r.partition is not None and (r.topic, r.partition) not in checked:
+                await self._check_partition(r.topic, r.partition)
+                checked.add((r.topic, r.partition))
         try:
             futures = [
                 await producer.send(
@@ -261,7 +275,7 @@ class KafkaTransport:
                 for r in records
             ]
             results = [await f for f in futures]
-        except KafkaError as exc:
+        except (KafkaError, AssertionError) as exc:
             raise TransportError(f"produce failed: {exc!r}") from exc
         return [Delivered(m.topic, m.partition, m.offset) for m in results]
 
@@ -314,6 +328,7 @@ class KafkaTransport:
         multi-record batches on some brokers; the high-watermark that comes with
         every fetch response is right.
         """
+        await self._check_partition(topic, partition)
         tp = KafkaTP(topic, partition)
         consumer = self._consumer(None)
         try:
