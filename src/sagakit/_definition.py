@@ -47,10 +47,15 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """How often a step's command is sent before it counts as failed.
+    """How a step's command is retried before the step counts as failed.
 
-    Only ``max_attempts=1`` (no retries) is acted on today; the fields are the
-    contract the retry and timer support builds on.
+    max_attempts      -- sends in all, the first included (1 = no retry)
+    initial_backoff_s -- wait before the second attempt; then times `multiplier` per
+                         attempt, capped at `max_backoff_s`, each wait scaled by a
+                         factor drawn from [1 - jitter, 1 + jitter] (deterministic per
+                         saga, step and attempt, so replays agree)
+    timeout_s         -- how long one attempt may go unanswered (None: wait for ever);
+                         a timeout counts as a retryable failure
     """
 
     max_attempts: int = 1
@@ -61,8 +66,30 @@ class RetryPolicy:
     timeout_s: float | None = None
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1:
+        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
             raise DefinitionError(f"RetryPolicy.max_attempts must be >= 1, got {self.max_attempts}")
+        if self.initial_backoff_s < 0 or self.max_backoff_s < 0 or self.multiplier < 1:
+            raise DefinitionError(
+                "RetryPolicy needs initial_backoff_s >= 0, max_backoff_s >= 0 and multiplier >= 1"
+            )
+        if not 0 <= self.jitter < 1:
+            raise DefinitionError(f"RetryPolicy.jitter must be in [0, 1), got {self.jitter}")
+        if self.timeout_s is not None and self.timeout_s <= 0:
+            raise DefinitionError(f"RetryPolicy.timeout_s must be > 0, got {self.timeout_s}")
+
+    def backoff_ms(self, attempts_made: int, seed: str) -> int:
+        """The wait before the next attempt, after `attempts_made` attempts."""
+        import random
+
+        base = self.initial_backoff_s * self.multiplier ** (attempts_made - 1)
+        wait = min(base, self.max_backoff_s)
+        if self.jitter:
+            wait *= random.Random(seed).uniform(1 - self.jitter, 1 + self.jitter)
+        return round(wait * 1000)
+
+
+#: Compensations are retried by default: undoing must not give up at the first error.
+DEFAULT_COMPENSATION_RETRY = RetryPolicy(max_attempts=3, initial_backoff_s=0.5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +111,13 @@ class Step(Generic[S]):
     on_reply    -- success reply types, each with an optional state update
     failures    -- reply types that are business failures: the saga compensates
     on_failure  -- optional state update applied with a failure reply
+    retry       -- retry policy of `invoke` (attempts, back-off, per-attempt timeout)
+    retry_on    -- reply types meaning "not now, try again" (retried per `retry`)
     compensate  -- the command that undoes this step (optional)
+    compensation_retry    -- retry policy of `compensate`
+    compensation_failures -- reply types meaning the compensation did not work: it is
+                   retried, and when retries run out the saga is parked as
+                   FAILED_NEEDS_ATTENTION for a person
     to          -- participant name; default: the command type's prefix
                    (``payments.ReserveCredit`` goes to ``payments.commands``)
     pivot       -- point of no return: later steps are retried forward, never compensated
@@ -95,14 +128,20 @@ class Step(Generic[S]):
     on_reply: Mapping[type[Reply], StateUpdate[S]] = field(default_factory=dict)
     failures: Sequence[type[Reply]] = ()
     on_failure: StateUpdate[S] = None
-    compensate: CommandBuilder[S] | None = None
-    to: str | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    retry_on: Sequence[type[Reply]] = ()
+    compensate: CommandBuilder[S] | None = None
+    compensation_retry: RetryPolicy = DEFAULT_COMPENSATION_RETRY
+    compensation_failures: Sequence[type[Reply]] = ()
+    to: str | None = None
     pivot: bool = False
 
     @property
     def can_fail(self) -> bool:
-        return self.invoke is not None and bool(self.failures)
+        """Whether the step can end in failure (and so make earlier steps compensate)."""
+        return self.invoke is not None and bool(
+            self.failures or self.retry_on or self.retry.timeout_s is not None
+        )
 
 
 @dataclass(frozen=True)
@@ -113,6 +152,8 @@ class _ResolvedStep(Generic[S]):
     compensation: Action[S] | None
     success: Mapping[type[Reply], StateUpdate[S]]
     failures: frozenset[type[Reply]]
+    retryable: frozenset[type[Reply]]
+    compensation_failures: frozenset[type[Reply]]
 
     @property
     def name(self) -> str:
@@ -122,10 +163,20 @@ class _ResolvedStep(Generic[S]):
 class Saga(Generic[S]):
     """A validated saga definition (immutable once built)."""
 
-    def __init__(self, name: str, *, version: int = 1, state: type[S], steps: Sequence[Step[S]]):
+    def __init__(
+        self,
+        name: str,
+        *,
+        version: int = 1,
+        state: type[S],
+        steps: Sequence[Step[S]],
+        deadline_s: float | None = None,
+    ):
         self.name = name
         self.version = version
         self.state = state
+        self.deadline_s = deadline_s
+        self.pivot_index: int | None = None
         self.steps: tuple[Step[S], ...] = tuple(steps)
         self._resolved: tuple[_ResolvedStep[S], ...] = ()
         self._by_name: dict[str, _ResolvedStep[S]] = {}
@@ -155,6 +206,10 @@ class Saga(Generic[S]):
     def resolved(self) -> tuple[_ResolvedStep[S], ...]:
         return self._resolved
 
+    def after_pivot(self, step: _ResolvedStep[S]) -> bool:
+        """True for steps after the pivot: retried forward, never compensated."""
+        return self.pivot_index is not None and step.index > self.pivot_index
+
     def step(self, name: str) -> _ResolvedStep[S]:
         try:
             return self._by_name[name]
@@ -180,6 +235,8 @@ class Saga(Generic[S]):
             raise self._fail(None, f"state must be a pydantic model class, got {self.state!r}")
         if not self.steps:
             raise self._fail(None, "has no steps")
+        if self.deadline_s is not None and not self.deadline_s > 0:
+            raise self._fail(None, f"deadline_s must be > 0, got {self.deadline_s!r}")
         seen: set[str] = set()
         resolved = []
         for index, step in enumerate(self.steps):
@@ -215,7 +272,16 @@ class Saga(Generic[S]):
                 step.name,
                 f"sends {action.command.message_type} but lists no success reply in on_reply",
             )
-        for reply in [*step.on_reply, *step.failures]:
+        if action is None and (step.retry_on or step.retry != RetryPolicy()):
+            raise self._fail(step.name, "has a retry policy but sends no command (no invoke)")
+        if compensation is None and step.compensation_failures:
+            raise self._fail(step.name, "lists compensation_failures but has no compensate")
+        for reply in [
+            *step.on_reply,
+            *step.failures,
+            *step.retry_on,
+            *step.compensation_failures,
+        ]:
             if not (isinstance(reply, type) and issubclass(reply, Reply)):
                 raise self._fail(step.name, f"{reply!r} is not a Reply model")
             if not is_registered(reply):
@@ -229,14 +295,24 @@ class Saga(Generic[S]):
                 raise self._fail(step.name, f"on_reply[{reply.__name__}] is not callable")
         if step.on_failure is not None and not callable(step.on_failure):
             raise self._fail(step.name, "on_failure is not callable")
-        both = set(step.on_reply) & set(step.failures)
-        if both:
-            names = ", ".join(sorted(r.message_type for r in both))
-            raise self._fail(step.name, f"{names} listed both as success and as failure")
+        kinds = {"success": set(step.on_reply), "failure": set(step.failures)}
+        kinds["retry_on"] = set(step.retry_on)
+        for a, b in (("success", "failure"), ("success", "retry_on"), ("failure", "retry_on")):
+            both = kinds[a] & kinds[b]
+            if both:
+                names = ", ".join(sorted(r.message_type for r in both))
+                raise self._fail(step.name, f"{names} listed both as {a} and as {b}")
         if step.on_failure is not None and not step.failures:
             raise self._fail(step.name, "has on_failure but lists no failures")
         return _ResolvedStep(
-            step, index, action, compensation, dict(step.on_reply), frozenset(step.failures)
+            step,
+            index,
+            action,
+            compensation,
+            dict(step.on_reply),
+            frozenset(step.failures),
+            frozenset(step.retry_on),
+            frozenset(step.compensation_failures),
         )
 
     def _action(self, step: Step[S], builder: CommandBuilder[S], what: str) -> Action[S]:
@@ -308,8 +384,14 @@ class Saga(Generic[S]):
         if len(pivots) > 1:
             raise self._fail(pivots[1].name, f"second pivot; {pivots[0].name!r} already is one")
         pivot = pivots[0].index if pivots else len(resolved)
+        self.pivot_index = pivots[0].index if pivots else None
         if pivots and pivots[0].action is None:
             raise self._fail(pivots[0].name, "a pivot must send a command (invoke)")
+
+        def may_fail(r: _ResolvedStep[S]) -> bool:
+            # a saga deadline can abort any step before the pivot
+            return r.step.can_fail or (r.action is not None and self.deadline_s is not None)
+
         for r in resolved[pivot + 1 :]:
             if r.step.failures:
                 raise self._fail(
@@ -326,7 +408,7 @@ class Saga(Generic[S]):
         for r in resolved[:pivot]:
             if r.compensation is not None or r.action is None:
                 continue
-            later = [x for x in resolved[r.index + 1 : pivot + 1] if x.step.can_fail]
+            later = [x for x in resolved[r.index + 1 : pivot + 1] if may_fail(x)]
             if later:
                 raise self._fail(
                     r.name,

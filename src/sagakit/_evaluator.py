@@ -1,22 +1,26 @@
 """The pure core: decide(definition, instance, message) -> Decision, and evolve/replay.
 
-No I/O and no clock: time comes in with the message. The orchestrator journals each
-Decision's records before it sends the commands; replaying those records through
-`evolve` (the same function `decide` uses) rebuilds every instance exactly.
+No I/O and no clock: time comes in with the message (its record timestamp). The
+orchestrator journals each Decision's records before it sends the commands; replaying
+those records through `evolve` (the same function `decide` uses) rebuilds every
+instance exactly. Timers (step timeouts, retry back-offs, the saga deadline) are part
+of the journaled instance; `timers()` derives them, and when one comes due the owner
+feeds a `TimerFired` message back through the saga's inbox, so it is ordered with the
+replies.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from ._codec import Incoming
-from ._definition import Saga, _ResolvedStep
-from ._messages import Command, Message, Reply, StartSaga
+from ._definition import RetryPolicy, Saga, _ResolvedStep
+from ._messages import Command, Message, Reply, ResolveSaga, ResumeSaga, StartSaga, TimerFired
 
 
 class SagaStatus(StrEnum):
@@ -25,10 +29,17 @@ class SagaStatus(StrEnum):
     COMPLETED = "COMPLETED"
     COMPENSATED = "COMPENSATED"
     FAILED_NEEDS_ATTENTION = "FAILED_NEEDS_ATTENTION"
+    RESOLVED = "RESOLVED"
 
     @property
     def terminal(self) -> bool:
-        return self in (SagaStatus.COMPLETED, SagaStatus.COMPENSATED)
+        """Ended for good: nothing more will happen to the saga."""
+        return self in (SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.RESOLVED)
+
+    @property
+    def settled(self) -> bool:
+        """Ended, or parked until a person acts."""
+        return self.terminal or self is SagaStatus.FAILED_NEEDS_ATTENTION
 
 
 class Phase(StrEnum):
@@ -38,7 +49,11 @@ class Phase(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class PendingCommand:
-    """A command sent and not yet answered; re-sent as it is after a restore."""
+    """A command sent and not yet answered; re-sent as it is after a restore.
+
+    `deadline_ms` is when the attempt times out (None: never); `budget_from` is the
+    attempt that started the current retry budget (a resume starts a new one).
+    """
 
     step: str
     phase: Phase
@@ -47,6 +62,37 @@ class PendingCommand:
     topic: str
     command: Command
     causation_id: str
+    deadline_ms: int | None = None
+    budget_from: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class NextAttempt:
+    """The attempt to send next: after a back-off (`due_ms`), or on a person's resume."""
+
+    step: str
+    phase: Phase
+    attempt: int
+    budget_from: int
+    due_ms: int | None
+
+    @property
+    def ref(self) -> str:
+        return f"{self.step}:{self.phase.value}:{self.attempt}"
+
+
+@dataclass(frozen=True, slots=True)
+class Timer:
+    """A durable timer of one saga, derived from its journaled instance."""
+
+    saga_id: str
+    kind: str
+    ref: str
+    due_ms: int
+
+    @property
+    def message_id(self) -> str:
+        return f"{self.saga_id}:timer:{self.kind}:{self.ref}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +116,9 @@ class Transition:
     failure: str | None
     correlation_id: str
     started_ms: int
+    next: NextAttempt | None = None
+    deadline_ms: int | None = None
+    note: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,19 +139,21 @@ class SagaInstance:
     updated_ms: int
     seq: int
     applied: frozenset[str]
+    next: NextAttempt | None = None
+    deadline_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
     """What to journal and send for one message.
 
-    ``ignored`` says why a message changes nothing (a duplicate, a stale reply);
-    ``rejected`` says why it cannot be processed at all (it belongs in a DLQ).
+    ``ignored`` says why a message changes nothing (a duplicate, a stale reply or
+    timer); ``rejected`` says why it cannot be processed at all (it belongs in a DLQ).
     """
 
     records: tuple[Transition, ...] = ()
     commands: tuple[PendingCommand, ...] = ()
-    timers: tuple[Any, ...] = ()
+    timers: tuple[Timer, ...] = ()
     instance: SagaInstance | None = None
     ignored: str | None = None
     rejected: str | None = None
@@ -126,6 +177,8 @@ def evolve(instance: SagaInstance | None, t: Transition) -> SagaInstance:
         updated_ms=t.at_ms,
         seq=t.seq,
         applied=applied | {t.cause},
+        next=t.next,
+        deadline_ms=t.deadline_ms,
     )
 
 
@@ -135,6 +188,22 @@ def replay(records: Iterable[Transition]) -> dict[str, SagaInstance]:
     for t in records:
         instances[t.saga_id] = evolve(instances.get(t.saga_id), t)
     return instances
+
+
+def timers(instance: SagaInstance) -> tuple[Timer, ...]:
+    """The timers an instance is waiting on (none once it is ended or parked)."""
+    if instance.status.settled:
+        return ()
+    found = []
+    pending = instance.pending
+    if pending is not None and pending.deadline_ms is not None:
+        found.append(Timer(instance.saga_id, "timeout", pending.message_id, pending.deadline_ms))
+    nxt = instance.next
+    if nxt is not None and nxt.due_ms is not None:
+        found.append(Timer(instance.saga_id, "retry", nxt.ref, nxt.due_ms))
+    if instance.deadline_ms is not None and instance.status is SagaStatus.RUNNING:
+        found.append(Timer(instance.saga_id, "deadline", "saga", instance.deadline_ms))
+    return tuple(found)
 
 
 def command_id(saga_id: str, step: str, phase: Phase, attempt: int) -> str:
@@ -158,12 +227,18 @@ def decide(
         return Decision(instance=instance, ignored=f"duplicate message {env.message_id}")
     if isinstance(message, StartSaga):
         return _start(definition, instance, incoming)
+    if instance is None:
+        return Decision(rejected=f"{env.message_type} for unknown saga {env.saga_id}")
     if isinstance(message, Reply):
         return _reply(definition, instance, incoming)
+    if isinstance(message, TimerFired):
+        return _timer(definition, instance, incoming, message)
+    if isinstance(message, (ResumeSaga, ResolveSaga)):
+        return _operator(definition, instance, incoming, message)
     return Decision(
         instance=instance,
-        rejected=f"{env.message_type} is neither a start request nor a reply; "
-        f"saga {definition.name!r} cannot handle it",
+        rejected=f"{env.message_type} is not a start request, reply, timer or operator "
+        f"request; saga {definition.name!r} cannot handle it",
     )
 
 
@@ -191,7 +266,12 @@ def _start(
             rejected=f"initial state does not validate as {definition.state.__qualname__}: "
             f"{exc.error_count()} error(s): {exc.errors(include_url=False)[0]['msg']}"
         )
-    base = _Draft(
+    deadline = (
+        incoming.at_ms + round(definition.deadline_s * 1000)
+        if definition.deadline_s is not None
+        else None
+    )
+    draft = _Draft(
         definition=definition,
         saga_id=env.saga_id,
         cause=env.message_id,
@@ -204,19 +284,16 @@ def _start(
         failure=None,
         correlation_id=env.correlation_id,
         started_ms=incoming.at_ms,
+        deadline_ms=deadline,
     )
-    return base.forward_from(0, "started", None, None)
+    return draft.forward_from(0, "started", None)
 
 
 # -- replies -------------------------------------------------------------------------------
-def _reply(
-    definition: Saga[Any], instance: SagaInstance | None, incoming: Incoming[Message]
-) -> Decision:
+def _reply(definition: Saga[Any], instance: SagaInstance, incoming: Incoming[Message]) -> Decision:
     env = incoming.envelope
     reply = incoming.message
     assert isinstance(reply, Reply)
-    if instance is None:
-        return Decision(rejected=f"reply {env.message_type} for unknown saga {env.saga_id}")
     pending = instance.pending
     if pending is None or env.causation_id != pending.message_id:
         return Decision(
@@ -227,27 +304,103 @@ def _reply(
         )
     step = definition.step(pending.step)
     draft = _Draft.from_instance(definition, instance, incoming)
-    if pending.phase is Phase.COMPENSATE:
-        draft.compensated = (*draft.compensated, step.name)
-        return draft.compensate_next("step-compensated", step.name, env.message_id)
     kind = type(reply)
+    if pending.phase is Phase.COMPENSATE:
+        if kind in step.compensation_failures:
+            return draft.retry_or_give_up(
+                step, pending, f"compensation of {step.name} failed: {reply.message_type}"
+            )
+        draft.compensated = (*draft.compensated, step.name)
+        return draft.compensate_next("step-compensated", step.name)
     if kind in step.success:
         update = step.success[kind]
         if update is not None:
             draft.state = update(draft.state, reply)
         draft.completed = (*draft.completed, step.name)
-        return draft.forward_from(step.index + 1, "step-succeeded", step.name, env.message_id)
+        return draft.forward_from(step.index + 1, "step-succeeded", step.name)
+    if kind in step.retryable:
+        return draft.retry_or_give_up(step, pending, f"{step.name}: {reply.message_type}")
     if kind in step.failures:
         if step.step.on_failure is not None:
             draft.state = step.step.on_failure(draft.state, reply)
         draft.failure = f"{step.name}: {reply.message_type}"
-        return draft.compensate_next("step-failed", step.name, env.message_id)
-    expected = sorted(r.message_type for r in (*step.success, *step.failures))
+        return draft.compensate_next("step-failed", step.name)
+    expected = sorted(r.message_type for r in (*step.success, *step.failures, *step.retryable))
     return Decision(
         instance=instance,
         rejected=f"step {step.name!r} of saga {definition.name!r} does not expect "
         f"{reply.message_type} (expects {', '.join(expected)})",
     )
+
+
+# -- timers --------------------------------------------------------------------------------
+def _timer(
+    definition: Saga[Any], instance: SagaInstance, incoming: Incoming[Message], fired: TimerFired
+) -> Decision:
+    due = {(t.kind, t.ref) for t in timers(instance)}
+    if (fired.kind, fired.ref) not in due:
+        return Decision(instance=instance, ignored=f"timer {fired.kind}:{fired.ref} is stale")
+    draft = _Draft.from_instance(definition, instance, incoming)
+    if fired.kind == "retry":
+        nxt = instance.next
+        assert nxt is not None
+        draft.next = None
+        return draft.issue(
+            "retry", nxt.step, definition.step(nxt.step), nxt.phase, nxt.attempt, nxt.budget_from
+        )
+    if fired.kind == "timeout":
+        pending = instance.pending
+        assert pending is not None
+        step = definition.step(pending.step)
+        policy = _policy(step, pending.phase)
+        return draft.retry_or_give_up(
+            step,
+            pending,
+            f"{step.name} attempt {pending.attempt} got no reply within {policy.timeout_s}s",
+            outcome_unknown=True,
+        )
+    # the saga deadline
+    draft.failure = "saga deadline passed"
+    draft.deadline_ms = None
+    # The step in flight (or waiting to retry after a timeout) may have taken effect:
+    # it is compensated too, so compensations must tolerate "nothing to undo".
+    current = instance.pending or instance.next
+    if current is not None and current.phase is Phase.FORWARD:
+        step = definition.step(current.step)
+        if step.compensation is not None and step.name not in draft.completed:
+            draft.completed = (*draft.completed, step.name)
+    draft.next = None
+    return draft.compensate_next("deadline-passed", current.step if current else None)
+
+
+# -- people ----------------------------------------------------------------------------------
+def _operator(
+    definition: Saga[Any],
+    instance: SagaInstance,
+    incoming: Incoming[Message],
+    request: ResumeSaga | ResolveSaga,
+) -> Decision:
+    if instance.status is not SagaStatus.FAILED_NEEDS_ATTENTION:
+        return Decision(
+            instance=instance,
+            ignored=f"saga {instance.saga_id} is {instance.status}; only "
+            "FAILED_NEEDS_ATTENTION sagas can be resumed or resolved",
+        )
+    draft = _Draft.from_instance(definition, instance, incoming)
+    draft.note = request.note or None
+    if isinstance(request, ResolveSaga):
+        draft.next = None
+        return draft.finish("resolved", None, SagaStatus.RESOLVED)
+    nxt = instance.next
+    assert nxt is not None, "a parked saga records what to retry"
+    draft.next = None
+    return draft.issue(
+        "resumed", nxt.step, definition.step(nxt.step), nxt.phase, nxt.attempt, nxt.attempt
+    )
+
+
+def _policy(step: _ResolvedStep[Any], phase: Phase) -> RetryPolicy:
+    return step.step.retry if phase is Phase.FORWARD else step.step.compensation_retry
 
 
 @dataclass
@@ -267,6 +420,9 @@ class _Draft:
     correlation_id: str
     started_ms: int
     instance: SagaInstance | None = None
+    next: NextAttempt | None = None
+    deadline_ms: int | None = None
+    note: str | None = None
 
     @classmethod
     def from_instance(
@@ -286,39 +442,90 @@ class _Draft:
             correlation_id=instance.correlation_id,
             started_ms=instance.started_ms,
             instance=instance,
+            next=instance.next,
+            deadline_ms=instance.deadline_ms,
         )
 
-    def forward_from(
-        self, index: int, event: str, step: str | None, causation: str | None
-    ) -> Decision:
+    def forward_from(self, index: int, event: str, step: str | None) -> Decision:
         for r in self.definition.resolved()[index:]:
             if r.action is None:
                 self.completed = (*self.completed, r.name)
                 continue
-            return self._issue(event, step, r, Phase.FORWARD, SagaStatus.RUNNING, causation)
-        return self._finish(event, step, SagaStatus.COMPLETED)
+            if self.definition.pivot_index is not None and r.index > self.definition.pivot_index:
+                self.deadline_ms = None  # past the point of no return: no more aborting
+            return self.issue(event, step, r, Phase.FORWARD, 1, 1)
+        self.deadline_ms = None
+        return self.finish(event, step, SagaStatus.COMPLETED)
 
-    def compensate_next(self, event: str, step: str | None, causation: str | None) -> Decision:
+    def compensate_next(self, event: str, step: str | None) -> Decision:
+        self.deadline_ms = None
         done = set(self.compensated)
         for name in reversed(self.completed):
             r = self.definition.step(name)
             if name in done or r.compensation is None:
                 continue
-            return self._issue(event, step, r, Phase.COMPENSATE, SagaStatus.COMPENSATING, causation)
-        return self._finish(event, step, SagaStatus.COMPENSATED)
+            return self.issue(event, step, r, Phase.COMPENSATE, 1, 1)
+        return self.finish(event, step, SagaStatus.COMPENSATED)
 
-    def _issue(
+    def retry_or_give_up(
+        self,
+        step: _ResolvedStep[Any],
+        pending: PendingCommand,
+        reason: str,
+        *,
+        outcome_unknown: bool = False,
+    ) -> Decision:
+        """After a retryable failure: the next attempt (now or after a back-off), or give up.
+
+        Giving up compensates (forward, before the pivot) or parks the saga for a
+        person (a compensation, or a step after the pivot).
+        """
+        policy = _policy(step, pending.phase)
+        made = pending.attempt - pending.budget_from + 1
+        if made < policy.max_attempts:
+            attempt = pending.attempt + 1
+            wait = policy.backoff_ms(made, f"{self.saga_id}:{step.name}:{attempt}")
+            if wait <= 0:
+                return self.issue(
+                    "retry", step.name, step, pending.phase, attempt, pending.budget_from
+                )
+            self.next = NextAttempt(
+                step.name, pending.phase, attempt, pending.budget_from, self.at_ms + wait
+            )
+            status = (
+                SagaStatus.RUNNING if pending.phase is Phase.FORWARD else SagaStatus.COMPENSATING
+            )
+            self.note = reason
+            return self._decide("retry-scheduled", step.name, status, None)
+        give_up = f"{reason}; gave up after {made} attempt(s)"
+        if pending.phase is Phase.COMPENSATE or self.definition.after_pivot(step):
+            return self.park(step, pending, give_up)
+        self.failure = give_up
+        if outcome_unknown and step.compensation is not None:
+            # the command may have taken effect: compensations must tolerate "nothing to undo"
+            self.completed = (*self.completed, step.name)
+        return self.compensate_next("step-failed", step.name)
+
+    def park(self, step: _ResolvedStep[Any], pending: PendingCommand, reason: str) -> Decision:
+        self.failure = reason
+        self.next = NextAttempt(
+            step.name, pending.phase, pending.attempt + 1, pending.attempt + 1, None
+        )
+        self.deadline_ms = None
+        return self._decide("parked", step.name, SagaStatus.FAILED_NEEDS_ATTENTION, None)
+
+    def issue(
         self,
         event: str,
         step: str | None,
         target: _ResolvedStep[Any],
         phase: Phase,
-        status: SagaStatus,
-        causation: str | None,
+        attempt: int,
+        budget_from: int,
     ) -> Decision:
         action = target.action if phase is Phase.FORWARD else target.compensation
         assert action is not None
-        attempt = 1
+        timeout = _policy(target, phase).timeout_s
         pending = PendingCommand(
             step=target.name,
             phase=phase,
@@ -326,21 +533,23 @@ class _Draft:
             message_id=command_id(self.saga_id, target.name, phase, attempt),
             topic=action.topic,
             command=action.build(self.state),
-            causation_id=causation or self.cause,
+            causation_id=self.cause,
+            deadline_ms=self.at_ms + round(timeout * 1000) if timeout is not None else None,
+            budget_from=budget_from,
         )
-        record = self._record(event, step, status, pending)
-        return Decision(
-            records=(record,), commands=(pending,), instance=evolve(self.instance, record)
-        )
+        self.next = None
+        status = SagaStatus.RUNNING if phase is Phase.FORWARD else SagaStatus.COMPENSATING
+        return self._decide(event, step, status, pending)
 
-    def _finish(self, event: str, step: str | None, status: SagaStatus) -> Decision:
-        record = self._record(event, step, status, None)
-        return Decision(records=(record,), instance=evolve(self.instance, record))
+    def finish(self, event: str, step: str | None, status: SagaStatus) -> Decision:
+        self.next = None
+        self.deadline_ms = None
+        return self._decide(event, step, status, None)
 
-    def _record(
+    def _decide(
         self, event: str, step: str | None, status: SagaStatus, pending: PendingCommand | None
-    ) -> Transition:
-        return Transition(
+    ) -> Decision:
+        record = Transition(
             saga_id=self.saga_id,
             saga_type=self.definition.name,
             version=self.definition.version,
@@ -358,8 +567,14 @@ class _Draft:
             failure=self.failure,
             correlation_id=self.correlation_id,
             started_ms=self.started_ms,
+            next=self.next,
+            deadline_ms=self.deadline_ms,
+            note=self.note,
         )
-
-
-def with_applied(instance: SagaInstance, message_ids: Iterable[str]) -> SagaInstance:
-    return replace(instance, applied=instance.applied | frozenset(message_ids))
+        instance = evolve(self.instance, record)
+        return Decision(
+            records=(record,),
+            commands=(pending,) if pending is not None else (),
+            timers=timers(instance),
+            instance=instance,
+        )

@@ -17,11 +17,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from pydantic import BaseModel, ConfigDict
 
 from ._codec import _default
 from ._definition import Saga
 from ._errors import DecodeError
-from ._evaluator import PendingCommand, Phase, SagaInstance, SagaStatus, Transition, evolve
+from ._evaluator import (
+    NextAttempt,
+    PendingCommand,
+    Phase,
+    SagaInstance,
+    SagaStatus,
+    Transition,
+    evolve,
+)
 from ._messages import Command, registered
 from .eventlog._base import EventLog, JournalEntry, StoredEntry
 
@@ -59,19 +68,45 @@ def encode_transition(t: Transition) -> bytes:
                 "type": pending.command.message_type,
                 "command": pending.command.model_dump(mode="json"),
                 "causation_id": pending.causation_id,
+                "deadline": pending.deadline_ms,
+                "budget_from": pending.budget_from,
             },
             "failure": t.failure,
             "correlation_id": t.correlation_id,
             "started": t.started_ms,
+            "next": None
+            if t.next is None
+            else {
+                "step": t.next.step,
+                "phase": t.next.phase.value,
+                "attempt": t.next.attempt,
+                "budget_from": t.next.budget_from,
+                "due": t.next.due_ms,
+            },
+            "deadline": t.deadline_ms,
+            "note": t.note,
         },
         default=_default,
     )
 
 
-def decode_transition(data: bytes, saga: Saga[Any]) -> Transition:
+class RawState(BaseModel):
+    """A saga state read without its definition (for tools that only display it)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class RawCommand(Command):
+    """A journaled command whose type is not registered in this process."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+def decode_transition(data: bytes, saga: Saga[Any] | None) -> Transition:
+    """A journal record; with `saga` None, state and commands stay raw (for display)."""
     try:
         d = orjson.loads(data)
-        if d["saga_type"] != saga.name:
+        if saga is not None and d["saga_type"] != saga.name:
             raise DecodeError(
                 f"journal record of saga type {d['saga_type']!r}, expected {saga.name!r}"
             )
@@ -79,7 +114,12 @@ def decode_transition(data: bytes, saga: Saga[Any]) -> Transition:
         pending = None
         if p is not None:
             model = registered(p["type"])
-            if model is None or not issubclass(model, Command):
+            command: Command
+            if model is not None and issubclass(model, Command):
+                command = model.model_validate(p["command"])
+            elif saga is None:
+                command = RawCommand.model_validate(p["command"])
+            else:
                 raise DecodeError(f"journal names unknown command type {p['type']!r}")
             pending = PendingCommand(
                 step=p["step"],
@@ -87,9 +127,18 @@ def decode_transition(data: bytes, saga: Saga[Any]) -> Transition:
                 attempt=p["attempt"],
                 message_id=p["message_id"],
                 topic=p["topic"],
-                command=model.model_validate(p["command"]),
+                command=command,
                 causation_id=p["causation_id"],
+                deadline_ms=p.get("deadline"),
+                budget_from=p.get("budget_from", 1),
             )
+        n = d.get("next")
+        nxt = (
+            None
+            if n is None
+            else NextAttempt(n["step"], Phase(n["phase"]), n["attempt"], n["budget_from"], n["due"])
+        )
+        state_model: type[BaseModel] = saga.state if saga is not None else RawState
         return Transition(
             saga_id=d["saga_id"],
             saga_type=d["saga_type"],
@@ -101,13 +150,16 @@ def decode_transition(data: bytes, saga: Saga[Any]) -> Transition:
             event=d["event"],
             step=d["step"],
             status=SagaStatus(d["status"]),
-            state=saga.state.model_validate(d["state"]),
+            state=state_model.model_validate(d["state"]),
             completed=tuple(d["completed"]),
             compensated=tuple(d["compensated"]),
             pending=pending,
             failure=d["failure"],
             correlation_id=d["correlation_id"],
             started_ms=d["started"],
+            next=nxt,
+            deadline_ms=d.get("deadline"),
+            note=d.get("note"),
         )
     except DecodeError:
         raise

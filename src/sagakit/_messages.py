@@ -64,6 +64,29 @@ class StartSaga(Message, type="sagakit.StartSaga"):
     state: dict[str, Any]
 
 
+class TimerFired(Message, type="sagakit.TimerFired"):
+    """A durable timer of a saga came due; the owner writes it to its own inbox partition.
+
+    kind is ``timeout`` (ref = the unanswered command's id), ``retry`` (ref =
+    ``{step}:{phase}:{attempt}``) or ``deadline`` (ref = ``saga``).
+    """
+
+    kind: str
+    ref: str
+
+
+class ResumeSaga(Message, type="sagakit.ResumeSaga"):
+    """A person asks a parked saga to retry from where it stopped."""
+
+    note: str = ""
+
+
+class ResolveSaga(Message, type="sagakit.ResolveSaga"):
+    """A person fixed a parked saga by hand; it ends as RESOLVED."""
+
+    note: str
+
+
 def registered(message_type: str) -> type[Message] | None:
     """The model registered under `message_type`, or None."""
     return _REGISTRY.get(message_type)
