@@ -10,6 +10,7 @@ commands without a recorded reply are re-sent when a partition is restored.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,9 +22,11 @@ from ._codec import DEFAULT_CODEC, Codec, decode_record, encode_record
 from ._definition import Saga
 from ._dlq import dead_letter, dlq_topic
 from ._errors import DecodeError, PartitionsLost
-from ._evaluator import PendingCommand, SagaInstance, Transition, decide
+from ._evaluator import PendingCommand, SagaInstance, Timer, Transition, decide, timers
+from ._faults import fault_point
 from ._journal import decode_transition, restore_partition, transition_entry
-from ._messages import Envelope
+from ._messages import Envelope, TimerFired
+from ._timers import TimerSchedule
 from .eventlog._base import EventLog, JournalEntry
 from .eventlog.kafka import KafkaEventLog
 from .transport._base import OutgoingRecord, Record, Subscription, TopicPartition, Transport
@@ -51,6 +54,7 @@ class OrchestratorStats:
     dead_letters: int = 0
     restores: int = 0
     fenced_records: int = 0
+    timers_fired: int = 0
 
 
 def command_record(
@@ -92,6 +96,7 @@ class Orchestrator:
         max_records: int = 500,
         poll_timeout_s: float = 0.1,
         on_transition: Callable[[Transition], None] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.saga = saga
         self.namespace = namespace
@@ -115,6 +120,8 @@ class Orchestrator:
         self._tg: TaskGroup | None = None
         self._unhandled_assignment: frozenset[TopicPartition] = frozenset()
         self._changed = anyio.Event()
+        self._timers = TimerSchedule()
+        self._clock = clock
 
     # public -----------------------------------------------------------------------------
     async def ensure_topics(self) -> None:
@@ -163,6 +170,7 @@ class Orchestrator:
             anyio.create_task_group() as tg,
         ):
             self._sub, self._tg = sub, tg
+            tg.start_soon(self._fire_timers)
             if self._unhandled_assignment:
                 await self.on_assigned(self._unhandled_assignment)
             task_status.started()
@@ -185,6 +193,7 @@ class Orchestrator:
         async with self._lock:  # let the in-flight batch finish its append, sends and commit
             for tp in partitions:
                 part = self._owned.pop(tp, None)
+                self._timers.drop_partition(tp)
                 if part is not None and part.restore_scope is not None:
                     part.restore_scope.cancel()
             self._notify()
@@ -214,6 +223,8 @@ class Orchestrator:
                 return
             part.epoch = replayed.epoch
             part.instances = replayed.instances
+            for inst in replayed.instances.values():
+                self._timers.set(tp, inst.saga_id, timers(inst))
             resend = [
                 self._command_record(inst, inst.pending)
                 for inst in replayed.instances.values()
@@ -245,6 +256,7 @@ class Orchestrator:
     async def _process(self, sub: Subscription, records: Sequence[Record]) -> None:
         entries: list[tuple[int, JournalEntry]] = []
         transitions: list[Transition] = []
+        scheduled: list[tuple[TopicPartition, str, tuple[Timer, ...]]] = []
         outgoing: list[OutgoingRecord] = []
         offsets: dict[TopicPartition, int] = {}
         rewind: dict[TopicPartition, int] = {}
@@ -297,14 +309,21 @@ class Orchestrator:
                 transitions.append(t)
             for pending in decision.commands:
                 outgoing.append(self._command_record(decision.instance, pending))
+            scheduled.append((tp, saga_id, decision.timers))
         assigned = sub.assignment()
         for tp, offset in rewind.items():
             if tp in assigned:
                 sub.seek(tp, offset)
+        fault_point("orchestrator.before-append")
         if entries:
             await self.event_log.append(entries)
+        fault_point("orchestrator.before-send")
         if outgoing:
             await self.transport.send(outgoing)
+        fault_point("orchestrator.before-commit")
+        for tp, saga_id, due in scheduled:
+            if tp in self._owned:
+                self._timers.set(tp, saga_id, due)
         self.stats.batches += 1
         self.stats.records += len(records)
         self.stats.transitions += len(entries)
@@ -322,3 +341,40 @@ class Orchestrator:
                 for tp in list(self._owned):
                     if tp not in still:
                         del self._owned[tp]
+                        self._timers.drop_partition(tp)
+
+    # timers -------------------------------------------------------------------------------
+    async def _fire_timers(self) -> None:
+        """Write each due timer to its saga's inbox partition, to be decided in order."""
+        while True:
+            now_ms = int(self._clock() * 1000)
+            due = [(tp, t) for tp, t in self._timers.pop_due(now_ms) if self._ready(tp)]
+            if due:
+                records = [self._timer_record(tp, t) for tp, t in due]
+                await self.transport.send([r for r in records if r is not None])
+                self.stats.timers_fired += len(due)
+            next_due = self._timers.next_due_ms()
+            wait_s = 60.0 if next_due is None else max(0.0, (next_due - now_ms) / 1000)
+            await self._timers.wait(wait_s)
+
+    def _ready(self, tp: TopicPartition) -> bool:
+        part = self._owned.get(tp)
+        return part is not None and part.ready
+
+    def _timer_record(self, tp: TopicPartition, timer: Timer) -> OutgoingRecord | None:
+        instance = self._owned[tp].instances.get(timer.saga_id)
+        if instance is None:
+            return None
+        envelope = Envelope(
+            message_id=timer.message_id,
+            message_type=TimerFired.message_type,
+            saga_id=timer.saga_id,
+            correlation_id=instance.correlation_id,
+            causation_id=timer.message_id,
+            saga_type=self.saga.name,
+            saga_version=str(self.saga.version),
+        )
+        message = TimerFired(kind=timer.kind, ref=timer.ref)
+        return encode_record(
+            self.inbox_topic, envelope, message, partition=tp.partition, codec=self.codec
+        )

@@ -26,6 +26,7 @@ from anyio.abc import TaskStatus
 from ._codec import DEFAULT_CODEC, Codec, decode_record
 from ._dlq import dead_letter, dlq_topic
 from ._errors import BusinessFailure, DecodeError, DefinitionError, PartitionsLost
+from ._faults import fault_point
 from ._idempotency import IdempotencyStore, StoreBatch, StoredReply
 from ._messages import Command, Envelope, Reply, is_registered
 from .transport._base import OutgoingRecord, Record, Subscription, TopicPartition, Transport
@@ -85,8 +86,14 @@ class Service(Generic[TxT]):
         codec: Codec = DEFAULT_CODEC,
         max_records: int = 500,
         poll_timeout_s: float = 0.1,
+        handler_attempts: int = 3,
+        handler_backoff_s: float = 0.01,
     ) -> None:
+        """`handler_attempts`: runs of a handler that raises a non-business error before the
+        command goes to the DLQ (with `handler_backoff_s`, doubling, between runs)."""
         self.name = name
+        self.handler_attempts = max(1, handler_attempts)
+        self.handler_backoff_s = handler_backoff_s
         self.namespace = namespace
         self.store = store
         self.partitions = partitions
@@ -144,6 +151,41 @@ class Service(Generic[TxT]):
         self._changed.set()
         self._changed = anyio.Event()
 
+    async def _run_handler(
+        self,
+        handler: Callable[[Any, HandlerContext[TxT]], Any],
+        batch: StoreBatch[TxT],
+        command: Command,
+        env: Envelope,
+    ) -> Reply | Exception:
+        """The handler's reply (a failure reply for BusinessFailure), or its last error.
+
+        Each run is a savepoint: an error undoes the run's writes before the next run.
+        """
+        error: Exception | None = None
+        for attempt in range(self.handler_attempts):
+            if attempt:
+                await anyio.sleep(self.handler_backoff_s * 2 ** (attempt - 1))
+            try:
+                with batch.savepoint():
+                    result = await _call(handler, command, HandlerContext(env, batch.db))
+                return _check_reply(self.name, env, result)
+            except BusinessFailure as failure:
+                self.stats.failures += 1
+                return failure.reply
+            except Exception as exc:
+                log.warning(
+                    "%s: handler of %s failed (attempt %d of %d): %r",
+                    self.name,
+                    env.message_type,
+                    attempt + 1,
+                    self.handler_attempts,
+                    exc,
+                )
+                error = exc
+        assert error is not None
+        return error
+
     def handled_types(self) -> frozenset[str]:
         return frozenset(self._handlers)
 
@@ -186,6 +228,7 @@ class Service(Generic[TxT]):
         except BaseException:
             batch.rollback()
             raise
+        fault_point("participant.before-reply")
         if outgoing:
             await transport.send(outgoing)
         try:
@@ -219,19 +262,17 @@ class Service(Generic[TxT]):
         if stored is not None:
             self.stats.duplicates += 1
         else:
-            try:
-                with batch.savepoint():
-                    result = handler(incoming.message, HandlerContext(env, batch.db))
-                    if inspect.isawaitable(result):
-                        result = await result
-                reply = _check_reply(self.name, env, result)
-            except BusinessFailure as failure:
-                reply = failure.reply
-                self.stats.failures += 1
-            except Exception as exc:
-                log.exception("%s: handler of %s failed", self.name, env.message_type)
+            command = incoming.message
+            assert isinstance(command, Command)  # handles() registers Command types only
+            outcome = await self._run_handler(handler, batch, command, env)
+            if isinstance(outcome, Exception):
                 self.stats.dead_letters += 1
-                return dead_letter(record, type(exc).__name__, f"handler raised: {exc}")
+                return dead_letter(
+                    record,
+                    type(outcome).__name__,
+                    f"handler raised after {self.handler_attempts} attempt(s): {outcome}",
+                )
+            reply = outcome
             stored = StoredReply(reply.message_type, self.codec.encode(reply))
             batch.save_reply(env.message_id, stored)
             self.stats.handled += 1
@@ -250,6 +291,15 @@ class Service(Generic[TxT]):
             value=stored.payload,
             headers=tuple(reply_env.to_headers()),
         )
+
+
+async def _call(
+    handler: Callable[[Any, HandlerContext[TxT]], Any], command: Command, ctx: HandlerContext[TxT]
+) -> Any:
+    result = handler(command, ctx)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
 
 
 def _check_reply(service: str, env: Envelope, result: object) -> Reply:
