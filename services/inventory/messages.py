@@ -28,6 +28,7 @@ class OutOfStock(Reply, type="inventory.OutOfStock"):
 
 class ReleaseStock(Command, type="inventory.ReleaseStock"):
     order_id: str
+    product_id: str
 
 
 class StockReleased(Reply, type="inventory.StockReleased"):

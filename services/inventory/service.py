@@ -37,6 +37,12 @@ class StockRepository:
         row = self.db.execute("SELECT stock FROM products WHERE id = ?", (product_id,)).fetchone()
         return 0 if row is None else int(row[0])
 
+    def seen(self, order_id: str) -> bool:
+        row = self.db.execute(
+            "SELECT 1 FROM stock_reservations WHERE order_id = ? LIMIT 1", (order_id,)
+        ).fetchone()
+        return row is not None
+
     def reserve(self, order_id: str, product_id: str, quantity: int) -> None:
         self.db.execute(
             "UPDATE products SET stock = stock - ? WHERE id = ?", (quantity, product_id)
@@ -47,7 +53,16 @@ class StockRepository:
             (order_id, product_id, quantity),
         )
 
-    def release(self, order_id: str) -> None:
+    def release(self, order_id: str, product_id: str) -> None:
+        """Put the order's stock back; for an order never seen, leave a tombstone so a
+        reservation arriving late is refused."""
+        if not self.seen(order_id):
+            self.db.execute(
+                "INSERT INTO stock_reservations (order_id, product_id, quantity, status) "
+                "VALUES (?, ?, 0, 'RELEASED')",
+                (order_id, product_id),
+            )
+            return
         rows = self.db.execute(
             "SELECT id, product_id, quantity FROM stock_reservations "
             "WHERE order_id = ? AND status = 'RESERVED'",
@@ -91,6 +106,9 @@ def build(
     @service.handles(ReserveStock)
     def reserve_stock(cmd: ReserveStock, ctx: HandlerContext[sqlite3.Connection]) -> StockReserved:
         stock = StockRepository(ctx.db)
+        if stock.seen(cmd.order_id):
+            # a retry of a reservation already made, or one arriving after its release
+            return StockReserved(order_id=cmd.order_id)
         available = stock.stock(cmd.product_id)
         if cmd.quantity > available:
             raise BusinessFailure(
@@ -106,7 +124,7 @@ def build(
 
     @service.handles(ReleaseStock)
     def release_stock(cmd: ReleaseStock, ctx: HandlerContext[sqlite3.Connection]) -> StockReleased:
-        StockRepository(ctx.db).release(cmd.order_id)
+        StockRepository(ctx.db).release(cmd.order_id, cmd.product_id)
         return StockReleased(order_id=cmd.order_id)
 
     return service

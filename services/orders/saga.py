@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from sagakit import Saga, Step
+from sagakit import RetryPolicy, Saga, Step
 from services.inventory.messages import OutOfStock, ReleaseStock, ReserveStock, StockReserved
 from services.payments.messages import (
     CreditLimitExceeded,
@@ -43,6 +43,11 @@ def note_shipment(state: OrderState, reply: ShipmentScheduled) -> OrderState:
     return state.model_copy(update={"shipment_id": reply.shipment_id})
 
 
+#: A participant that does not answer within 10 s is asked again, twice, with back-off.
+PATIENT = RetryPolicy(max_attempts=3, timeout_s=10.0, initial_backoff_s=0.5, max_backoff_s=5.0)
+#: After the point of no return the saga only moves forward: keep asking.
+PERSISTENT = RetryPolicy(max_attempts=10, timeout_s=10.0, initial_backoff_s=0.5, max_backoff_s=5.0)
+
 place_order: Saga[OrderState] = Saga(
     "place-order",
     version=1,
@@ -57,6 +62,7 @@ place_order: Saga[OrderState] = Saga(
             on_reply={CreditReserved: None},
             failures=[CreditLimitExceeded],
             on_failure=note_reason,
+            retry=PATIENT,
             compensate=ReleaseCredit,
         ),
         Step(
@@ -65,17 +71,26 @@ place_order: Saga[OrderState] = Saga(
             on_reply={StockReserved: None},
             failures=[OutOfStock],
             on_failure=note_reason,
+            retry=PATIENT,
             compensate=ReleaseStock,
         ),
-        # The last step that can fail needs no compensation: nothing after it fails.
+        # The pivot: once a shipment is scheduled the order goes through. It needs no
+        # compensation, and the steps after it are retried forward, never undone.
         Step(
             "schedule-shipment",
             invoke=ScheduleShipment,
             on_reply={ShipmentScheduled: note_shipment},
             failures=[ShipmentFailed],
             on_failure=note_reason,
+            retry=PATIENT,
+            pivot=True,
         ),
-        Step("approve-order", invoke=ApproveOrder, on_reply={OrderApproved: None}),
+        Step(
+            "approve-order",
+            invoke=ApproveOrder,
+            on_reply={OrderApproved: None},
+            retry=PERSISTENT,
+        ),
     ],
 )
 

@@ -25,6 +25,7 @@ class CreditLimitExceeded(Reply, type="payments.CreditLimitExceeded"):
 
 class ReleaseCredit(Command, type="payments.ReleaseCredit"):
     order_id: str
+    customer_id: str
 
 
 class CreditReleased(Reply, type="payments.CreditReleased"):

@@ -47,6 +47,14 @@ class CreditRepository:
         ).fetchone()
         return 0 if row is None else int(row[0])
 
+    def status(self, order_id: str) -> str | None:
+        """RESERVED or RELEASED if this order was seen before, else None."""
+        row = self.db.execute(
+            "SELECT status FROM credit_reservations WHERE order_id = ? ORDER BY id DESC LIMIT 1",
+            (order_id,),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
     def reserve(self, order_id: str, customer_id: str, amount: int) -> None:
         self.db.execute(
             "INSERT INTO credit_reservations (order_id, customer_id, amount, status) "
@@ -54,7 +62,16 @@ class CreditRepository:
             (order_id, customer_id, amount),
         )
 
-    def release(self, order_id: str) -> None:
+    def release(self, order_id: str, customer_id: str) -> None:
+        """Release the order's credit; for an order never seen, leave a tombstone so a
+        reservation arriving late is refused."""
+        if self.status(order_id) is None:
+            self.db.execute(
+                "INSERT INTO credit_reservations (order_id, customer_id, amount, status) "
+                "VALUES (?, ?, 0, 'RELEASED')",
+                (order_id, customer_id),
+            )
+            return
         self.db.execute(
             "UPDATE credit_reservations SET status = 'RELEASED' "
             "WHERE order_id = ? AND status = 'RESERVED'",
@@ -86,6 +103,10 @@ def build(
         cmd: ReserveCredit, ctx: HandlerContext[sqlite3.Connection]
     ) -> CreditReserved:
         credit = CreditRepository(ctx.db)
+        if credit.status(cmd.order_id) is not None:
+            # A retry (new command id) of a reservation already made, or one arriving after
+            # its release: no second effect.
+            return CreditReserved(order_id=cmd.order_id)
         available = credit.available(cmd.customer_id)
         if cmd.amount > available:
             raise BusinessFailure(
@@ -100,7 +121,7 @@ def build(
     def release_credit(
         cmd: ReleaseCredit, ctx: HandlerContext[sqlite3.Connection]
     ) -> CreditReleased:
-        CreditRepository(ctx.db).release(cmd.order_id)
+        CreditRepository(ctx.db).release(cmd.order_id, cmd.customer_id)
         return CreditReleased(order_id=cmd.order_id)
 
     return service

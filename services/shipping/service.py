@@ -36,6 +36,12 @@ class ShipmentRepository:
         ).fetchone()
         return row is None
 
+    def shipment_of(self, order_id: str) -> str | None:
+        row = self.db.execute(
+            "SELECT id FROM shipments WHERE order_id = ? AND status = 'SCHEDULED'", (order_id,)
+        ).fetchone()
+        return None if row is None else f"SHP-{row[0]}"
+
     def schedule(self, order_id: str, address: str) -> str:
         cur = self.db.execute(
             "INSERT INTO shipments (order_id, address, status) VALUES (?, ?, 'SCHEDULED')",
@@ -61,6 +67,9 @@ def build(
         cmd: ScheduleShipment, ctx: HandlerContext[sqlite3.Connection]
     ) -> ShipmentScheduled:
         shipments = ShipmentRepository(ctx.db)
+        existing = shipments.shipment_of(cmd.order_id)
+        if existing is not None:  # a retry of a shipment already scheduled
+            return ShipmentScheduled(order_id=cmd.order_id, shipment_id=existing)
         if not shipments.deliverable(cmd.address):
             raise BusinessFailure(
                 ShipmentFailed(order_id=cmd.order_id, reason=f"cannot deliver to {cmd.address!r}")

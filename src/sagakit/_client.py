@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -9,7 +10,7 @@ from pydantic import BaseModel
 
 from ._codec import DEFAULT_CODEC, Codec, encode_record
 from ._definition import Saga
-from ._messages import Envelope, StartSaga
+from ._messages import Envelope, Message, ResolveSaga, ResumeSaga, StartSaga
 from .transport._base import OutgoingRecord, Transport
 
 
@@ -57,3 +58,28 @@ class SagaClient:
     async def start_many(self, saga: Saga[Any], items: Iterable[tuple[str, BaseModel]]) -> None:
         """Start several sagas with one produce batch."""
         await self.transport.send([self.start_record(saga, sid, state) for sid, state in items])
+
+    def operator_record(self, saga_type: str, saga_id: str, request: Message) -> OutgoingRecord:
+        """A person's request (resume, resolve) for one saga, on that saga's inbox partition."""
+        message_id = f"{saga_id}:operator:{uuid.uuid4().hex}"
+        envelope = Envelope(
+            message_id=message_id,
+            message_type=request.message_type,
+            saga_id=saga_id,
+            correlation_id=saga_id,
+            causation_id=message_id,
+            saga_type=saga_type,
+        )
+        return encode_record(
+            f"{self.namespace}{saga_type}.inbox", envelope, request, codec=self.codec
+        )
+
+    async def resume(self, saga_type: str, saga_id: str, note: str = "") -> None:
+        """Ask a FAILED_NEEDS_ATTENTION saga to retry from where it stopped."""
+        await self.transport.send([self.operator_record(saga_type, saga_id, ResumeSaga(note=note))])
+
+    async def resolve(self, saga_type: str, saga_id: str, note: str) -> None:
+        """Mark a FAILED_NEEDS_ATTENTION saga resolved by hand (it ends as RESOLVED)."""
+        await self.transport.send(
+            [self.operator_record(saga_type, saga_id, ResolveSaga(note=note))]
+        )

@@ -103,7 +103,11 @@ class SqliteStore:
 
     def __init__(self, path: str | Path = ":memory:") -> None:
         self.path = str(path)
-        self.connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # Another process may hold the write lock for a moment (e.g. a client placing
+        # orders in the same file): wait for it rather than fail.
+        self.connection = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=30
+        )
         if self.path != ":memory:":
             self.connection.execute("PRAGMA journal_mode=WAL")
             self.connection.execute("PRAGMA synchronous=NORMAL")

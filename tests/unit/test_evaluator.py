@@ -395,8 +395,8 @@ def test_failure_compensates_completed_steps_in_reverse_order(
 
     sent = [c.command for c in run.commands[forward:]]
     expected = {
-        "reserve-stock": ReleaseStock(order_id="o1"),
-        "reserve-credit": ReleaseCredit(order_id="o1"),
+        "reserve-stock": ReleaseStock(order_id="o1", product_id="p1"),
+        "reserve-credit": ReleaseCredit(order_id="o1", customer_id="c1"),
         "create-order": RejectOrder(order_id="o1", reason=reason),
     }
     assert sent == [expected[name] for name, _, _ in compensations]
