@@ -66,6 +66,21 @@ def build_system(
     )
 
 
+def build_service(
+    name: str, db: Path, *, partitions: int = 8, namespace: str = ""
+) -> Service[sqlite3.Connection]:
+    """One service on its SQLite file, as `sagakit service run` runs it."""
+    store = SqliteStore(db)
+    if name == "orders":
+        return OrdersApp(store, partitions=partitions, namespace=namespace).service
+    builders = {
+        "payments": payments.build,
+        "inventory": inventory.build,
+        "shipping": shipping.build,
+    }
+    return builders[name](store, partitions=partitions, namespace=namespace)
+
+
 def seed_orders(system: SampleSystem, count: int, *, seed: int, run: str) -> list[NewOrder]:
     """Reference data and `count` orders in which every failure path happens.
 

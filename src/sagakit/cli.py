@@ -27,7 +27,7 @@ err = Console(stderr=True)
 out = Console()
 
 
-def _quiet_logs(verbose: bool) -> None:
+def configure_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -87,7 +87,7 @@ def demo(
 
     Exit status 0 only if every saga ended and the business state is consistent.
     """
-    _quiet_logs(verbose)
+    configure_logging(verbose)
     try:
         result = anyio.run(_demo, orders, seed, bootstrap, timeout, not json_output)
     except SagaError as exc:
@@ -160,6 +160,14 @@ def _print_demo(result: Any) -> None:
 
 
 def main() -> None:
+    from ._cli_ops import dlq_app, sagas_app
+    from ._cli_run import chaos, orchestrator_app, service_app
+
+    app.add_typer(sagas_app, name="sagas")
+    app.add_typer(dlq_app, name="dlq")
+    app.add_typer(orchestrator_app, name="orchestrator")
+    app.add_typer(service_app, name="service")
+    app.command()(chaos)
     app()
 
 

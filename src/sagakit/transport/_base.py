@@ -98,6 +98,10 @@ class Transport(Protocol):
 
     async def partition_count(self, topic: str) -> int: ...
 
+    async def existing_topics(self) -> dict[str, int]:
+        """Every topic that exists, with its partition count (creates nothing)."""
+        ...
+
     async def send(self, records: Sequence[OutgoingRecord]) -> list[Delivered]:
         """Produce all `records` as one batch and return once every one is acknowledged."""
         ...

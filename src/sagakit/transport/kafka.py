@@ -245,6 +245,12 @@ class KafkaTransport:
                     "partitions cannot be added later, so recreate the topic"
                 )
 
+    async def existing_topics(self) -> dict[str, int]:
+        async with self._admin() as admin:
+            names = [n for n in await admin.list_topics() if not n.startswith("__")]
+            described = await admin.describe_topics(names) if names else []
+        return {d["topic"]: len(d["partitions"]) for d in described}
+
     async def partition_count(self, topic: str) -> int:
         producer = self._require_producer()
         parts = await producer.partitions_for(topic)

@@ -287,6 +287,10 @@ class MemoryTransport:
         await anyio.lowlevel.checkpoint()
         return self.broker.partition_count(topic)
 
+    async def existing_topics(self) -> dict[str, int]:
+        await anyio.lowlevel.checkpoint()
+        return self.broker.topics()
+
     async def send(self, records: Sequence[OutgoingRecord]) -> list[Delivered]:
         await anyio.lowlevel.checkpoint()
         return self.broker.append(records)

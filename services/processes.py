@@ -1,0 +1,160 @@
+"""The sample system as separate OS processes (`sagakit orchestrator run`, `sagakit service
+run`), each one killable and restartable: what `sagakit chaos` and the crash tests drive."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import anyio
+from anyio.abc import Process, TaskGroup
+
+SERVICE_NAMES = ("orders", "payments", "inventory", "shipping")
+
+
+@dataclass
+class Member:
+    """One component and the process currently running it."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    process: Process | None = None
+    ready: anyio.Event = field(default_factory=anyio.Event)
+    starts: int = 0
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else self.process.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+
+class ProcessSystem:
+    """Orchestrator instances and the four services as child processes."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        db_dir: Path,
+        *,
+        namespace: str = "",
+        partitions: int = 8,
+        orchestrators: int = 2,
+        profile: str = "embedded",
+        log_dir: Path | None = None,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.db_dir = db_dir
+        self.log_dir = log_dir or db_dir / "logs"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        common = ["--bootstrap", bootstrap, "--profile", profile, "--namespace", namespace]
+        common += ["--partitions", str(partitions)]
+        base = [sys.executable, "-m", "sagakit"]
+        self.members: dict[str, Member] = {}
+        for i in range(1, orchestrators + 1):
+            name = f"orchestrator-{i}"
+            self.members[name] = Member(name, [*base, "orchestrator", "run", *common])
+        for service in SERVICE_NAMES:
+            db = str(db_dir / f"{service}.sqlite3")
+            argv = [*base, "service", "run", service, "--db", db, *common]
+            self.members[service] = Member(service, argv)
+        self._tg: TaskGroup | None = None
+
+    async def __aenter__(self) -> ProcessSystem:
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        with anyio.CancelScope(shield=True):
+            await self.stop_all()
+        assert self._tg is not None
+        self._tg.cancel_scope.cancel()
+        return await self._tg.__aexit__(exc_type, exc, tb)
+
+    async def start(
+        self, name: str, *, env: Mapping[str, str] | None = None, wait_ready: float | None = 30.0
+    ) -> Member:
+        """Start (or restart) a member; wait until it prints READY unless `wait_ready` is None."""
+        member = self.members[name]
+        if member.alive:
+            raise RuntimeError(f"{name} is already running (pid {member.pid})")
+        member.env = dict(env or {})
+        member.ready = anyio.Event()
+        member.starts += 1
+        log = open(self.log_dir / f"{name}.{member.starts}.log", "wb")  # noqa: ASYNC230, SIM115
+        faults = ("SAGAKIT_CRASH_AT", "SAGAKIT_STALL_AT")
+        child_env = {k: v for k, v in os.environ.items() if k not in faults}
+        child_env.update(PYTHONUNBUFFERED="1", **member.env)
+        member.process = await anyio.open_process(
+            member.argv, stdout=subprocess.PIPE, stderr=log, env=child_env
+        )
+        log.close()
+        assert self._tg is not None
+        self._tg.start_soon(self._watch, member, member.process)
+        if wait_ready is not None:
+            with anyio.fail_after(wait_ready):
+                await member.ready.wait()
+        return member
+
+    async def start_all(self, wait_ready: float = 60.0) -> None:
+        """Orchestrators one after another (one group), then the services together."""
+        for name in self.members:
+            if name.startswith("orchestrator"):
+                await self.start(name, wait_ready=wait_ready)
+        async with anyio.create_task_group() as tg:
+            for name in SERVICE_NAMES:
+                tg.start_soon(lambda n: self.start(n, wait_ready=wait_ready), name)
+
+    async def _watch(self, member: Member, process: Process) -> None:
+        assert process.stdout is not None
+        buffer = b""
+        async for chunk in process.stdout:
+            buffer += chunk
+            if b"READY" in buffer and member.process is process:
+                member.ready.set()
+                buffer = b""
+
+    def signal(self, name: str, sig: int = signal.SIGKILL) -> None:
+        member = self.members[name]
+        if member.process is not None and member.alive:
+            member.process.send_signal(sig)
+
+    async def wait_exit(self, name: str, timeout: float = 30.0) -> int:
+        member = self.members[name]
+        assert member.process is not None
+        with anyio.fail_after(timeout):
+            return await member.process.wait()
+
+    async def kill(self, name: str) -> None:
+        self.signal(name, signal.SIGKILL)
+        await self.wait_exit(name)
+
+    async def stop_all(self) -> None:
+        """Stop members one at a time (a group whose leader leaves mid-rebalance can wedge)."""
+        for member in self.members.values():
+            if member.process is None or not member.alive:
+                continue
+            if member.env.get("SAGAKIT_STALL_AT"):
+                member.process.send_signal(signal.SIGCONT)
+            member.process.terminate()
+            try:
+                with anyio.fail_after(15):
+                    await member.process.wait()
+            except TimeoutError:
+                member.process.kill()
+                await member.process.wait()

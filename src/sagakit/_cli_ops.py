@@ -1,0 +1,248 @@
+"""`sagakit sagas ...` and `sagakit dlq ...`: look into and act on a running system."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
+
+import anyio
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ._client import SagaClient
+from ._errors import SagaError
+from ._evaluator import SagaInstance, SagaStatus, Transition
+from ._inspect import (
+    dlq_name,
+    find_saga,
+    header,
+    journal_topics,
+    read_journal,
+    read_topic,
+    replay_dead_letters,
+    saga_type_of,
+)
+from .transport.kafka import KafkaSettings, KafkaTransport
+
+out = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+
+Bootstrap = Annotated[
+    str,
+    typer.Option(
+        envvar="SAGAKIT_BOOTSTRAP", help="Kafka bootstrap servers (or set SAGAKIT_BOOTSTRAP)."
+    ),
+]
+Namespace = Annotated[str, typer.Option(help="Topic prefix the system runs under.")]
+
+sagas_app = typer.Typer(help="List, inspect, resume and resolve sagas of a running system.")
+dlq_app = typer.Typer(help="Inspect and replay dead letters.")
+
+
+def run_with(bootstrap: str, action: Callable[[KafkaTransport], Awaitable[T]]) -> T:
+    async def main() -> T:
+        async with KafkaTransport(KafkaSettings(bootstrap, client_id="sagakit-cli")) as t:
+            return await action(t)
+
+    try:
+        return anyio.run(main)
+    except SagaError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _when(ms: int) -> str:
+    return datetime.datetime.fromtimestamp(ms / 1000).isoformat(sep=" ", timespec="milliseconds")
+
+
+@sagas_app.command("list")
+def sagas_list(
+    bootstrap: Bootstrap,
+    state: Annotated[
+        SagaStatus | None, typer.Option("--state", help="Only sagas in this state.")
+    ] = None,
+    saga_type: Annotated[str | None, typer.Option(help="Only sagas of this type.")] = None,
+    namespace: Namespace = "",
+    limit: Annotated[int, typer.Option(help="Show at most this many rows.")] = 200,
+) -> None:
+    """Every saga found in the journals, with its state (read-only)."""
+
+    async def action(transport: KafkaTransport) -> list[SagaInstance]:
+        rows: list[SagaInstance] = []
+        for topic, partitions in sorted((await journal_topics(transport, namespace)).items()):
+            if saga_type is not None and saga_type_of(topic, namespace) != saga_type:
+                continue
+            view = await read_journal(transport, topic, partitions)
+            rows.extend(view.instances.values())
+        return rows
+
+    instances = run_with(bootstrap, action)
+    if state is not None:
+        instances = [i for i in instances if i.status is state]
+    instances.sort(key=lambda i: i.updated_ms, reverse=True)
+    table = Table(title=f"{len(instances)} saga(s)")
+    for col in ("saga id", "type", "state", "at step", "failure", "updated"):
+        table.add_column(col)
+    for i in instances[:limit]:
+        at = i.pending.step if i.pending else (i.next.step if i.next else "")
+        table.add_row(
+            i.saga_id, i.saga_type, i.status.value, at, i.failure or "", _when(i.updated_ms)
+        )
+    out.print(table)
+
+
+def _print_history(saga_type: str, history: list[Transition]) -> None:
+    last = history[-1]
+    out.print(f"[bold]{last.saga_id}[/bold] ({saga_type} v{last.version}): {last.status.value}")
+    if last.failure:
+        out.print(f"failure: {last.failure}")
+    table = Table()
+    for col in ("#", "time", "event", "step", "state", "caused by", "sent"):
+        table.add_column(col)
+    for t in history:
+        sent = f"{t.pending.command.message_type} ({t.pending.message_id})" if t.pending else ""
+        if t.next is not None and t.next.due_ms is not None:
+            sent = f"retry {t.next.step} attempt {t.next.attempt} at {_when(t.next.due_ms)}"
+        event = t.event + (f" — {t.note}" if t.note else "")
+        table.add_row(
+            str(t.seq), _when(t.at_ms), event, t.step or "", t.status.value, t.cause_type, sent
+        )
+    out.print(table)
+
+
+@sagas_app.command("show")
+def sagas_show(
+    saga_id: str,
+    bootstrap: Bootstrap,
+    saga_type: Annotated[str | None, typer.Option(help="Saga type, to search one journal.")] = None,
+    namespace: Namespace = "",
+) -> None:
+    """The timeline of one saga, from its journal."""
+    found_type, history = run_with(bootstrap, lambda t: find_saga(t, saga_id, namespace, saga_type))
+    _print_history(found_type, history)
+
+
+def _operator(
+    saga_id: str,
+    bootstrap: str,
+    namespace: str,
+    saga_type: str | None,
+    wait_s: float,
+    send: Callable[[SagaClient, str], Awaitable[None]],
+    event: str,
+) -> None:
+    async def action(transport: KafkaTransport) -> tuple[str, list[Transition]]:
+        found_type, history = await find_saga(transport, saga_id, namespace, saga_type)
+        status = history[-1].status
+        if status is not SagaStatus.FAILED_NEEDS_ATTENTION:
+            raise SagaError(
+                f"saga {saga_id} is {status.value}; only FAILED_NEEDS_ATTENTION sagas "
+                "can be resumed or resolved"
+            )
+        await send(SagaClient(transport, namespace=namespace), found_type)
+        with anyio.move_on_after(wait_s):
+            while True:
+                _, history = await find_saga(transport, saga_id, namespace, found_type)
+                if history[-1].event == event:
+                    break
+                await anyio.sleep(0.2)
+        return found_type, history
+
+    found_type, history = run_with(bootstrap, action)
+    if history[-1].event != event:
+        err.print(f"request sent; the orchestrator has not recorded it within {wait_s}s")
+        raise typer.Exit(1)
+    _print_history(found_type, history)
+
+
+@sagas_app.command("resume")
+def sagas_resume(
+    saga_id: str,
+    bootstrap: Bootstrap,
+    note: Annotated[str, typer.Option(help="Why, for the journal.")] = "",
+    saga_type: Annotated[str | None, typer.Option(help="Saga type, to search one journal.")] = None,
+    namespace: Namespace = "",
+    wait: Annotated[float, typer.Option(help="Seconds to wait for the orchestrator.")] = 15.0,
+) -> None:
+    """Retry a FAILED_NEEDS_ATTENTION saga from where it stopped (recorded in the journal)."""
+    _operator(
+        saga_id,
+        bootstrap,
+        namespace,
+        saga_type,
+        wait,
+        lambda client, kind: client.resume(kind, saga_id, note),
+        "resumed",
+    )
+
+
+@sagas_app.command("resolve")
+def sagas_resolve(
+    saga_id: str,
+    bootstrap: Bootstrap,
+    note: Annotated[str, typer.Option(help="What was fixed by hand, for the journal.")],
+    saga_type: Annotated[str | None, typer.Option(help="Saga type, to search one journal.")] = None,
+    namespace: Namespace = "",
+    wait: Annotated[float, typer.Option(help="Seconds to wait for the orchestrator.")] = 15.0,
+) -> None:
+    """Mark a FAILED_NEEDS_ATTENTION saga fixed by hand; it ends as RESOLVED."""
+    _operator(
+        saga_id,
+        bootstrap,
+        namespace,
+        saga_type,
+        wait,
+        lambda client, kind: client.resolve(kind, saga_id, note),
+        "resolved",
+    )
+
+
+@dlq_app.command("list")
+def dlq_list(
+    topic: Annotated[str, typer.Argument(help="A topic (its .dlq is read) or a .dlq topic.")],
+    bootstrap: Bootstrap,
+) -> None:
+    """The dead letters of a topic, with the reason each could not be processed."""
+    name = dlq_name(topic)
+    records = run_with(bootstrap, lambda t: read_topic(t, name))
+    table = Table(title=f"{name}: {len(records)} dead letter(s)")
+    for col in ("offset", "message id", "type", "error", "reason", "from"):
+        table.add_column(col)
+    for r in records:
+        origin = (
+            f"{header(r, 'original-topic')}[{header(r, 'original-partition')}]"
+            f"@{header(r, 'original-offset')}"
+        )
+        table.add_row(
+            str(r.offset),
+            header(r, "message-id") or "",
+            header(r, "message-type") or "",
+            header(r, "error-type") or "",
+            header(r, "error-message") or "",
+            origin,
+        )
+    out.print(table)
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    topic: Annotated[str, typer.Argument(help="A topic (its .dlq is read) or a .dlq topic.")],
+    bootstrap: Bootstrap,
+    message_id: Annotated[
+        list[str] | None, typer.Option("--id", help="Replay only this message id (repeatable).")
+    ] = None,
+    replay_all: Annotated[bool, typer.Option("--all", help="Replay every dead letter.")] = False,
+) -> None:
+    """Produce dead letters again to their original topic (after fixing the cause)."""
+    if not message_id and not replay_all:
+        err.print("say which: --id MESSAGE_ID (repeatable) or --all")
+        raise typer.Exit(2)
+    replayed = run_with(
+        bootstrap, lambda t: replay_dead_letters(t, topic, None if replay_all else message_id)
+    )
+    out.print(f"replayed {len(replayed)} record(s) from {dlq_name(topic)}")
+    if message_id and not replay_all and len(replayed) < len(set(message_id)):
+        raise typer.Exit(1)

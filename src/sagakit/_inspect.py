@@ -1,0 +1,145 @@
+"""Reading a running system for people: saga journals and dead-letter topics.
+
+Nothing here writes to a journal or claims a partition: journals are replayed the way
+an owner would (with the claim-epoch fencing) but read-only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import aclosing
+from dataclasses import dataclass, field
+
+from ._dlq import dlq_topic
+from ._errors import TransportError
+from ._evaluator import SagaInstance, Transition
+from ._journal import CLAIM, TRANSITION, Replayer, decode_transition
+from .eventlog.kafka import KafkaEventLog
+from .transport._base import OutgoingRecord, Record, Transport, partition_for
+
+JOURNAL_SUFFIX = ".journal"
+DLQ_HEADERS = frozenset(
+    {"error-type", "error-message", "original-topic", "original-partition", "original-offset"}
+)
+
+
+@dataclass
+class JournalView:
+    """Every saga of one journal topic, as its owner would restore it."""
+
+    topic: str
+    instances: dict[str, SagaInstance] = field(default_factory=dict)
+    anomalies: list[str] = field(default_factory=list)
+    fenced: int = 0
+    records: int = 0
+
+
+async def journal_topics(transport: Transport, namespace: str = "") -> dict[str, int]:
+    """Journal topics (``<namespace><saga>.journal``) with their partition counts."""
+    return {
+        name: n
+        for name, n in (await transport.existing_topics()).items()
+        if name.startswith(namespace) and name.endswith(JOURNAL_SUFFIX)
+    }
+
+
+def saga_type_of(journal_topic: str, namespace: str = "") -> str:
+    return journal_topic[len(namespace) : -len(JOURNAL_SUFFIX)]
+
+
+async def read_journal(transport: Transport, topic: str, partitions: int) -> JournalView:
+    view = JournalView(topic)
+    log = KafkaEventLog(transport, topic)
+    for p in range(partitions):
+        replayer = Replayer(lambda data: decode_transition(data, None))
+        async with aclosing(log.read(p)) as batches:
+            async for batch in batches:
+                replayer.feed(batch)
+        view.instances.update(replayer.instances)
+        view.anomalies.extend(f"{topic}[{p}] {a}" for a in replayer.anomalies)
+        view.fenced += replayer.fenced
+        view.records += replayer.applied
+    return view
+
+
+async def saga_history(
+    transport: Transport, topic: str, partitions: int, saga_id: str
+) -> list[Transition]:
+    """The journal records of one saga, in order (fenced records left out)."""
+    partition = partition_for(saga_id.encode(), partitions)
+    log = KafkaEventLog(transport, topic)
+    history: list[Transition] = []
+    epoch = 0
+    async with aclosing(log.read(partition)) as batches:
+        async for batch in batches:
+            for stored in batch:
+                entry = stored.entry
+                if entry.kind == CLAIM:
+                    epoch = max(epoch, entry.epoch)
+                elif entry.kind == TRANSITION and entry.key == saga_id and entry.epoch >= epoch:
+                    history.append(decode_transition(entry.data, None))
+    return history
+
+
+async def find_saga(
+    transport: Transport, saga_id: str, namespace: str = "", saga_type: str | None = None
+) -> tuple[str, list[Transition]]:
+    """(saga type, history) of `saga_id`, searching every journal unless `saga_type` says."""
+    topics = await journal_topics(transport, namespace)
+    if saga_type is not None:
+        wanted = f"{namespace}{saga_type}{JOURNAL_SUFFIX}"
+        if wanted not in topics:
+            raise TransportError(f"there is no journal topic {wanted!r}")
+        topics = {wanted: topics[wanted]}
+    for topic, partitions in sorted(topics.items()):
+        history = await saga_history(transport, topic, partitions, saga_id)
+        if history:
+            return saga_type_of(topic, namespace), history
+    raise TransportError(
+        f"no saga {saga_id!r} in {', '.join(sorted(topics)) or 'any journal (none exist)'}"
+    )
+
+
+def dlq_name(topic: str) -> str:
+    return topic if topic.endswith(".dlq") else dlq_topic(topic)
+
+
+async def read_topic(transport: Transport, topic: str) -> list[Record]:
+    existing = await transport.existing_topics()
+    if topic not in existing:
+        raise TransportError(f"topic {topic!r} does not exist")
+    records: list[Record] = []
+    for p in range(existing[topic]):
+        async with aclosing(transport.read(topic, p)) as batches:
+            async for batch in batches:
+                records.extend(batch)
+    return records
+
+
+def header(record: Record, name: str) -> str | None:
+    for key, value in record.headers:
+        if key == name:
+            return value.decode(errors="replace") if value is not None else ""
+    return None
+
+
+def replay_record(record: Record) -> OutgoingRecord:
+    """The original record of a dead letter, to produce again to its original topic."""
+    original = header(record, "original-topic")
+    if not original:
+        raise TransportError(f"DLQ record at offset {record.offset} has no original-topic header")
+    headers = tuple((k, v) for k, v in record.headers if k not in DLQ_HEADERS)
+    return OutgoingRecord(original, record.key, record.value, headers)
+
+
+async def replay_dead_letters(
+    transport: Transport, topic: str, message_ids: Sequence[str] | None
+) -> list[Record]:
+    """Produce dead letters of `topic` again to where they came from; those replayed."""
+    letters = await read_topic(transport, dlq_name(topic))
+    chosen = [
+        r for r in letters if message_ids is None or header(r, "message-id") in set(message_ids)
+    ]
+    if chosen:
+        await transport.send([replay_record(r) for r in chosen])
+    return chosen
