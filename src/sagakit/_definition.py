@@ -23,6 +23,7 @@ naming the saga and the step.
 
 from __future__ import annotations
 
+import math
 import re
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -66,6 +67,11 @@ class RetryPolicy:
     timeout_s: float | None = None
 
     def __post_init__(self) -> None:
+        numbers = (self.initial_backoff_s, self.max_backoff_s, self.multiplier, self.jitter)
+        if not all(math.isfinite(n) for n in numbers) or (
+            self.timeout_s is not None and not math.isfinite(self.timeout_s)
+        ):
+            raise DefinitionError(f"RetryPolicy needs finite numbers, got {self}")
         if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
             raise DefinitionError(f"RetryPolicy.max_attempts must be >= 1, got {self.max_attempts}")
         if self.initial_backoff_s < 0 or self.max_backoff_s < 0 or self.multiplier < 1:
@@ -81,7 +87,10 @@ class RetryPolicy:
         """The wait before the next attempt, after `attempts_made` attempts."""
         import random
 
-        base = self.initial_backoff_s * self.multiplier ** (attempts_made - 1)
+        try:
+            base = self.initial_backoff_s * self.multiplier ** (attempts_made - 1)
+        except OverflowError:
+            base = self.max_backoff_s
         wait = min(base, self.max_backoff_s)
         if self.jitter:
             wait *= random.Random(seed).uniform(1 - self.jitter, 1 + self.jitter)
@@ -235,7 +244,9 @@ class Saga(Generic[S]):
             raise self._fail(None, f"state must be a pydantic model class, got {self.state!r}")
         if not self.steps:
             raise self._fail(None, "has no steps")
-        if self.deadline_s is not None and not self.deadline_s > 0:
+        if self.deadline_s is not None and not (
+            math.isfinite(self.deadline_s) and self.deadline_s > 0
+        ):
             raise self._fail(None, f"deadline_s must be > 0, got {self.deadline_s!r}")
         seen: set[str] = set()
         resolved = []

@@ -52,7 +52,9 @@ class PendingCommand:
     """A command sent and not yet answered; re-sent as it is after a restore.
 
     `deadline_ms` is when the attempt times out (None: never); `budget_from` is the
-    attempt that started the current retry budget (a resume starts a new one).
+    attempt that started the current retry budget (a resume starts a new one);
+    `uncertain` says an earlier attempt of this step timed out, so the step may have
+    taken effect even if this attempt fails: then it is compensated too.
     """
 
     step: str
@@ -64,6 +66,7 @@ class PendingCommand:
     causation_id: str
     deadline_ms: int | None = None
     budget_from: int = 1
+    uncertain: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +78,7 @@ class NextAttempt:
     attempt: int
     budget_from: int
     due_ms: int | None
+    uncertain: bool = False
 
     @property
     def ref(self) -> str:
@@ -324,6 +328,8 @@ def _reply(definition: Saga[Any], instance: SagaInstance, incoming: Incoming[Mes
         if step.step.on_failure is not None:
             draft.state = step.step.on_failure(draft.state, reply)
         draft.failure = f"{step.name}: {reply.message_type}"
+        if pending.uncertain and step.compensation is not None:
+            draft.completed = (*draft.completed, step.name)  # an earlier attempt timed out
         return draft.compensate_next("step-failed", step.name)
     expected = sorted(r.message_type for r in (*step.success, *step.failures, *step.retryable))
     return Decision(
@@ -346,7 +352,13 @@ def _timer(
         assert nxt is not None
         draft.next = None
         return draft.issue(
-            "retry", nxt.step, definition.step(nxt.step), nxt.phase, nxt.attempt, nxt.budget_from
+            "retry",
+            nxt.step,
+            definition.step(nxt.step),
+            nxt.phase,
+            nxt.attempt,
+            nxt.budget_from,
+            uncertain=nxt.uncertain,
         )
     if fired.kind == "timeout":
         pending = instance.pending
@@ -395,7 +407,13 @@ def _operator(
     assert nxt is not None, "a parked saga records what to retry"
     draft.next = None
     return draft.issue(
-        "resumed", nxt.step, definition.step(nxt.step), nxt.phase, nxt.attempt, nxt.attempt
+        "resumed",
+        nxt.step,
+        definition.step(nxt.step),
+        nxt.phase,
+        nxt.attempt,
+        nxt.attempt,
+        uncertain=nxt.uncertain,
     )
 
 
@@ -482,15 +500,27 @@ class _Draft:
         """
         policy = _policy(step, pending.phase)
         made = pending.attempt - pending.budget_from + 1
+        uncertain = pending.uncertain or outcome_unknown
         if made < policy.max_attempts:
             attempt = pending.attempt + 1
             wait = policy.backoff_ms(made, f"{self.saga_id}:{step.name}:{attempt}")
             if wait <= 0:
                 return self.issue(
-                    "retry", step.name, step, pending.phase, attempt, pending.budget_from
+                    "retry",
+                    step.name,
+                    step,
+                    pending.phase,
+                    attempt,
+                    pending.budget_from,
+                    uncertain=uncertain,
                 )
             self.next = NextAttempt(
-                step.name, pending.phase, attempt, pending.budget_from, self.at_ms + wait
+                step.name,
+                pending.phase,
+                attempt,
+                pending.budget_from,
+                self.at_ms + wait,
+                uncertain=uncertain,
             )
             status = (
                 SagaStatus.RUNNING if pending.phase is Phase.FORWARD else SagaStatus.COMPENSATING
@@ -501,7 +531,7 @@ class _Draft:
         if pending.phase is Phase.COMPENSATE or self.definition.after_pivot(step):
             return self.park(step, pending, give_up)
         self.failure = give_up
-        if outcome_unknown and step.compensation is not None:
+        if uncertain and step.compensation is not None:
             # the command may have taken effect: compensations must tolerate "nothing to undo"
             self.completed = (*self.completed, step.name)
         return self.compensate_next("step-failed", step.name)
@@ -509,7 +539,12 @@ class _Draft:
     def park(self, step: _ResolvedStep[Any], pending: PendingCommand, reason: str) -> Decision:
         self.failure = reason
         self.next = NextAttempt(
-            step.name, pending.phase, pending.attempt + 1, pending.attempt + 1, None
+            step.name,
+            pending.phase,
+            pending.attempt + 1,
+            pending.attempt + 1,
+            None,
+            uncertain=pending.uncertain,
         )
         self.deadline_ms = None
         return self._decide("parked", step.name, SagaStatus.FAILED_NEEDS_ATTENTION, None)
@@ -522,6 +557,8 @@ class _Draft:
         phase: Phase,
         attempt: int,
         budget_from: int,
+        *,
+        uncertain: bool = False,
     ) -> Decision:
         action = target.action if phase is Phase.FORWARD else target.compensation
         assert action is not None
@@ -536,6 +573,7 @@ class _Draft:
             causation_id=self.cause,
             deadline_ms=self.at_ms + round(timeout * 1000) if timeout is not None else None,
             budget_from=budget_from,
+            uncertain=uncertain,
         )
         self.next = None
         status = SagaStatus.RUNNING if phase is Phase.FORWARD else SagaStatus.COMPENSATING

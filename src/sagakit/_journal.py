@@ -70,6 +70,7 @@ def encode_transition(t: Transition) -> bytes:
                 "causation_id": pending.causation_id,
                 "deadline": pending.deadline_ms,
                 "budget_from": pending.budget_from,
+                "uncertain": pending.uncertain,
             },
             "failure": t.failure,
             "correlation_id": t.correlation_id,
@@ -82,6 +83,7 @@ def encode_transition(t: Transition) -> bytes:
                 "attempt": t.next.attempt,
                 "budget_from": t.next.budget_from,
                 "due": t.next.due_ms,
+                "uncertain": t.next.uncertain,
             },
             "deadline": t.deadline_ms,
             "note": t.note,
@@ -131,12 +133,20 @@ def decode_transition(data: bytes, saga: Saga[Any] | None) -> Transition:
                 causation_id=p["causation_id"],
                 deadline_ms=p.get("deadline"),
                 budget_from=p.get("budget_from", 1),
+                uncertain=p.get("uncertain", False),
             )
         n = d.get("next")
         nxt = (
             None
             if n is None
-            else NextAttempt(n["step"], Phase(n["phase"]), n["attempt"], n["budget_from"], n["due"])
+            else NextAttempt(
+                n["step"],
+                Phase(n["phase"]),
+                n["attempt"],
+                n["budget_from"],
+                n["due"],
+                uncertain=n.get("uncertain", False),
+            )
         )
         state_model: type[BaseModel] = saga.state if saga is not None else RawState
         return Transition(

@@ -1,0 +1,57 @@
+"""SIGKILL at each boundary of the orchestrator's batch and of a participant's, then
+restart: every saga ends, the state is consistent, nothing is applied twice."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from sagakit import KafkaTransport
+from sagakit.broker import EmbeddedBroker
+from services.processes import ProcessSystem
+
+from ._processes import assert_invariants, prepare, wait_all_ended
+
+pytestmark = [pytest.mark.anyio, pytest.mark.kafka, pytest.mark.slow]
+
+ORDERS = 40
+
+
+@pytest.mark.parametrize(
+    ("member", "point"),
+    [
+        ("orchestrator-1", "orchestrator.before-append"),
+        ("orchestrator-1", "orchestrator.before-send"),
+        ("orchestrator-1", "orchestrator.before-commit"),
+        ("payments", "participant.before-reply"),
+    ],
+)
+async def test_crash_at_a_boundary_then_restart_loses_nothing(
+    kafka_broker: EmbeddedBroker,
+    kafka_transport: KafkaTransport,
+    unique: str,
+    tmp_path: Path,
+    member: str,
+    point: str,
+) -> None:
+    ns = f"{unique}."
+    system, orders = await prepare(kafka_transport, tmp_path, ns, ORDERS)
+    async with ProcessSystem(
+        kafka_broker.bootstrap_servers, tmp_path, namespace=ns, orchestrators=1
+    ) as processes:
+        for name in processes.members:
+            env = {"SAGAKIT_CRASH_AT": f"{point}@2"} if name == member else None
+            await processes.start(name, env=env)
+        await system.orders.place(kafka_transport, orders)
+
+        status = await processes.wait_exit(member, timeout=60)
+        assert status == -signal.SIGKILL, f"{member} did not crash at {point}"
+        pending = system.orders.repository.count_by_status().get("PENDING", 0)
+        assert pending > 0, "everything ended before the crash; the test proves nothing"
+
+        await processes.start(member)
+        await wait_all_ended(system)
+        await assert_invariants(kafka_transport, system, ns, ORDERS)
+    system.close()
