@@ -314,13 +314,14 @@ class Orchestrator:
         for tp, offset in rewind.items():
             if tp in assigned:
                 sub.seek(tp, offset)
-        fault_point("orchestrator.before-append")
         if entries:
+            fault_point("orchestrator.before-append")
             await self.event_log.append(entries)
-        fault_point("orchestrator.before-send")
         if outgoing:
+            fault_point("orchestrator.before-send")
             await self.transport.send(outgoing)
-        fault_point("orchestrator.before-commit")
+        if offsets:
+            fault_point("orchestrator.before-commit")
         for tp, saga_id, due in scheduled:
             if tp in self._owned:
                 self._timers.set(tp, saga_id, due)
