@@ -223,8 +223,6 @@ class Orchestrator:
                 return
             part.epoch = replayed.epoch
             part.instances = replayed.instances
-            for inst in replayed.instances.values():
-                self._timers.set(tp, inst.saga_id, timers(inst))
             resend = [
                 self._command_record(inst, inst.pending)
                 for inst in replayed.instances.values()
@@ -237,6 +235,8 @@ class Orchestrator:
                 return
             part.ready = True
             part.restore_scope = None
+            for inst in replayed.instances.values():
+                self._timers.set(tp, inst.saga_id, timers(inst))
             self.stats.restores += 1
             self.stats.fenced_records += replayed.fenced
             self._sub.resume([tp])
