@@ -88,7 +88,7 @@ async def test_a_zombie_orchestrators_late_writes_are_fenced(
 
         processes.signal("orchestrator-2", signal.SIGCONT)
         with anyio.fail_after(30):
-            while (await read_journal(kafka_transport, journal, 8)).fenced == 0:
+            while (await read_journal(kafka_transport, journal, 8)).fenced == 0:  # noqa: ASYNC110
                 await anyio.sleep(0.2)
         assert zombie.alive, "the zombie should carry on (rejoin), not crash"
 

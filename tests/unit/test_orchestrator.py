@@ -19,6 +19,7 @@ from sagakit import (
     Orchestrator,
     OutgoingRecord,
     Reply,
+    RetryPolicy,
     Saga,
     SagaClient,
     SagaStatus,
@@ -267,3 +268,42 @@ async def test_unexpected_reply_type_is_dead_lettered_with_reason() -> None:
     assert headers["error-type"] == b"Rejected"
     assert b"does not expect otest.Stray" in headers["error-message"]
     assert instance is not None and instance.status is SagaStatus.RUNNING
+
+
+class Ping(Command, type="otest.Ping"):
+    trip_id: str
+
+
+class Pong(Reply, type="otest.Pong"):
+    pass
+
+
+impatient = Saga(
+    "impatient",
+    state=Trip,
+    steps=[
+        Step("book", invoke=Book, on_reply={Booked: remember}, compensate=Cancel),
+        Step(
+            "ping",
+            invoke=Ping,
+            on_reply={Pong: None},
+            to="nobody",  # no participant answers
+            retry=RetryPolicy(max_attempts=3, timeout_s=0.05, initial_backoff_s=0.02),
+        ),
+    ],
+)
+
+
+async def test_unanswered_commands_time_out_are_retried_and_then_compensated() -> None:
+    service, _, calls = trip_services()
+    async with SagaTestEnvironment([impatient], [service]) as env:
+        await env.start(impatient, "t6", Trip(trip_id="t6", seats=1))
+        instance = await env.wait_until_ended("t6")
+        pings = [dict(r.headers)["message-id"] for r in env.broker.records("nobody.commands")]
+        timers_fired = env.orchestrators["impatient"].stats.timers_fired
+    assert instance.status is SagaStatus.COMPENSATED
+    assert pings == [b"t6:ping:1", b"t6:ping:2", b"t6:ping:3"]
+    assert instance.failure is not None and "gave up after 3 attempt(s)" in instance.failure
+    assert instance.compensated == ("book",)
+    assert calls["cancel"] == 1
+    assert timers_fired >= 5  # three timeouts and two back-offs

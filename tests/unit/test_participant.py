@@ -232,3 +232,35 @@ async def test_memory_store_deduplicates_too() -> None:
         await transport.broker.wait_until(lambda: len(transport.broker.records(REPLIES)) >= 2)
         tg.cancel_scope.cancel()
     assert seen == ["s1:deposit:1"]
+
+
+async def test_a_handler_error_is_retried_before_it_becomes_a_dead_letter() -> None:
+    service: Service[None] = Service("bank", MemoryStore(), partitions=2, handler_attempts=3)
+    runs: list[str] = []
+
+    @service.handles(Deposit)
+    def deposit(cmd: Deposit, ctx: HandlerContext[None]) -> Deposited:
+        runs.append(cmd.account)
+        if cmd.account == "flaky" and runs.count("flaky") < 3:
+            raise ConnectionError("ledger briefly unreachable")
+        if cmd.account == "broken":
+            raise ConnectionError("ledger is down")
+        return Deposited(balance=cmd.amount)
+
+    transport = MemoryTransport()
+    await run_until(
+        service,
+        transport,
+        [
+            command("s1:deposit:1", Deposit(account="flaky", amount=5)),
+            command("s2:deposit:1", Deposit(account="broken", amount=5), saga_id="s2"),
+        ],
+        expected_replies=1,
+    )
+    assert runs.count("flaky") == 3 and runs.count("broken") == 3
+    [reply] = transport.broker.records(REPLIES)
+    assert dict(reply.headers)["causation-id"] == b"s1:deposit:1"
+    [dead] = transport.broker.records("bank.commands.dlq")
+    headers = dict(dead.headers)
+    assert headers["error-type"] == b"ConnectionError"
+    assert b"after 3 attempt(s): ledger is down" in headers["error-message"]

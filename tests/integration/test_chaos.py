@@ -1,0 +1,33 @@
+"""`sagakit chaos` as people run it: random SIGKILLs of orchestrators and services."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+SAGAKIT = str(Path(sys.executable).with_name("sagakit"))
+
+
+def test_chaos_kills_processes_and_every_invariant_still_holds() -> None:
+    proc = subprocess.run(
+        [SAGAKIT, "chaos", "--orders", "60", "--kill-every", "3", "--seed", "3", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["orders"] == 60
+    assert result["kills"] >= 1
+    assert sum(result["killed"].values()) == result["kills"]
+    assert result["unfinished"] == 0
+    assert result["duplicated_effects"] == 0
+    assert result["consistent"] is True and result["violations"] == []
+    assert result["journal_anomalies"] == 0
+    assert sum(result["outcomes"].values()) == 60
