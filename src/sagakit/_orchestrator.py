@@ -97,6 +97,7 @@ class Orchestrator:
         poll_timeout_s: float = 0.1,
         on_transition: Callable[[Transition], None] | None = None,
         clock: Callable[[], float] = time.time,
+        shutdown_grace_s: float = 30.0,
     ) -> None:
         self.saga = saga
         self.namespace = namespace
@@ -122,6 +123,7 @@ class Orchestrator:
         self._changed = anyio.Event()
         self._timers = TimerSchedule()
         self._clock = clock
+        self.shutdown_grace_s = shutdown_grace_s
 
     # public -----------------------------------------------------------------------------
     async def ensure_topics(self) -> None:
@@ -181,7 +183,14 @@ class Orchestrator:
                     )
                     if records:
                         async with self._lock:
-                            await self._process(sub, records)
+                            # A cancelled run finishes its batch first (journal, sends,
+                            # commit): cancelling aiokafka mid-commit leaves its shielded
+                            # request failing unobserved once the connection closes.
+                            with (
+                                anyio.CancelScope(shield=True),
+                                anyio.move_on_after(self.shutdown_grace_s),
+                            ):
+                                await self._process(sub, records)
             finally:
                 self._sub = self._tg = None
                 self._owned.clear()

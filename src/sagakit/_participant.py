@@ -211,7 +211,9 @@ class Service(Generic[TxT]):
                     timeout=self.poll_timeout_s, max_records=self.max_records
                 )
                 if records:
-                    await self._process(transport, sub, records)
+                    # a cancelled run finishes its batch (store, replies, commit) first
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(30):
+                        await self._process(transport, sub, records)
 
     async def _process(
         self, transport: Transport, sub: Subscription, records: Sequence[Record]

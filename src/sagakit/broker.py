@@ -101,11 +101,15 @@ class EmbeddedBroker:
     plus an atexit hook elsewhere).
     """
 
-    def __init__(self, port: int | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, port: int | None = None, host: str = "127.0.0.1", log_file: Path | None = None
+    ) -> None:
+        """`log_file` keeps the broker's own log there (default: a temporary file)."""
         self.host = host
         self.port = port or free_port(host)
         self._proc: subprocess.Popen[bytes] | None = None
         self._logdir: str | None = None
+        self._log_file = log_file
 
     @property
     def bootstrap_servers(self) -> str:
@@ -113,6 +117,8 @@ class EmbeddedBroker:
 
     @property
     def log_path(self) -> Path | None:
+        if self._log_file is not None:
+            return self._log_file
         return Path(self._logdir) / "broker.log" if self._logdir else None
 
     @property

@@ -63,7 +63,7 @@ async def test_orchestrator_cancelled_mid_run_is_resumed_by_a_new_instance(
                 await first.wait_ready()
                 await system.orders.place(kafka_transport, orders)
                 await first_hundred.wait()
-                first_tg.cancel_scope.cancel()  # mid-run: in the middle of a batch, most likely
+                first_tg.cancel_scope.cancel()  # mid-run: the batch in hand is finished first
         stopped_at = len(ended)
         assert stopped_at < len(orders), "the first instance finished everything; nothing resumed"
 
