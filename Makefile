@@ -21,7 +21,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src services tests
 	$(BIN)/ruff format --check src services tests
-	$(BIN)/mypy src
+	$(BIN)/mypy src services
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,7 +1,9 @@
-"""The place-order flow end to end: what `sagakit demo` runs and reports."""
+"""The place-order flow end to end, in either coordination style: what `sagakit demo`
+and `sagakit compare` run and report."""
 
 from __future__ import annotations
 
+import hashlib
 import statistics
 import time
 import uuid
@@ -13,12 +15,16 @@ from typing import Any
 
 import anyio
 
-from sagakit import Orchestrator, SagaStatus, Transition, Transport
+from sagakit import Orchestrator, Transition, Transport
 
 from .orders.saga import place_order
-from .system import build_system, check_consistency, seed_orders
+from .outcome import Style
+from .system import SampleSystem, build_system, check_consistency, seed_orders
 
 ProgressFn = Callable[[int, int], None]
+
+#: Choreography's safety net in the demo: an order with no outcome after this expires.
+ORDER_DEADLINE_S = 60.0
 
 
 @dataclass
@@ -31,7 +37,10 @@ class DemoResult:
     consistent: bool
     violations: list[str]
     duration_s: float
+    throughput_per_s: float = 0.0
     saga_outcomes: dict[str, int] = field(default_factory=dict)
+    outcomes_by_order_digest: str = ""
+    namespace: str = ""
 
     @property
     def ok(self) -> bool:
@@ -56,71 +65,121 @@ def percentiles(values: list[float]) -> dict[str, float]:
     }
 
 
-class _Tracker:
-    """Counts sagas reaching a terminal state, as the orchestrator journals them."""
+def outcome_digest(system: SampleSystem, run: str) -> str:
+    """A hash of the sorted (order number, final status) pairs: equal for equal outcomes."""
+    pairs = sorted(
+        (o.order_id.removeprefix(f"{run}-"), o.status) for o in system.orders.repository.all()
+    )
+    return hashlib.sha256(repr(pairs).encode()).hexdigest()[:16]
+
+
+class _Ended:
+    """Counts orders (orchestration: sagas) that ended, and wakes whoever waits."""
 
     def __init__(self, total: int, progress: ProgressFn | None) -> None:
         self.total = total
         self.progress = progress
-        self.ended: dict[str, Transition] = {}
-        self.all_ended = anyio.Event()
+        self.ids: set[str] = set()
+        self.sagas: Counter[str] = Counter()
+        self.changed = anyio.Event()
 
-    def __call__(self, t: Transition) -> None:
-        if not t.status.terminal or t.saga_id in self.ended:
+    def add(self, saga_id: str) -> None:
+        if saga_id in self.ids:
             return
-        self.ended[t.saga_id] = t
+        self.ids.add(saga_id)
         if self.progress is not None:
-            self.progress(len(self.ended), self.total)
-        if len(self.ended) >= self.total:
-            self.all_ended.set()
+            self.progress(len(self.ids), self.total)
+        self.changed.set()
+        self.changed = anyio.Event()
+
+    def transition(self, t: Transition) -> None:
+        if t.status.terminal and t.saga_id not in self.ids:
+            self.sagas[t.status.value] += 1
+            self.add(t.saga_id)
+
+    async def wait_until(self, count: int) -> None:
+        while len(self.ids) < count:
+            await self.changed.wait()
 
 
-async def run_orchestration(
+async def run_flow(
     transport: Transport,
     *,
+    style: Style = "orchestration",
     orders: int = 100,
     seed: int = 7,
     partitions: int = 8,
     timeout_s: float = 120.0,
+    concurrency: int | None = None,
+    failure_mix: dict[str, float] | None = None,
     db_dir: Path | None = None,
     progress: ProgressFn | None = None,
     run_id: str | None = None,
     namespace: str = "",
+    order_deadline_s: float = ORDER_DEADLINE_S,
+    keep: Callable[[SampleSystem], None] | None = None,
 ) -> DemoResult:
-    """Run `orders` orders through the orchestrated place-order saga and check the outcome."""
+    """Run `orders` orders through the place-order flow in `style` and check the outcome.
+
+    With `concurrency`, at most that many orders are in flight at once; otherwise all
+    are placed at once. Latency is measured from the order's creation to its end.
+    """
     run = run_id or uuid.uuid4().hex[:8]
-    system = build_system(db_dir=db_dir, partitions=partitions, namespace=namespace)
+    system = build_system(db_dir=db_dir, partitions=partitions, namespace=namespace, style=style)
     try:
-        new_orders = seed_orders(system, orders, seed=seed, run=run)
-        tracker = _Tracker(len(new_orders), progress)
-        orchestrator = Orchestrator(
-            place_order,
-            transport,
-            partitions=partitions,
-            namespace=namespace,
-            on_transition=tracker,
-        )
+        new_orders = seed_orders(system, orders, seed=seed, run=run, mix=failure_mix)
+        ended = _Ended(len(new_orders), progress)
+        orchestrator = None
+        if style == "orchestration":
+            orchestrator = Orchestrator(
+                place_order,
+                transport,
+                partitions=partitions,
+                namespace=namespace,
+                on_transition=ended.transition,
+            )
+        else:
+            system.orders.on_ended = lambda order_id, _status: ended.add(order_id)
         started = time.perf_counter()
         async with anyio.create_task_group() as tg:
-            await tg.start(orchestrator.run)
+            if orchestrator is not None:
+                await tg.start(orchestrator.run)
+            else:
+                await tg.start(
+                    lambda task_status: system.orders.run_deadlines(
+                        transport, order_deadline_s, task_status=task_status
+                    )
+                )
             for service in system.services():
                 await tg.start(service.run, transport)
             with anyio.fail_after(max(timeout_s, 30.0)):
-                await orchestrator.wait_ready()
+                if orchestrator is not None:
+                    await orchestrator.wait_ready()
                 for service in system.services():
                     await service.wait_assigned()
             started = time.perf_counter()
-            await system.orders.place(transport, new_orders)
             with anyio.move_on_after(timeout_s):
-                await tracker.all_ended.wait()
+                window = concurrency or len(new_orders)
+                placed = 0
+                while placed < len(new_orders):
+                    room = window - (placed - len(ended.ids))
+                    if room > 0:
+                        batch = new_orders[placed : placed + room]
+                        await system.orders.place(transport, batch)
+                        placed += len(batch)
+                    else:
+                        await ended.wait_until(len(ended.ids) + 1)
+                await ended.wait_until(len(new_orders))
+            duration = time.perf_counter() - started
             tg.cancel_scope.cancel()
-        duration = time.perf_counter() - started
         rows = system.orders.repository.all()
         outcomes = Counter(r.status for r in rows)
         violations = check_consistency(system)
-        latencies = [float(t.at_ms - t.started_ms) for t in tracker.ended.values()]
+        latencies = [r.ended_ms - r.created_ms for r in rows if r.ended_ms is not None]
+        if keep is not None:
+            keep(system)
         return DemoResult(
-            style="orchestration",
+            style=style,
             orders=len(new_orders),
             outcomes=dict(sorted(outcomes.items())),
             unfinished=sum(n for s, n in outcomes.items() if s not in ("APPROVED", "REJECTED")),
@@ -128,12 +187,20 @@ async def run_orchestration(
             consistent=not violations,
             violations=violations,
             duration_s=round(duration, 3),
-            saga_outcomes=dict(
-                sorted(Counter(str(t.status) for t in tracker.ended.values()).items())
-            ),
+            throughput_per_s=round(len(ended.ids) / duration, 1) if duration > 0 else 0.0,
+            saga_outcomes=dict(sorted(ended.sagas.items())),
+            outcomes_by_order_digest=outcome_digest(system, run),
+            namespace=namespace,
         )
     finally:
         system.close()
 
 
-__all__ = ["DemoResult", "SagaStatus", "percentiles", "run_orchestration"]
+async def run_orchestration(transport: Transport, **options: Any) -> DemoResult:
+    """Run the orchestrated flow (see `run_flow`)."""
+    return await run_flow(transport, style="orchestration", **options)
+
+
+async def run_choreography(transport: Transport, **options: Any) -> DemoResult:
+    """Run the choreographed flow (see `run_flow`)."""
+    return await run_flow(transport, style="choreography", **options)

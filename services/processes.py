@@ -129,7 +129,7 @@ class ProcessSystem:
                 member.ready.set()
                 buffer = b""
 
-    def signal(self, name: str, sig: int = signal.SIGKILL) -> None:
+    def signal(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
         member = self.members[name]
         if member.process is not None and member.alive:
             member.process.send_signal(sig)

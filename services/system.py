@@ -8,11 +8,13 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sagakit import Service, SqliteStore
 
 from .inventory import service as inventory
 from .orders.service import NewOrder, OrdersApp
+from .outcome import Style
 from .payments import service as payments
 from .shipping import service as shipping
 
@@ -47,6 +49,7 @@ def build_system(
     db_dir: Path | None = None,
     partitions: int = 8,
     namespace: str = "",
+    style: Style = "orchestration",
     on_ended: Callable[[str, str], None] | None = None,
 ) -> SampleSystem:
     """The four services, each with its own SQLite database (files in `db_dir`, else memory)."""
@@ -55,40 +58,85 @@ def build_system(
         return SqliteStore(db_dir / f"{name}.sqlite3" if db_dir is not None else ":memory:")
 
     stores = {name: store(name) for name in ("orders", "payments", "inventory", "shipping")}
+    options: dict[str, Any] = {"partitions": partitions, "namespace": namespace, "style": style}
     return SampleSystem(
         orders=OrdersApp(
-            stores["orders"], partitions=partitions, namespace=namespace, on_ended=on_ended
+            stores["orders"],
+            partitions=partitions,
+            namespace=namespace,
+            style=style,
+            on_ended=on_ended,
         ),
-        payments=payments.build(stores["payments"], partitions=partitions, namespace=namespace),
-        inventory=inventory.build(stores["inventory"], partitions=partitions, namespace=namespace),
-        shipping=shipping.build(stores["shipping"], partitions=partitions, namespace=namespace),
+        payments=payments.build(stores["payments"], **options),
+        inventory=inventory.build(stores["inventory"], **options),
+        shipping=shipping.build(stores["shipping"], **options),
         stores=stores,
     )
 
 
 def build_service(
-    name: str, db: Path, *, partitions: int = 8, namespace: str = ""
+    name: str,
+    db: Path,
+    *,
+    partitions: int = 8,
+    namespace: str = "",
+    style: Style = "orchestration",
 ) -> Service[sqlite3.Connection]:
     """One service on its SQLite file, as `sagakit service run` runs it."""
+    return build_app(name, db, partitions=partitions, namespace=namespace, style=style)[0]
+
+
+def build_app(
+    name: str,
+    db: Path,
+    *,
+    partitions: int = 8,
+    namespace: str = "",
+    style: Style = "orchestration",
+) -> tuple[Service[sqlite3.Connection], OrdersApp | None]:
+    """(service, the orders app when `name` is orders) on its SQLite file."""
     store = SqliteStore(db)
     if name == "orders":
-        return OrdersApp(store, partitions=partitions, namespace=namespace).service
+        app = OrdersApp(store, partitions=partitions, namespace=namespace, style=style)
+        return app.service, app
     builders = {
         "payments": payments.build,
         "inventory": inventory.build,
         "shipping": shipping.build,
     }
-    return builders[name](store, partitions=partitions, namespace=namespace)
+    service = builders[name](store, partitions=partitions, namespace=namespace, style=style)
+    return service, None
 
 
-def seed_orders(system: SampleSystem, count: int, *, seed: int, run: str) -> list[NewOrder]:
-    """Reference data and `count` orders in which every failure path happens.
+DEFAULT_MIX = {"credit": 0.1, "stock": 0.1, "shipping": 0.1}
 
-    Whether an order fails does not depend on which order is processed first: a
+
+def seed_orders(
+    system: SampleSystem,
+    count: int,
+    *,
+    seed: int,
+    run: str,
+    mix: dict[str, float] | None = None,
+) -> list[NewOrder]:
+    """Reference data and `count` orders with the given failure mix.
+
+    `mix` gives the share of orders failing on credit, stock and shipping (default 10 %
+    each); the first orders take each failure kind of the mix once, so every failure path
+    happens. Whether an order fails does not depend on which order is processed first: a
     credit failure uses a customer whose limit is below any order, a stock failure a
     product with no stock, a shipping failure an undeliverable region. So both
     coordination styles must reach the same outcome for the same seed.
     """
+    shares = dict(DEFAULT_MIX if mix is None else mix)
+    unknown = set(shares) - set(FAILURE_KINDS)
+    if unknown or any(not 0 <= v <= 1 for v in shares.values()) or sum(shares.values()) > 1:
+        raise ValueError(
+            f"failure mix {shares} must give shares in [0, 1] of {', '.join(FAILURE_KINDS)}, "
+            "adding up to at most 1"
+        )
+    kinds = [k for k in FAILURE_KINDS if shares.get(k, 0) > 0]
+    weights = [1 - sum(shares.values()), *(shares[k] for k in kinds)]
     rng = random.Random(seed)
     credit = payments.CreditRepository(system.db("payments"))
     stock = inventory.StockRepository(system.db("inventory"))
@@ -102,11 +150,7 @@ def seed_orders(system: SampleSystem, count: int, *, seed: int, run: str) -> lis
     shipments.block_region(BLOCKED_REGION)
     orders = []
     for i in range(count):
-        kind = (
-            FAILURE_KINDS[i]
-            if i < len(FAILURE_KINDS)
-            else rng.choices(("ok", *FAILURE_KINDS), weights=(70, 10, 10, 10))[0]
-        )
+        kind = kinds[i] if i < len(kinds) else rng.choices(("ok", *kinds), weights=weights)[0]
         customer = (
             f"{run}-cust-poor" if kind == "credit" else f"{run}-cust-rich-{rng.randint(1, 2)}"
         )

@@ -1,11 +1,16 @@
-"""Stock levels in SQLite, and the handlers of the inventory service."""
+"""Stock levels in SQLite; the inventory service in both coordination styles."""
 
 from __future__ import annotations
 
 import sqlite3
 
-from sagakit import BusinessFailure, HandlerContext, Service, SqliteStore
+from sagakit import BusinessFailure, Event, HandlerContext, Service, SqliteStore
+from services.orders.events import OrderExpired
+from services.outcome import Outcome, Style
+from services.payments import events as payments_events
+from services.shipping import events as shipping_events
 
+from . import events
 from .messages import OutOfStock, ReleaseStock, ReserveStock, StockReleased, StockReserved
 
 SCHEMA = """
@@ -37,11 +42,13 @@ class StockRepository:
         row = self.db.execute("SELECT stock FROM products WHERE id = ?", (product_id,)).fetchone()
         return 0 if row is None else int(row[0])
 
-    def seen(self, order_id: str) -> bool:
+    def status(self, order_id: str) -> str | None:
+        """RESERVED or RELEASED if this order was seen before, else None."""
         row = self.db.execute(
-            "SELECT 1 FROM stock_reservations WHERE order_id = ? LIMIT 1", (order_id,)
+            "SELECT status FROM stock_reservations WHERE order_id = ? ORDER BY id DESC LIMIT 1",
+            (order_id,),
         ).fetchone()
-        return row is not None
+        return None if row is None else str(row[0])
 
     def reserve(self, order_id: str, product_id: str, quantity: int) -> None:
         self.db.execute(
@@ -56,7 +63,7 @@ class StockRepository:
     def release(self, order_id: str, product_id: str) -> None:
         """Put the order's stock back; for an order never seen, leave a tombstone so a
         reservation arriving late is refused."""
-        if not self.seen(order_id):
+        if self.status(order_id) is None:
             self.db.execute(
                 "INSERT INTO stock_reservations (order_id, product_id, quantity, status) "
                 "VALUES (?, ?, 0, 'RELEASED')",
@@ -97,34 +104,80 @@ class StockRepository:
         return {o: int(n) for o, n in rows}
 
 
-def build(
-    store: SqliteStore, *, partitions: int = 8, namespace: str = ""
-) -> Service[sqlite3.Connection]:
-    store.connection.executescript(SCHEMA)
-    service = Service("inventory", store, partitions=partitions, namespace=namespace)
+# -- the business rules, the same in both coordination styles ---------------------------------
 
+
+def reserve_stock(stock: StockRepository, order_id: str, product_id: str, quantity: int) -> Outcome:
+    """Take `quantity` off the shelf for the order. Seen before: no second effect."""
+    seen = stock.status(order_id)
+    if seen == "RELEASED":
+        return Outcome.ALREADY_UNDONE
+    if seen == "RESERVED":
+        return Outcome.DONE
+    available = stock.stock(product_id)
+    if quantity > available:
+        return Outcome.refusal(
+            f"out of stock: {quantity} of {product_id} requested, {available} left"
+        )
+    stock.reserve(order_id, product_id, quantity)
+    return Outcome.DONE
+
+
+# -- orchestration: commands and replies ---------------------------------------------------------
+
+
+def _orchestrated(service: Service[sqlite3.Connection]) -> None:
     @service.handles(ReserveStock)
-    def reserve_stock(cmd: ReserveStock, ctx: HandlerContext[sqlite3.Connection]) -> StockReserved:
+    def on_reserve(cmd: ReserveStock, ctx: HandlerContext[sqlite3.Connection]) -> StockReserved:
         stock = StockRepository(ctx.db)
-        if stock.seen(cmd.order_id):
-            # a retry of a reservation already made, or one arriving after its release
-            return StockReserved(order_id=cmd.order_id)
-        available = stock.stock(cmd.product_id)
-        if cmd.quantity > available:
+        outcome = reserve_stock(stock, cmd.order_id, cmd.product_id, cmd.quantity)
+        if outcome.refused:
             raise BusinessFailure(
                 OutOfStock(
                     order_id=cmd.order_id,
                     product_id=cmd.product_id,
                     requested=cmd.quantity,
-                    available=available,
+                    available=stock.stock(cmd.product_id),
                 )
             )
-        stock.reserve(cmd.order_id, cmd.product_id, cmd.quantity)
         return StockReserved(order_id=cmd.order_id)
 
     @service.handles(ReleaseStock)
-    def release_stock(cmd: ReleaseStock, ctx: HandlerContext[sqlite3.Connection]) -> StockReleased:
+    def on_release(cmd: ReleaseStock, ctx: HandlerContext[sqlite3.Connection]) -> StockReleased:
         StockRepository(ctx.db).release(cmd.order_id, cmd.product_id)
         return StockReleased(order_id=cmd.order_id)
 
+
+# -- choreography: events and reactions -----------------------------------------------------------
+
+
+def _choreographed(service: Service[sqlite3.Connection]) -> None:
+    @service.on(payments_events.CreditReserved)
+    def on_credit(
+        evt: payments_events.CreditReserved, ctx: HandlerContext[sqlite3.Connection]
+    ) -> Event | None:
+        o = evt.order
+        outcome = reserve_stock(StockRepository(ctx.db), o.order_id, o.product_id, o.quantity)
+        if outcome.refused:
+            return events.OutOfStock(order=o, reason=outcome.reason)
+        return events.StockReserved(order=o) if outcome is Outcome.DONE else None
+
+    @service.on(shipping_events.ShipmentFailed)
+    def on_shipment_failed(
+        evt: shipping_events.ShipmentFailed, ctx: HandlerContext[sqlite3.Connection]
+    ) -> Event:
+        StockRepository(ctx.db).release(evt.order.order_id, evt.order.product_id)
+        return events.StockReleased(order=evt.order, reason=evt.reason)
+
+    @service.on(OrderExpired)
+    def on_expired(evt: OrderExpired, ctx: HandlerContext[sqlite3.Connection]) -> None:
+        StockRepository(ctx.db).release(evt.order.order_id, evt.order.product_id)
+
+
+def build(
+    store: SqliteStore, *, partitions: int = 8, namespace: str = "", style: Style = "orchestration"
+) -> Service[sqlite3.Connection]:
+    store.connection.executescript(SCHEMA)
+    service = Service("inventory", store, partitions=partitions, namespace=namespace)
+    (_orchestrated if style == "orchestration" else _choreographed)(service)
     return service

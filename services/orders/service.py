@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
-from sagakit import HandlerContext, SagaClient, Service, SqliteStore, Transport
+import anyio
+from anyio.abc import TaskStatus
 
+from sagakit import Event, HandlerContext, SagaClient, Service, SqliteStore, Transport
+from services.outcome import Style
+from services.payments import events as payments_events
+from services.shipping import events as shipping_events
+
+from . import events
+from .events import OrderInfo
 from .messages import ApproveOrder, OrderApproved, OrderRejected, RejectOrder
 from .saga import OrderState, place_order
 
@@ -93,11 +102,34 @@ class OrderRepository:
         return bool(cur.rowcount)
 
     def pending(self) -> list[NewOrder]:
+        return self.with_status("PENDING")
+
+    def with_status(self, status: str) -> list[NewOrder]:
         rows = self.db.execute(
             "SELECT id, customer_id, product_id, quantity, amount, address FROM orders "
-            "WHERE status = 'PENDING'"
+            "WHERE status = ?",
+            (status,),
         )
         return [NewOrder(*r) for r in rows]
+
+    def mark_expiring(self, created_before_ms: float) -> list[NewOrder]:
+        """PENDING orders created before the cutoff become EXPIRING; returns them."""
+        rows = self.db.execute(
+            "SELECT id, customer_id, product_id, quantity, amount, address FROM orders "
+            "WHERE status = 'PENDING' AND created_ms < ?",
+            (created_before_ms,),
+        ).fetchall()
+        for r in rows:
+            self.db.execute("UPDATE orders SET status = 'EXPIRING' WHERE id = ?", (r[0],))
+        return [NewOrder(*r) for r in rows]
+
+    def finish_expiry(self, order_id: str) -> bool:
+        cur = self.db.execute(
+            "UPDATE orders SET status = 'REJECTED', reason = 'expired: no outcome in time', "
+            "ended_ms = ? WHERE id = ? AND status = 'EXPIRING'",
+            (now_ms(), order_id),
+        )
+        return bool(cur.rowcount)
 
     def all(self) -> list[OrderRow]:
         rows = self.db.execute(
@@ -124,8 +156,24 @@ def saga_state(order: NewOrder) -> OrderState:
     )
 
 
+def order_info(order: NewOrder) -> OrderInfo:
+    return OrderInfo(
+        order_id=order.order_id,
+        customer_id=order.customer_id,
+        product_id=order.product_id,
+        quantity=order.quantity,
+        amount=order.amount,
+        address=order.address,
+    )
+
+
 class OrdersApp:
-    """The orders service: its order API, plus the participant that ends orders."""
+    """The orders service: its order API, plus the participant that ends orders.
+
+    In orchestration it starts a place-order saga per order and ends orders on the
+    orchestrator's commands; in choreography it publishes OrderCreated, ends orders on
+    the other services' events, and expires orders that get no outcome in time.
+    """
 
     def __init__(
         self,
@@ -133,6 +181,7 @@ class OrdersApp:
         *,
         partitions: int = 8,
         namespace: str = "",
+        style: Style = "orchestration",
         on_ended: Callable[[str, str], None] | None = None,
     ) -> None:
         store.connection.executescript(SCHEMA)
@@ -140,50 +189,152 @@ class OrdersApp:
         self.repository = OrderRepository(store.connection)
         self.on_ended = on_ended
         self.namespace = namespace
+        self.style = style
         self.service: Service[sqlite3.Connection] = Service(
             "orders", store, partitions=partitions, namespace=namespace
         )
+        if style == "orchestration":
+            self._orchestrated()
+        else:
+            self._choreographed()
 
+    def _end(self, db: sqlite3.Connection, order_id: str, status: str, reason: str | None) -> bool:
+        ended = OrderRepository(db).end(order_id, status, reason)
+        if ended and self.on_ended is not None:
+            self.on_ended(order_id, status)
+        return ended
+
+    def _orchestrated(self) -> None:
         @self.service.handles(ApproveOrder)
         def approve(cmd: ApproveOrder, ctx: HandlerContext[sqlite3.Connection]) -> OrderApproved:
-            if OrderRepository(ctx.db).end(cmd.order_id, "APPROVED"):
-                self._ended(cmd.order_id, "APPROVED")
+            self._end(ctx.db, cmd.order_id, "APPROVED", None)
             return OrderApproved(order_id=cmd.order_id)
 
         @self.service.handles(RejectOrder)
         def reject(cmd: RejectOrder, ctx: HandlerContext[sqlite3.Connection]) -> OrderRejected:
-            if OrderRepository(ctx.db).end(cmd.order_id, "REJECTED", cmd.reason):
-                self._ended(cmd.order_id, "REJECTED")
+            self._end(ctx.db, cmd.order_id, "REJECTED", cmd.reason)
             return OrderRejected(order_id=cmd.order_id)
 
-    def _ended(self, order_id: str, status: str) -> None:
-        if self.on_ended is not None:
-            self.on_ended(order_id, status)
+    def _choreographed(self) -> None:
+        @self.service.on(shipping_events.ShipmentScheduled)
+        def on_shipped(
+            evt: shipping_events.ShipmentScheduled, ctx: HandlerContext[sqlite3.Connection]
+        ) -> Event | None:
+            if self._end(ctx.db, evt.order.order_id, "APPROVED", None):
+                return events.OrderApproved(order=evt.order)
+            return None
 
+        def reject(
+            ctx: HandlerContext[sqlite3.Connection], order: OrderInfo, reason: str
+        ) -> Event | None:
+            if self._end(ctx.db, order.order_id, "REJECTED", reason):
+                return events.OrderRejected(order=order, reason=reason)
+            return None
+
+        @self.service.on(payments_events.CreditLimitExceeded)
+        def on_no_credit(
+            evt: payments_events.CreditLimitExceeded, ctx: HandlerContext[sqlite3.Connection]
+        ) -> Event | None:
+            return reject(ctx, evt.order, evt.reason)
+
+        @self.service.on(payments_events.CreditReleased)
+        def on_released(
+            evt: payments_events.CreditReleased, ctx: HandlerContext[sqlite3.Connection]
+        ) -> Event | None:
+            return reject(ctx, evt.order, evt.reason)
+
+    # -- the order API ----------------------------------------------------------------------
     async def place(self, transport: Transport, orders: Sequence[NewOrder]) -> None:
-        """Create the orders PENDING and start one place-order saga each (one batch)."""
+        """Create the orders PENDING, then start their sagas or announce them (one batch)."""
+        with self._transaction() as db:
+            created = OrderRepository(db).create(orders)
+        await self._announce(transport, created)
+
+    async def _announce(self, transport: Transport, orders: Sequence[NewOrder]) -> None:
+        if not orders:
+            return
+        if self.style == "orchestration":
+            await SagaClient(transport, namespace=self.namespace).start_many(
+                place_order, [(o.order_id, saga_state(o)) for o in orders]
+            )
+            return
+        await transport.send(
+            [
+                self.service.event_record(
+                    events.OrderCreated(order=order_info(o)),
+                    saga_id=o.order_id,
+                    message_id=f"{o.order_id}:created",
+                )
+                for o in orders
+            ]
+        )
+
+    async def resume_pending(self, transport: Transport) -> int:
+        """Announce every PENDING order again, and finish expiries that were under way.
+
+        Creating an order and announcing it are two writes; if the process died between
+        them, this sends the announcement. Its id is deterministic, so where it already
+        arrived it is a duplicate and changes nothing.
+        """
+        pending = self.repository.pending()
+        await self._announce(transport, pending)
+        await self._publish_expiries(transport, self.repository.with_status("EXPIRING"))
+        return len(pending)
+
+    # -- the choreography's safety net ----------------------------------------------------
+    async def expire_overdue(self, transport: Transport, deadline_s: float) -> int:
+        """Expire PENDING orders older than `deadline_s`: everyone undoes their part.
+
+        The order is marked EXPIRING first (so a late success cannot approve it), then
+        OrderExpired is published, then the order is REJECTED. A crash in between is
+        finished by `resume_pending`.
+        """
+        with self._transaction() as db:
+            expiring = OrderRepository(db).mark_expiring(now_ms() - deadline_s * 1000)
+        await self._publish_expiries(transport, expiring)
+        return len(expiring)
+
+    async def _publish_expiries(self, transport: Transport, orders: Sequence[NewOrder]) -> None:
+        if not orders:
+            return
+        await transport.send(
+            [
+                self.service.event_record(
+                    events.OrderExpired(order=order_info(o)),
+                    saga_id=o.order_id,
+                    message_id=f"{o.order_id}:expired",
+                    correlation_id=f"{o.order_id}:created",
+                )
+                for o in orders
+            ]
+        )
+        with self._transaction() as db:
+            for o in orders:
+                if OrderRepository(db).finish_expiry(o.order_id) and self.on_ended is not None:
+                    self.on_ended(o.order_id, "REJECTED")
+
+    async def run_deadlines(
+        self,
+        transport: Transport,
+        deadline_s: float,
+        *,
+        every_s: float = 0.5,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Expire overdue orders every `every_s` until cancelled (choreography only)."""
+        await self.resume_pending(transport)
+        task_status.started()
+        while True:
+            await self.expire_overdue(transport, deadline_s)
+            await anyio.sleep(every_s)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
         db = self.store.connection
         db.execute("BEGIN IMMEDIATE")
         try:
-            created = self.repository.create(orders)
+            yield db
         except BaseException:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
-        await SagaClient(transport, namespace=self.namespace).start_many(
-            place_order, [(o.order_id, saga_state(o)) for o in created]
-        )
-
-    async def resume_pending(self, transport: Transport) -> int:
-        """Re-send the start request of every PENDING order.
-
-        Creating an order and sending its start request are two writes; if the
-        process died between them, this sends the start. The orchestrator ignores a
-        start for a saga it already has, so re-sending is always safe.
-        """
-        pending = self.repository.pending()
-        if pending:
-            await SagaClient(transport, namespace=self.namespace).start_many(
-                place_order, [(o.order_id, saga_state(o)) for o in pending]
-            )
-        return len(pending)

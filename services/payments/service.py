@@ -1,11 +1,15 @@
-"""Customer credit in SQLite, and the handlers of the payments service."""
+"""Customer credit in SQLite; the payments service in both coordination styles."""
 
 from __future__ import annotations
 
 import sqlite3
 
-from sagakit import BusinessFailure, HandlerContext, Service, SqliteStore
+from sagakit import BusinessFailure, Event, HandlerContext, Service, SqliteStore
+from services.inventory import events as inventory_events
+from services.orders.events import OrderCreated, OrderExpired, OrderInfo
+from services.outcome import Outcome, Style
 
+from . import events
 from .messages import (
     CreditLimitExceeded,
     CreditReleased,
@@ -92,36 +96,86 @@ class CreditRepository:
         return {o: int(n) for o, n in rows}
 
 
-def build(
-    store: SqliteStore, *, partitions: int = 8, namespace: str = ""
-) -> Service[sqlite3.Connection]:
-    store.connection.executescript(SCHEMA)
-    service = Service("payments", store, partitions=partitions, namespace=namespace)
+# -- the business rules, the same in both coordination styles ---------------------------------
 
+
+def reserve_credit(
+    credit: CreditRepository, order_id: str, customer_id: str, amount: int
+) -> Outcome:
+    """Hold `amount` for the order. Seen before (a retry, or after a release): no effect."""
+    seen = credit.status(order_id)
+    if seen == "RELEASED":
+        return Outcome.ALREADY_UNDONE
+    if seen == "RESERVED":
+        return Outcome.DONE
+    available = credit.available(customer_id)
+    if amount > available:
+        return Outcome.refusal(f"credit limit exceeded: {amount} requested, {available} available")
+    credit.reserve(order_id, customer_id, amount)
+    return Outcome.DONE
+
+
+# -- orchestration: commands and replies ---------------------------------------------------------
+
+
+def _orchestrated(service: Service[sqlite3.Connection]) -> None:
     @service.handles(ReserveCredit)
-    def reserve_credit(
-        cmd: ReserveCredit, ctx: HandlerContext[sqlite3.Connection]
-    ) -> CreditReserved:
+    def on_reserve(cmd: ReserveCredit, ctx: HandlerContext[sqlite3.Connection]) -> CreditReserved:
         credit = CreditRepository(ctx.db)
-        if credit.status(cmd.order_id) is not None:
-            # A retry (new command id) of a reservation already made, or one arriving after
-            # its release: no second effect.
-            return CreditReserved(order_id=cmd.order_id)
-        available = credit.available(cmd.customer_id)
-        if cmd.amount > available:
+        outcome = reserve_credit(credit, cmd.order_id, cmd.customer_id, cmd.amount)
+        if outcome.refused:
             raise BusinessFailure(
                 CreditLimitExceeded(
-                    order_id=cmd.order_id, requested=cmd.amount, available=available
+                    order_id=cmd.order_id,
+                    requested=cmd.amount,
+                    available=credit.available(cmd.customer_id),
                 )
             )
-        credit.reserve(cmd.order_id, cmd.customer_id, cmd.amount)
         return CreditReserved(order_id=cmd.order_id)
 
     @service.handles(ReleaseCredit)
-    def release_credit(
-        cmd: ReleaseCredit, ctx: HandlerContext[sqlite3.Connection]
-    ) -> CreditReleased:
+    def on_release(cmd: ReleaseCredit, ctx: HandlerContext[sqlite3.Connection]) -> CreditReleased:
         CreditRepository(ctx.db).release(cmd.order_id, cmd.customer_id)
         return CreditReleased(order_id=cmd.order_id)
 
+
+# -- choreography: events and reactions -----------------------------------------------------------
+
+
+def _choreographed(service: Service[sqlite3.Connection]) -> None:
+    @service.on(OrderCreated)
+    def on_order(evt: OrderCreated, ctx: HandlerContext[sqlite3.Connection]) -> Event | None:
+        o = evt.order
+        outcome = reserve_credit(CreditRepository(ctx.db), o.order_id, o.customer_id, o.amount)
+        if outcome.refused:
+            return events.CreditLimitExceeded(order=o, reason=outcome.reason)
+        return events.CreditReserved(order=o) if outcome is Outcome.DONE else None
+
+    def release(ctx: HandlerContext[sqlite3.Connection], order: OrderInfo, reason: str) -> Event:
+        CreditRepository(ctx.db).release(order.order_id, order.customer_id)
+        return events.CreditReleased(order=order, reason=reason)
+
+    @service.on(inventory_events.OutOfStock)
+    def on_out_of_stock(
+        evt: inventory_events.OutOfStock, ctx: HandlerContext[sqlite3.Connection]
+    ) -> Event:
+        return release(ctx, evt.order, evt.reason)
+
+    @service.on(inventory_events.StockReleased)
+    def on_stock_released(
+        evt: inventory_events.StockReleased, ctx: HandlerContext[sqlite3.Connection]
+    ) -> Event:
+        return release(ctx, evt.order, evt.reason)
+
+    @service.on(OrderExpired)
+    def on_expired(evt: OrderExpired, ctx: HandlerContext[sqlite3.Connection]) -> None:
+        CreditRepository(ctx.db).release(evt.order.order_id, evt.order.customer_id)
+
+
+def build(
+    store: SqliteStore, *, partitions: int = 8, namespace: str = "", style: Style = "orchestration"
+) -> Service[sqlite3.Connection]:
+    store.connection.executescript(SCHEMA)
+    service = Service("payments", store, partitions=partitions, namespace=namespace)
+    (_orchestrated if style == "orchestration" else _choreographed)(service)
     return service

@@ -1,11 +1,15 @@
-"""Shipments in SQLite, and the handler of the shipping service."""
+"""Shipments in SQLite; the shipping service in both coordination styles."""
 
 from __future__ import annotations
 
 import sqlite3
 
-from sagakit import BusinessFailure, HandlerContext, Service, SqliteStore
+from sagakit import BusinessFailure, Event, HandlerContext, Service, SqliteStore
+from services.inventory import events as inventory_events
+from services.orders.events import OrderExpired
+from services.outcome import Outcome, Style
 
+from . import events
 from .messages import ScheduleShipment, ShipmentFailed, ShipmentScheduled
 
 SCHEMA = """
@@ -36,11 +40,26 @@ class ShipmentRepository:
         ).fetchone()
         return row is None
 
-    def shipment_of(self, order_id: str) -> str | None:
+    def shipment_of(self, order_id: str) -> tuple[str, str] | None:
+        """(shipment id, SCHEDULED or CANCELLED) of the order's shipment, if it has one."""
         row = self.db.execute(
-            "SELECT id FROM shipments WHERE order_id = ? AND status = 'SCHEDULED'", (order_id,)
+            "SELECT id, status FROM shipments WHERE order_id = ? ORDER BY id DESC LIMIT 1",
+            (order_id,),
         ).fetchone()
-        return None if row is None else f"SHP-{row[0]}"
+        return None if row is None else (f"SHP-{row[0]}", str(row[1]))
+
+    def cancel(self, order_id: str, address: str) -> None:
+        """Cancel the order's shipment; for an order never seen, leave a tombstone so a
+        request arriving late is refused."""
+        if self.shipment_of(order_id) is None:
+            self.db.execute(
+                "INSERT INTO shipments (order_id, address, status) VALUES (?, ?, 'CANCELLED')",
+                (order_id, address),
+            )
+        else:
+            self.db.execute(
+                "UPDATE shipments SET status = 'CANCELLED' WHERE order_id = ?", (order_id,)
+            )
 
     def schedule(self, order_id: str, address: str) -> str:
         cur = self.db.execute(
@@ -56,26 +75,63 @@ class ShipmentRepository:
         return {o: int(n) for o, n in rows}
 
 
+# -- the business rules, the same in both coordination styles ---------------------------------
+
+
+def schedule_shipment(
+    shipments: ShipmentRepository, order_id: str, address: str
+) -> tuple[Outcome, str]:
+    """Schedule the order's shipment; (outcome, shipment id). Seen before: no second one."""
+    existing = shipments.shipment_of(order_id)
+    if existing is not None:
+        shipment_id, status = existing
+        return (Outcome.DONE if status == "SCHEDULED" else Outcome.ALREADY_UNDONE), shipment_id
+    if not shipments.deliverable(address):
+        return Outcome.refusal(f"cannot deliver to {address!r}"), ""
+    return Outcome.DONE, shipments.schedule(order_id, address)
+
+
+# -- orchestration: commands and replies ---------------------------------------------------------
+
+
+def _orchestrated(service: Service[sqlite3.Connection]) -> None:
+    @service.handles(ScheduleShipment)
+    def on_schedule(
+        cmd: ScheduleShipment, ctx: HandlerContext[sqlite3.Connection]
+    ) -> ShipmentScheduled:
+        outcome, shipment_id = schedule_shipment(
+            ShipmentRepository(ctx.db), cmd.order_id, cmd.address
+        )
+        if outcome.refused:
+            raise BusinessFailure(ShipmentFailed(order_id=cmd.order_id, reason=outcome.reason))
+        return ShipmentScheduled(order_id=cmd.order_id, shipment_id=shipment_id)
+
+
+# -- choreography: events and reactions -----------------------------------------------------------
+
+
+def _choreographed(service: Service[sqlite3.Connection]) -> None:
+    @service.on(inventory_events.StockReserved)
+    def on_stock(
+        evt: inventory_events.StockReserved, ctx: HandlerContext[sqlite3.Connection]
+    ) -> Event | None:
+        o = evt.order
+        outcome, shipment_id = schedule_shipment(ShipmentRepository(ctx.db), o.order_id, o.address)
+        if outcome.refused:
+            return events.ShipmentFailed(order=o, reason=outcome.reason)
+        if outcome is Outcome.DONE:
+            return events.ShipmentScheduled(order=o, shipment_id=shipment_id)
+        return None
+
+    @service.on(OrderExpired)
+    def on_expired(evt: OrderExpired, ctx: HandlerContext[sqlite3.Connection]) -> None:
+        ShipmentRepository(ctx.db).cancel(evt.order.order_id, evt.order.address)
+
+
 def build(
-    store: SqliteStore, *, partitions: int = 8, namespace: str = ""
+    store: SqliteStore, *, partitions: int = 8, namespace: str = "", style: Style = "orchestration"
 ) -> Service[sqlite3.Connection]:
     store.connection.executescript(SCHEMA)
     service = Service("shipping", store, partitions=partitions, namespace=namespace)
-
-    @service.handles(ScheduleShipment)
-    def schedule(
-        cmd: ScheduleShipment, ctx: HandlerContext[sqlite3.Connection]
-    ) -> ShipmentScheduled:
-        shipments = ShipmentRepository(ctx.db)
-        existing = shipments.shipment_of(cmd.order_id)
-        if existing is not None:  # a retry of a shipment already scheduled
-            return ShipmentScheduled(order_id=cmd.order_id, shipment_id=existing)
-        if not shipments.deliverable(cmd.address):
-            raise BusinessFailure(
-                ShipmentFailed(order_id=cmd.order_id, reason=f"cannot deliver to {cmd.address!r}")
-            )
-        return ShipmentScheduled(
-            order_id=cmd.order_id, shipment_id=shipments.schedule(cmd.order_id, cmd.address)
-        )
-
+    (_orchestrated if style == "orchestration" else _choreographed)(service)
     return service

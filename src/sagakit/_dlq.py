@@ -9,8 +9,14 @@ def dlq_topic(topic: str) -> str:
     return f"{topic}.dlq"
 
 
-def dead_letter(record: Record, error_type: str, error_message: str) -> OutgoingRecord:
-    """The DLQ record for `record`: original key, value and headers plus where and why."""
+def dead_letter(
+    record: Record, error_type: str, error_message: str, consumer: str | None = None
+) -> OutgoingRecord:
+    """The DLQ record for `record`: original key, value and headers plus where and why.
+
+    `consumer` names who failed, for topics several services read (events).
+    """
+    by = (("failed-consumer", consumer.encode()),) if consumer else ()
     headers = (
         *record.headers,
         ("error-type", error_type.encode()),
@@ -18,5 +24,6 @@ def dead_letter(record: Record, error_type: str, error_message: str) -> Outgoing
         ("original-topic", record.topic.encode()),
         ("original-partition", str(record.partition).encode()),
         ("original-offset", str(record.offset).encode()),
+        *by,
     )
     return OutgoingRecord(dlq_topic(record.topic), record.key, record.value, headers, partition=0)

@@ -32,18 +32,20 @@ class BrokerError(SagaError):
 
 
 class BusinessFailure(SagaError):
-    """Raised by a participant handler to answer a command with a failure reply.
+    """Raised by a participant handler to answer with a failure, undoing its own writes.
 
-    The reply is a registered `Reply` model that the saga step lists among its
-    failures, e.g. ``raise BusinessFailure(CreditLimitExceeded(...))``.
+    A command handler raises it with a failure `Reply` the saga step lists, e.g.
+    ``raise BusinessFailure(CreditLimitExceeded(...))``; a reaction raises it with the
+    failure `Event` to publish.
     """
 
     def __init__(self, reply: object) -> None:
-        from ._messages import Reply
+        from ._messages import Event, Reply
 
-        if not isinstance(reply, Reply):
+        if not isinstance(reply, (Reply, Event)):
             raise TypeError(
-                f"BusinessFailure expects a Reply model instance, got {type(reply).__name__}"
+                "BusinessFailure expects a Reply (or, in a reaction, an Event) instance, "
+                f"got {type(reply).__name__}"
             )
         super().__init__(f"{reply.message_type}: {reply}")
-        self.reply = reply
+        self.reply: Reply | Event = reply

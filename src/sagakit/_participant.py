@@ -1,15 +1,20 @@
-"""Participants: a `Service` groups command handlers and runs them effect-once.
+"""Participants: a `Service` groups command handlers and event reactions, effect-once.
 
     payments = Service("payments", SqliteStore("payments.db"))
 
-    @payments.handles(ReserveCredit)
+    @payments.handles(ReserveCredit)            # orchestration: a command, a reply
     def reserve_credit(cmd: ReserveCredit, ctx: HandlerContext[sqlite3.Connection]) -> Reply:
         ...
         raise BusinessFailure(CreditLimitExceeded(...))   # becomes the failure reply
 
-The framework decodes and validates, deduplicates by command message id (a duplicate
-gets the stored reply, the handler does not run again), routes the reply to the
-command's ``reply-to`` topic, and sends what it cannot process to ``<topic>.dlq``.
+    @payments.on(OrderCreated)                   # choreography: an event, maybe an event
+    def on_order(evt: OrderCreated, ctx: HandlerContext[sqlite3.Connection]) -> Event | None:
+        ...
+
+The framework decodes and validates, deduplicates by input message id (a duplicate
+gets the stored output, the handler does not run again), routes a reply to the
+command's ``reply-to`` topic, publishes a reaction's event on ``<service>.events``,
+and sends what it cannot process to ``<topic>.dlq``.
 """
 
 from __future__ import annotations
@@ -23,18 +28,19 @@ from typing import Any, Generic, TypeVar
 import anyio
 from anyio.abc import TaskStatus
 
-from ._codec import DEFAULT_CODEC, Codec, decode_record
+from ._codec import DEFAULT_CODEC, Codec, decode_record, encode_record
 from ._dlq import dead_letter, dlq_topic
 from ._errors import BusinessFailure, DecodeError, DefinitionError, PartitionsLost
 from ._faults import fault_point
 from ._idempotency import IdempotencyStore, StoreBatch, StoredReply
-from ._messages import Command, Envelope, Reply, is_registered
+from ._messages import Command, Envelope, Event, Message, Reply, is_registered
 from .transport._base import OutgoingRecord, Record, Subscription, TopicPartition, Transport
 
 log = logging.getLogger("sagakit.participant")
 
 TxT = TypeVar("TxT")
 C = TypeVar("C", bound=Command)
+E = TypeVar("E", bound=Event)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +64,12 @@ class HandlerContext(Generic[TxT]):
 
 
 Handler = Callable[[C, HandlerContext[TxT]], Reply | Awaitable[Reply]]
+Reaction = Callable[[E, HandlerContext[TxT]], Event | Awaitable[Event | None] | None]
+
+
+def events_topic(message_type: str, namespace: str = "") -> str:
+    """The topic an event type is published on: ``<service>.events``, from its type name."""
+    return f"{namespace}{message_type.split('.', 1)[0]}.events"
 
 
 @dataclass
@@ -73,8 +85,14 @@ def reply_id(command_message_id: str) -> str:
     return f"{command_message_id}:reply"
 
 
+def reaction_id(event_message_id: str, service: str) -> str:
+    """Deterministic id of the event a service publishes in reaction to another."""
+    return f"{event_message_id}>{service}"
+
+
 class Service(Generic[TxT]):
-    """A participant: handlers for the commands on ``<name>.commands``."""
+    """A participant: handlers for the commands on ``<name>.commands`` and reactions to
+    events of other services (choreography)."""
 
     def __init__(
         self,
@@ -102,6 +120,7 @@ class Service(Generic[TxT]):
         self.poll_timeout_s = poll_timeout_s
         self.stats = ServiceStats()
         self._handlers: dict[str, Callable[[Any, HandlerContext[TxT]], Any]] = {}
+        self._reactions: dict[str, Callable[[Any, HandlerContext[TxT]], Any]] = {}
         self._assignment: frozenset[TopicPartition] = frozenset()
         self._changed = anyio.Event()
 
@@ -109,25 +128,77 @@ class Service(Generic[TxT]):
     def commands_topic(self) -> str:
         return f"{self.namespace}{self.name}.commands"
 
+    @property
+    def events_topic(self) -> str:
+        """Where this service publishes its domain events."""
+        return f"{self.namespace}{self.name}.events"
+
+    def _check_type(self, kind: type[Message], base: type[Message], what: str) -> None:
+        if not (isinstance(kind, type) and issubclass(kind, base)):
+            raise DefinitionError(f"service {self.name!r}: {kind!r} is not {what} model")
+        if not is_registered(kind):
+            raise DefinitionError(
+                f"service {self.name!r}: {kind.__qualname__} is not registered "
+                f'(declare it with type="<service>.{kind.__name__}")'
+            )
+        if kind.message_type in self._handlers or kind.message_type in self._reactions:
+            raise DefinitionError(
+                f"service {self.name!r} already has a handler for {kind.message_type}"
+            )
+
     def handles(self, command: type[C]) -> Callable[[Handler[C, TxT]], Handler[C, TxT]]:
         """Register the decorated function as the handler of `command`."""
-        if not (isinstance(command, type) and issubclass(command, Command)):
-            raise DefinitionError(f"service {self.name!r}: {command!r} is not a Command model")
-        if not is_registered(command):
-            raise DefinitionError(
-                f"service {self.name!r}: command {command.__qualname__} is not registered "
-                f'(declare it with type="{self.name}.{command.__name__}")'
-            )
-        if command.message_type in self._handlers:
-            raise DefinitionError(
-                f"service {self.name!r} already has a handler for {command.message_type}"
-            )
+        self._check_type(command, Command, "a Command")
 
         def register(fn: Handler[C, TxT]) -> Handler[C, TxT]:
             self._handlers[command.message_type] = fn
             return fn
 
         return register
+
+    def on(self, event: type[E]) -> Callable[[Reaction[E, TxT]], Reaction[E, TxT]]:
+        """Register the decorated function as this service's reaction to `event`.
+
+        It returns the event to publish on ``<service>.events`` (or None), and may raise
+        BusinessFailure(failure_event) to undo its own writes and publish that instead.
+        """
+        self._check_type(event, Event, "an Event")
+
+        def register(fn: Reaction[E, TxT]) -> Reaction[E, TxT]:
+            self._reactions[event.message_type] = fn
+            return fn
+
+        return register
+
+    def subscribed_topics(self) -> list[str]:
+        """The topics this service reads: its commands, and the events it reacts to."""
+        topics = {self.commands_topic} if self._handlers else set()
+        topics.update(events_topic(t, self.namespace) for t in self._reactions)
+        return sorted(topics)
+
+    def event_record(
+        self,
+        event: Event,
+        *,
+        saga_id: str,
+        message_id: str,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+    ) -> OutgoingRecord:
+        """A domain event of this service, keyed by `saga_id`, for `transport.send`."""
+        if events_topic(event.message_type) != f"{self.name}.events":
+            raise DefinitionError(
+                f"service {self.name!r} cannot publish {event.message_type}: "
+                f"its events are named '{self.name}.<...>'"
+            )
+        envelope = Envelope(
+            message_id=message_id,
+            message_type=event.message_type,
+            saga_id=saga_id,
+            correlation_id=correlation_id or message_id,
+            causation_id=causation_id or message_id,
+        )
+        return encode_record(self.events_topic, envelope, event, codec=self.codec)
 
     @property
     def assignment(self) -> frozenset[TopicPartition]:
@@ -155,10 +226,11 @@ class Service(Generic[TxT]):
         self,
         handler: Callable[[Any, HandlerContext[TxT]], Any],
         batch: StoreBatch[TxT],
-        command: Command,
+        message: Message,
         env: Envelope,
-    ) -> Reply | Exception:
-        """The handler's reply (a failure reply for BusinessFailure), or its last error.
+        check: Callable[[str, Envelope, object], Message | None],
+    ) -> Message | Exception | None:
+        """The handler's output (a failure for BusinessFailure), or its last error.
 
         Each run is a savepoint: an error undoes the run's writes before the next run.
         """
@@ -168,11 +240,11 @@ class Service(Generic[TxT]):
                 await anyio.sleep(self.handler_backoff_s * 2 ** (attempt - 1))
             try:
                 with batch.savepoint():
-                    result = await _call(handler, command, HandlerContext(env, batch.db))
-                return _check_reply(self.name, env, result)
+                    result = await _call(handler, message, HandlerContext(env, batch.db))
+                return check(self.name, env, result)
             except BusinessFailure as failure:
                 self.stats.failures += 1
-                return failure.reply
+                return check(self.name, env, failure.reply)
             except Exception as exc:
                 log.warning(
                     "%s: handler of %s failed (attempt %d of %d): %r",
@@ -187,12 +259,16 @@ class Service(Generic[TxT]):
         return error
 
     def handled_types(self) -> frozenset[str]:
-        return frozenset(self._handlers)
+        return frozenset(self._handlers) | frozenset(self._reactions)
 
     async def ensure_topics(self, transport: Transport) -> None:
-        await transport.ensure_topics(
-            {self.commands_topic: self.partitions, dlq_topic(self.commands_topic): 1}
-        )
+        """Create (or check) what this service reads and writes, and their DLQs."""
+        topics = {t: self.partitions for t in self.subscribed_topics()}
+        topics[self.commands_topic] = self.partitions
+        topics[self.events_topic] = self.partitions
+        topics.update({dlq_topic(t): 1 for t in self.subscribed_topics()})
+        topics[dlq_topic(self.commands_topic)] = 1
+        await transport.ensure_topics(topics)
 
     async def run(
         self,
@@ -201,10 +277,11 @@ class Service(Generic[TxT]):
         group_id: str | None = None,
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Consume and handle commands until cancelled."""
+        """Consume and handle commands and events until cancelled."""
         await self.ensure_topics(transport)
         group = group_id or f"{self.namespace}{self.name}.service"
-        async with transport.subscribe([self.commands_topic], group_id=group, listener=self) as sub:
+        topics = self.subscribed_topics() or [self.commands_topic]
+        async with transport.subscribe(topics, group_id=group, listener=self) as sub:
             task_status.started()
             while True:
                 records = await sub.getmany(
@@ -225,7 +302,8 @@ class Service(Generic[TxT]):
             for record in records:
                 offsets[record.tp] = record.offset + 1
                 out = await self._handle(batch, record)
-                outgoing.append(out)
+                if out is not None:
+                    outgoing.append(out)
             batch.commit()
         except BaseException:
             batch.rollback()
@@ -242,73 +320,117 @@ class Service(Generic[TxT]):
                 exc,
             )
 
-    async def _handle(self, batch: StoreBatch[TxT], record: Record) -> OutgoingRecord:
+    async def _handle(self, batch: StoreBatch[TxT], record: Record) -> OutgoingRecord | None:
+        """The reply, event or dead letter for one record; None when there is nothing to say."""
         try:
-            incoming = decode_record(record, self.codec)
+            env = Envelope.from_headers(record.headers)
         except DecodeError as exc:
-            self.stats.dead_letters += 1
-            return dead_letter(record, "DecodeError", str(exc))
-        env = incoming.envelope
-        handler = self._handlers.get(env.message_type)
-        if handler is None:
-            self.stats.dead_letters += 1
-            return dead_letter(
-                record, "NoHandler", f"service {self.name!r} has no handler for {env.message_type}"
-            )
-        if not env.reply_to:
-            self.stats.dead_letters += 1
-            return dead_letter(
-                record, "NoReplyTo", f"command {env.message_id} has no reply-to header"
-            )
+            return self._dead(record, "DecodeError", str(exc))
+        on_events_topic = record.topic != self.commands_topic
+        if on_events_topic:
+            handler = self._reactions.get(env.message_type)
+            if handler is None:
+                return None  # an event of that service this one does not react to
+        else:
+            handler = self._handlers.get(env.message_type)
+            if handler is None:
+                return self._dead(
+                    record,
+                    "NoHandler",
+                    f"service {self.name!r} has no handler for {env.message_type}",
+                )
+            if not env.reply_to:
+                return self._dead(
+                    record, "NoReplyTo", f"command {env.message_id} has no reply-to header"
+                )
         stored = batch.reply_for(env.message_id)
         if stored is not None:
             self.stats.duplicates += 1
         else:
-            command = incoming.message
-            assert isinstance(command, Command)  # handles() registers Command types only
-            outcome = await self._run_handler(handler, batch, command, env)
+            try:
+                message = decode_record(record, self.codec).message
+            except DecodeError as exc:
+                return self._dead(record, "DecodeError", str(exc))
+            check = _check_event if on_events_topic else _check_reply
+            outcome = await self._run_handler(handler, batch, message, env, check)
             if isinstance(outcome, Exception):
-                self.stats.dead_letters += 1
-                return dead_letter(
+                return self._dead(
                     record,
                     type(outcome).__name__,
                     f"handler raised after {self.handler_attempts} attempt(s): {outcome}",
                 )
-            reply = outcome
-            stored = StoredReply(reply.message_type, self.codec.encode(reply))
+            stored = (
+                StoredReply("", b"")
+                if outcome is None
+                else StoredReply(outcome.message_type, self.codec.encode(outcome))
+            )
             batch.save_reply(env.message_id, stored)
             self.stats.handled += 1
-        reply_env = Envelope(
-            message_id=reply_id(env.message_id),
-            message_type=stored.message_type,
-            saga_id=env.saga_id,
-            correlation_id=env.correlation_id,
-            causation_id=env.message_id,
-            saga_type=env.saga_type,
-            saga_version=env.saga_version,
-        )
+        if not stored.message_type:
+            return None
+        if on_events_topic:
+            out_env = Envelope(
+                message_id=reaction_id(env.message_id, self.name),
+                message_type=stored.message_type,
+                saga_id=env.saga_id,
+                correlation_id=env.correlation_id,
+                causation_id=env.message_id,
+            )
+            topic = self.events_topic
+        else:
+            out_env = Envelope(
+                message_id=reply_id(env.message_id),
+                message_type=stored.message_type,
+                saga_id=env.saga_id,
+                correlation_id=env.correlation_id,
+                causation_id=env.message_id,
+                saga_type=env.saga_type,
+                saga_version=env.saga_version,
+            )
+            assert env.reply_to is not None
+            topic = env.reply_to
         return OutgoingRecord(
-            topic=env.reply_to,
+            topic=topic,
             key=env.saga_id.encode(),
             value=stored.payload,
-            headers=tuple(reply_env.to_headers()),
+            headers=tuple(out_env.to_headers()),
         )
+
+    def _dead(self, record: Record, error_type: str, message: str) -> OutgoingRecord:
+        self.stats.dead_letters += 1
+        return dead_letter(record, error_type, message, consumer=self.name)
 
 
 async def _call(
-    handler: Callable[[Any, HandlerContext[TxT]], Any], command: Command, ctx: HandlerContext[TxT]
+    handler: Callable[[Any, HandlerContext[TxT]], Any], message: Message, ctx: HandlerContext[TxT]
 ) -> Any:
-    result = handler(command, ctx)
+    result = handler(message, ctx)
     if inspect.isawaitable(result):
         result = await result
     return result
 
 
-def _check_reply(service: str, env: Envelope, result: object) -> Reply:
+def _check_reply(service: str, env: Envelope, result: object) -> Message | None:
     if not isinstance(result, Reply) or not is_registered(type(result)):
         raise TypeError(
             f"handler of {env.message_type} in service {service!r} "
             f"returned {type(result).__name__}; "
             "it must return a registered Reply (or raise BusinessFailure)"
+        )
+    return result
+
+
+def _check_event(service: str, env: Envelope, result: object) -> Message | None:
+    if result is None:
+        return None
+    if not isinstance(result, Event) or not is_registered(type(result)):
+        raise TypeError(
+            f"reaction to {env.message_type} in service {service!r} "
+            f"returned {type(result).__name__}; it must return a registered Event or None"
+        )
+    if events_topic(result.message_type) != f"{service}.events":
+        raise TypeError(
+            f"reaction in service {service!r} returned {result.message_type}; a service "
+            f"publishes only its own events ('{service}.<...>')"
         )
     return result
