@@ -70,9 +70,8 @@ def coupling(style: Style) -> dict[str, dict[str, Any]]:
         for service in system.services():
             reads = service.subscribed_topics()
             if style == "orchestration":
-                writes = [place_order.inbox_topic + " (from reply-to)"]
-                if service.name == "orders":
-                    writes.append(place_order.inbox_topic)  # starts the saga
+                # replies go where the command's reply-to says; orders also starts sagas there
+                writes = [place_order.inbox_topic]
                 knows: list[str] = []
             else:
                 writes = [service.events_topic]

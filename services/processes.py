@@ -50,6 +50,7 @@ class ProcessSystem:
         partitions: int = 8,
         orchestrators: int = 2,
         profile: str = "embedded",
+        style: str = "orchestration",
         log_dir: Path | None = None,
     ) -> None:
         self.bootstrap = bootstrap
@@ -65,7 +66,7 @@ class ProcessSystem:
             self.members[name] = Member(name, [*base, "orchestrator", "run", *common])
         for service in SERVICE_NAMES:
             db = str(db_dir / f"{service}.sqlite3")
-            argv = [*base, "service", "run", service, "--db", db, *common]
+            argv = [*base, "service", "run", service, "--db", db, "--style", style, *common]
             self.members[service] = Member(service, argv)
         self._tg: TaskGroup | None = None
 

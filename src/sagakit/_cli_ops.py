@@ -12,10 +12,11 @@ from rich.console import Console
 from rich.table import Table
 
 from ._client import SagaClient
-from ._errors import SagaError
+from ._errors import SagaError, TransportError
 from ._evaluator import SagaInstance, SagaStatus, Transition
 from ._inspect import (
     dlq_name,
+    event_history,
     find_saga,
     header,
     journal_topics,
@@ -24,6 +25,7 @@ from ._inspect import (
     replay_dead_letters,
     saga_type_of,
 )
+from .transport._base import Record
 from .transport.kafka import KafkaSettings, KafkaTransport
 
 out = Console()
@@ -120,9 +122,43 @@ def sagas_show(
     saga_type: Annotated[str | None, typer.Option(help="Saga type, to search one journal.")] = None,
     namespace: Namespace = "",
 ) -> None:
-    """The timeline of one saga, from its journal."""
-    found_type, history = run_with(bootstrap, lambda t: find_saga(t, saga_id, namespace, saga_type))
-    _print_history(found_type, history)
+    """The timeline of one saga: from its journal (orchestration), or rebuilt from the
+    domain events that carry its id (choreography)."""
+
+    async def action(transport: KafkaTransport) -> tuple[str, list[Transition]] | list[Record]:
+        try:
+            return await find_saga(transport, saga_id, namespace, saga_type)
+        except TransportError:
+            events = await event_history(transport, saga_id, namespace)
+            if not events:
+                raise
+            return events
+
+    found = run_with(bootstrap, action)
+    if isinstance(found, tuple):
+        _print_history(*found)
+    else:
+        _print_events(saga_id, found)
+
+
+def _print_events(saga_id: str, events: list[Record]) -> None:
+    correlation = {header(r, "correlation-id") for r in events}
+    out.print(
+        f"[bold]{saga_id}[/bold] (choreography): {len(events)} event(s), "
+        f"correlation {', '.join(sorted(c or '?' for c in correlation))}"
+    )
+    table = Table()
+    for col in ("time", "by", "event", "message id", "caused by"):
+        table.add_column(col)
+    for r in events:
+        table.add_row(
+            _when(r.timestamp_ms),
+            r.topic.rsplit(".", 2)[-2],
+            (header(r, "message-type") or "").rsplit(".", 1)[-1],
+            header(r, "message-id") or "",
+            header(r, "causation-id") or "",
+        )
+    out.print(table)
 
 
 def _operator(

@@ -124,23 +124,46 @@ def service_run(
     name: Annotated[str, typer.Argument(help="orders, payments, inventory or shipping")],
     bootstrap: Bootstrap,
     db: Annotated[Path, typer.Option(help="The service's SQLite database file.")],
+    style: Annotated[
+        str, typer.Option(help="orchestration (commands and replies) or choreography (events).")
+    ] = "orchestration",
     profile: ProfileOpt = Profile.kafka,
     namespace: Namespace = "",
     partitions: Partitions = 8,
+    order_deadline: Annotated[
+        float, typer.Option(help="Choreography, orders: expire orders with no outcome after this.")
+    ] = 60.0,
 ) -> None:
     """Run one sample service until SIGTERM or Ctrl-C."""
-    from services.system import build_service
+    from services.outcome import STYLES
+    from services.system import build_app
 
     from .cli import configure_logging
 
     if name not in SERVICES:
         raise typer.BadParameter(f"unknown service {name!r}; one of {', '.join(SERVICES)}")
+    if style not in STYLES:
+        raise typer.BadParameter(f"unknown style {style!r}; one of {', '.join(STYLES)}")
     configure_logging(False)
-    service = build_service(name, db, partitions=partitions, namespace=namespace)
+    service, orders = build_app(
+        name,
+        db,
+        partitions=partitions,
+        namespace=namespace,
+        style=style,
+    )
     transport = KafkaTransport(settings(bootstrap, profile, f"{name}-service"))
 
     async def run(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        await service.run(transport, task_status=task_status)
+        async with anyio.create_task_group() as tg:
+            if orders is not None and style == "choreography":
+                await tg.start(
+                    lambda task_status: orders.run_deadlines(
+                        transport, order_deadline, task_status=task_status
+                    )
+                )
+            await tg.start(lambda task_status: service.run(transport, task_status=task_status))
+            task_status.started()
 
     serve(run, service.wait_assigned, transport)
 

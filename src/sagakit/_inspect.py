@@ -100,6 +100,27 @@ async def find_saga(
     )
 
 
+EVENTS_SUFFIX = ".events"
+
+
+async def event_history(transport: Transport, saga_id: str, namespace: str = "") -> list[Record]:
+    """Every domain event about `saga_id` (choreography), in time order.
+
+    Events are keyed by saga id, so only that key's partition of each events topic is read.
+    """
+    found: list[Record] = []
+    for topic, partitions in (await transport.existing_topics()).items():
+        if not (topic.startswith(namespace) and topic.endswith(EVENTS_SUFFIX)):
+            continue
+        async with aclosing(
+            transport.read(topic, partition_for(saga_id.encode(), partitions))
+        ) as batches:
+            async for batch in batches:
+                found.extend(r for r in batch if header(r, "saga-id") == saga_id)
+    found.sort(key=lambda r: (r.timestamp_ms, r.topic, r.offset))
+    return found
+
+
 def dlq_name(topic: str) -> str:
     return topic if topic.endswith(".dlq") else dlq_topic(topic)
 

@@ -21,7 +21,7 @@ def run_demo(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_demo_json_reports_every_order_ended_and_consistent() -> None:
-    proc = run_demo("--orders", "40", "--seed", "5")
+    proc = run_demo("--orders", "40", "--seed", "5", "--style", "orchestration")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["style"] == "orchestration"
@@ -35,9 +35,21 @@ def test_demo_json_reports_every_order_ended_and_consistent() -> None:
 
 
 def test_demo_exits_non_zero_when_sagas_do_not_end() -> None:
-    proc = run_demo("--orders", "40", "--timeout", "0.001")
+    proc = run_demo("--orders", "40", "--timeout", "0.001", "--style", "orchestration")
     assert proc.returncode == 1
     result = json.loads(proc.stdout)
     assert result["unfinished"] > 0
     assert result["consistent"] is False
     assert any("not ended" in v for v in result["violations"])
+
+
+def test_demo_of_both_styles_reports_each_and_they_agree() -> None:
+    proc = run_demo("--orders", "30", "--seed", "9")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert set(result) == {"orchestration", "choreography"}
+    for style, report in result.items():
+        assert report["style"] == style
+        assert report["unfinished"] == 0 and report["consistent"] is True
+        assert sum(report["outcomes"].values()) == 30
+    assert result["orchestration"]["outcomes"] == result["choreography"]["outcomes"]

@@ -1,0 +1,136 @@
+"""The choreographed flow on the embedded broker: many orders, a service killed and
+restarted mid-run, the comparison of both styles, and `sagas show` from events."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sagakit import KafkaTransport
+from sagakit.broker import EmbeddedBroker
+from services.demo import run_flow
+from services.processes import ProcessSystem
+from services.system import build_system, seed_orders
+
+from ._processes import assert_invariants, wait_all_ended
+
+pytestmark = [pytest.mark.anyio, pytest.mark.kafka]
+
+SAGAKIT = str(Path(sys.executable).with_name("sagakit"))
+
+
+async def test_200_choreographed_orders_end_consistently(
+    kafka_transport: KafkaTransport, unique: str
+) -> None:
+    result = await run_flow(
+        kafka_transport, style="choreography", orders=200, seed=4, namespace=f"{unique}."
+    )
+    assert result.unfinished == 0, result.outcomes
+    assert result.violations == []
+    assert sum(result.outcomes.values()) == 200
+    assert result.outcomes["REJECTED"] >= 3
+
+
+@pytest.mark.slow
+async def test_a_service_killed_mid_run_resumes_its_reactions_and_does_nothing_twice(
+    kafka_broker: EmbeddedBroker, kafka_transport: KafkaTransport, unique: str, tmp_path: Path
+) -> None:
+    ns = f"{unique}."
+    system = build_system(db_dir=tmp_path, namespace=ns, style="choreography")
+    orders = seed_orders(system, 60, seed=6, run=unique)
+    for service in system.services():
+        await service.ensure_topics(kafka_transport)
+    async with ProcessSystem(
+        kafka_broker.bootstrap_servers,
+        tmp_path,
+        namespace=ns,
+        orchestrators=0,
+        style="choreography",
+    ) as processes:
+        await processes.start_all()
+        await system.orders.place(kafka_transport, orders[:30])
+        await processes.kill("inventory")
+        await system.orders.place(kafka_transport, orders[30:])
+        assert system.orders.repository.count_by_status().get("PENDING", 0) > 0
+        await processes.start("inventory")
+        await wait_all_ended(system)
+        await assert_invariants(kafka_transport, system, ns, len(orders))
+    system.close()
+
+
+def test_compare_runs_both_styles_to_the_same_outcome() -> None:
+    proc = subprocess.run(
+        [SAGAKIT, "compare", "--orders", "60", "--seed", "5", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout)
+    assert set(results) == {"orchestration", "choreography"}
+    orchestration, choreography = results["orchestration"], results["choreography"]
+    assert orchestration["outcomes_by_order_digest"] == choreography["outcomes_by_order_digest"]
+    for r in (orchestration, choreography):
+        assert r["consistent"] is True and r["unfinished"] == 0
+        assert r["throughput_per_s"] > 0
+        assert 0 < r["latency_ms"]["p50"] <= r["latency_ms"]["p99"]
+        assert r["messages_per_saga"] > 0 and r["bytes_per_saga"] > 0
+    # the orchestrator knows every participant and they know nobody; in choreography
+    # each service knows the services whose events it reacts to
+    coupling = orchestration["coupling"]
+    assert len(coupling["saga-orchestrator"]["knows"]) == 4
+    assert all(c["knows"] == [] for n, c in coupling.items() if n != "saga-orchestrator")
+    assert "saga-orchestrator" not in choreography["coupling"]
+    assert all(c["knows"] for c in choreography["coupling"].values())
+    # the journal is part of the orchestrated traffic, events are all of the choreographed
+    assert orchestration["messages_by_topic_kind"]["journal"] > 0
+    assert set(k for k, v in choreography["messages_by_topic_kind"].items() if v) == {"events"}
+
+
+async def test_sagas_show_rebuilds_a_choreographed_order_from_its_events(
+    kafka_broker: EmbeddedBroker, kafka_transport: KafkaTransport, unique: str
+) -> None:
+    ns = f"{unique}."
+    await run_flow(
+        kafka_transport,
+        style="choreography",
+        orders=3,
+        seed=1,
+        namespace=ns,
+        run_id=unique,
+    )
+    shipping_failure = f"{unique}-order-000002"
+    proc = subprocess.run(
+        [
+            SAGAKIT,
+            "sagas",
+            "show",
+            shipping_failure,
+            "--namespace",
+            ns,
+            "--bootstrap",
+            kafka_broker.bootstrap_servers,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"COLUMNS": "250", "PATH": "/usr/bin:/bin"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "choreography" in out
+    for event in (
+        "OrderCreated",
+        "CreditReserved",
+        "StockReserved",
+        "ShipmentFailed",
+        "StockReleased",
+        "CreditReleased",
+        "OrderRejected",
+    ):
+        assert event in out, event
+    assert out.index("OrderCreated") < out.index("ShipmentFailed") < out.index("OrderRejected")
