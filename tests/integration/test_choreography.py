@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import anyio
 import pytest
 
 from sagakit import KafkaTransport
@@ -104,7 +105,7 @@ async def test_sagas_show_rebuilds_a_choreographed_order_from_its_events(
         run_id=unique,
     )
     shipping_failure = f"{unique}-order-000002"
-    proc = subprocess.run(
+    proc = await anyio.run_process(
         [
             SAGAKIT,
             "sagas",
@@ -115,13 +116,11 @@ async def test_sagas_show_rebuilds_a_choreographed_order_from_its_events(
             "--bootstrap",
             kafka_broker.bootstrap_servers,
         ],
-        capture_output=True,
-        text=True,
-        timeout=60,
+        check=False,
         env={"COLUMNS": "250", "PATH": "/usr/bin:/bin"},
     )
     assert proc.returncode == 0, proc.stderr
-    out = proc.stdout
+    out = proc.stdout.decode()
     assert "choreography" in out
     for event in (
         "OrderCreated",
