@@ -123,7 +123,9 @@ def orchestrator_run(
 def service_run(
     name: Annotated[str, typer.Argument(help="orders, payments, inventory or shipping")],
     bootstrap: Bootstrap,
-    db: Annotated[Path, typer.Option(help="The service's SQLite database file.")],
+    db: Annotated[
+        Path | None, typer.Option(help="The service's SQLite file (default: ./NAME.sqlite3).")
+    ] = None,
     style: Annotated[
         str, typer.Option(help="orchestration (commands and replies) or choreography (events).")
     ] = "orchestration",
@@ -147,7 +149,7 @@ def service_run(
     configure_logging(False)
     service, orders = build_app(
         name,
-        db,
+        db or Path(f"{name}.sqlite3"),
         partitions=partitions,
         namespace=namespace,
         style=style,
