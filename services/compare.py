@@ -12,7 +12,7 @@ from sagakit import KafkaSettings, KafkaTransport, MemoryTransport, Orchestrator
 from sagakit._inspect import read_topic
 from sagakit.broker import EmbeddedBroker
 
-from .demo import DemoResult, run_flow
+from .demo import DemoResult, TracingFromEnv, run_flow
 from .orders.saga import place_order
 from .outcome import STYLES, Style
 from .system import build_system
@@ -117,6 +117,7 @@ async def run_compare(
         namespace = f"{style}-{run}."
 
         async def one(settings: KafkaSettings, style: Style = style, ns: str = namespace) -> None:
+            tracing = TracingFromEnv()  # honours OTEL_*; off (no overhead) when unset
             async with KafkaTransport(settings) as transport:
                 result = await run_flow(
                     transport,
@@ -129,7 +130,9 @@ async def run_compare(
                     namespace=ns,
                     run_id=run,
                     progress=(lambda d, t: progress(style, d, t)) if progress else None,
+                    tracing=tracing,
                 )
+                tracing.shutdown()
                 if progress:
                     progress(f"{style}: measuring traffic", orders, orders)
                 results[style] = summary(result, await measure_traffic(transport, ns), style)

@@ -16,6 +16,7 @@ from typing import Any
 import anyio
 
 from sagakit import Orchestrator, Transition, Transport
+from sagakit.tracing import Tracing
 
 from .orders.saga import place_order
 from .outcome import Style
@@ -63,6 +64,31 @@ def percentiles(values: list[float]) -> dict[str, float]:
         "p99": round(q[98], 2),
         "max": round(max(values), 2),
     }
+
+
+class TracingFromEnv:
+    """One `Tracing` per component, as the OTEL_* variables say (all off when unset).
+
+    Several components in one process still report their own `service.name`.
+    """
+
+    def __init__(self) -> None:
+        self._made: dict[str, Tracing] = {}
+
+    def __call__(self, component: str) -> Tracing:
+        if component not in self._made:
+            self._made[component] = Tracing.from_env(component, env=_without_service_name())
+        return self._made[component]
+
+    def shutdown(self) -> None:
+        for tracing in self._made.values():
+            tracing.shutdown()
+
+
+def _without_service_name() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if k != "OTEL_SERVICE_NAME"}
 
 
 def outcome_digest(system: SampleSystem, run: str) -> str:
@@ -118,6 +144,7 @@ async def run_flow(
     namespace: str = "",
     order_deadline_s: float = ORDER_DEADLINE_S,
     keep: Callable[[SampleSystem], None] | None = None,
+    tracing: Callable[[str], Tracing] | None = None,
 ) -> DemoResult:
     """Run `orders` orders through the place-order flow in `style` and check the outcome.
 
@@ -125,7 +152,9 @@ async def run_flow(
     are placed at once. Latency is measured from the order's creation to its end.
     """
     run = run_id or uuid.uuid4().hex[:8]
-    system = build_system(db_dir=db_dir, partitions=partitions, namespace=namespace, style=style)
+    system = build_system(
+        db_dir=db_dir, partitions=partitions, namespace=namespace, style=style, tracing=tracing
+    )
     try:
         new_orders = seed_orders(system, orders, seed=seed, run=run, mix=failure_mix)
         ended = _Ended(len(new_orders), progress)
@@ -137,6 +166,7 @@ async def run_flow(
                 partitions=partitions,
                 namespace=namespace,
                 on_transition=ended.transition,
+                tracing=tracing("saga-orchestrator") if tracing else None,
             )
         else:
             system.orders.on_ended = lambda order_id, _status: ended.add(order_id)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sagakit import Service, SqliteStore
+from sagakit.tracing import Tracing
 
 from .inventory import service as inventory
 from .orders.service import NewOrder, OrdersApp
@@ -51,6 +52,7 @@ def build_system(
     namespace: str = "",
     style: Style = "orchestration",
     on_ended: Callable[[str, str], None] | None = None,
+    tracing: Callable[[str], Tracing] | None = None,
 ) -> SampleSystem:
     """The four services, each with its own SQLite database (files in `db_dir`, else memory)."""
 
@@ -59,6 +61,7 @@ def build_system(
 
     stores = {name: store(name) for name in ("orders", "payments", "inventory", "shipping")}
     options: dict[str, Any] = {"partitions": partitions, "namespace": namespace, "style": style}
+    traced = tracing or (lambda _name: Tracing.disabled())
     return SampleSystem(
         orders=OrdersApp(
             stores["orders"],
@@ -66,10 +69,11 @@ def build_system(
             namespace=namespace,
             style=style,
             on_ended=on_ended,
+            tracing=traced("orders"),
         ),
-        payments=payments.build(stores["payments"], **options),
-        inventory=inventory.build(stores["inventory"], **options),
-        shipping=shipping.build(stores["shipping"], **options),
+        payments=payments.build(stores["payments"], tracing=traced("payments"), **options),
+        inventory=inventory.build(stores["inventory"], tracing=traced("inventory"), **options),
+        shipping=shipping.build(stores["shipping"], tracing=traced("shipping"), **options),
         stores=stores,
     )
 
@@ -93,18 +97,23 @@ def build_app(
     partitions: int = 8,
     namespace: str = "",
     style: Style = "orchestration",
+    tracing: Tracing | None = None,
 ) -> tuple[Service[sqlite3.Connection], OrdersApp | None]:
     """(service, the orders app when `name` is orders) on its SQLite file."""
     store = SqliteStore(db)
     if name == "orders":
-        app = OrdersApp(store, partitions=partitions, namespace=namespace, style=style)
+        app = OrdersApp(
+            store, partitions=partitions, namespace=namespace, style=style, tracing=tracing
+        )
         return app.service, app
     builders = {
         "payments": payments.build,
         "inventory": inventory.build,
         "shipping": shipping.build,
     }
-    service = builders[name](store, partitions=partitions, namespace=namespace, style=style)
+    service = builders[name](
+        store, partitions=partitions, namespace=namespace, style=style, tracing=tracing
+    )
     return service, None
 
 

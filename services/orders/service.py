@@ -12,6 +12,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from sagakit import Event, HandlerContext, SagaClient, Service, SqliteStore, Transport
+from sagakit.tracing import Tracing
 from services.outcome import Style
 from services.payments import events as payments_events
 from services.shipping import events as shipping_events
@@ -32,7 +33,8 @@ CREATE TABLE IF NOT EXISTS orders (
     status TEXT NOT NULL,
     reason TEXT,
     created_ms REAL NOT NULL,
-    ended_ms REAL
+    ended_ms REAL,
+    trace TEXT
 );
 CREATE INDEX IF NOT EXISTS orders_by_status ON orders(status);
 """
@@ -71,13 +73,16 @@ class OrderRepository:
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
 
-    def create(self, orders: Sequence[NewOrder]) -> list[NewOrder]:
-        """Insert PENDING orders; returns those that were new."""
+    def create(
+        self, orders: Sequence[NewOrder], traces: dict[str, str | None] | None = None
+    ) -> list[NewOrder]:
+        """Insert PENDING orders (with the trace each one started); returns the new ones."""
         created = []
+        traces = traces or {}
         for o in orders:
             cur = self.db.execute(
                 "INSERT OR IGNORE INTO orders (id, customer_id, product_id, quantity, amount, "
-                "address, status, created_ms) VALUES (?, ?, ?, ?, ?, ?, 'PENDING', ?)",
+                "address, status, created_ms, trace) VALUES (?, ?, ?, ?, ?, ?, 'PENDING', ?, ?)",
                 (
                     o.order_id,
                     o.customer_id,
@@ -86,6 +91,7 @@ class OrderRepository:
                     o.amount,
                     o.address,
                     now_ms(),
+                    traces.get(o.order_id),
                 ),
             )
             if cur.rowcount:
@@ -100,6 +106,14 @@ class OrderRepository:
             (status, reason, now_ms(), order_id),
         )
         return bool(cur.rowcount)
+
+    def traces(self, order_ids: Sequence[str]) -> dict[str, str | None]:
+        """The trace (traceparent) each order started, by order id."""
+        found: dict[str, str | None] = {}
+        for order_id in order_ids:
+            row = self.db.execute("SELECT trace FROM orders WHERE id = ?", (order_id,)).fetchone()
+            found[order_id] = None if row is None else row[0]
+        return found
 
     def pending(self) -> list[NewOrder]:
         return self.with_status("PENDING")
@@ -183,15 +197,17 @@ class OrdersApp:
         namespace: str = "",
         style: Style = "orchestration",
         on_ended: Callable[[str, str], None] | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         store.connection.executescript(SCHEMA)
+        self.tracing = tracing if tracing is not None else Tracing.disabled()
         self.store = store
         self.repository = OrderRepository(store.connection)
         self.on_ended = on_ended
         self.namespace = namespace
         self.style = style
         self.service: Service[sqlite3.Connection] = Service(
-            "orders", store, partitions=partitions, namespace=namespace
+            "orders", store, partitions=partitions, namespace=namespace, tracing=self.tracing
         )
         if style == "orchestration":
             self._orchestrated()
@@ -246,16 +262,26 @@ class OrdersApp:
     # -- the order API ----------------------------------------------------------------------
     async def place(self, transport: Transport, orders: Sequence[NewOrder]) -> None:
         """Create the orders PENDING, then start their sagas or announce them (one batch)."""
+        traces = {o.order_id: self._start_trace(o) for o in orders}
         with self._transaction() as db:
-            created = OrderRepository(db).create(orders)
+            created = OrderRepository(db).create(orders, traces)
         await self._announce(transport, created)
+
+    def _start_trace(self, order: NewOrder) -> str | None:
+        """Open the order's trace (its saga's, in either style); its traceparent."""
+        if not self.tracing.enabled:
+            return None
+        with self.tracing.root("place order", saga_id=order.order_id, order_amount=order.amount):
+            return self.tracing.current_traceparent()
 
     async def _announce(self, transport: Transport, orders: Sequence[NewOrder]) -> None:
         if not orders:
             return
+        traces = self.repository.traces([o.order_id for o in orders])
         if self.style == "orchestration":
-            await SagaClient(transport, namespace=self.namespace).start_many(
-                place_order, [(o.order_id, saga_state(o)) for o in orders]
+            client = SagaClient(transport, namespace=self.namespace, tracing=self.tracing)
+            await client.start_many(
+                place_order, [(o.order_id, saga_state(o)) for o in orders], traces
             )
             return
         await transport.send(
@@ -264,6 +290,7 @@ class OrdersApp:
                     events.OrderCreated(order=order_info(o)),
                     saga_id=o.order_id,
                     message_id=f"{o.order_id}:created",
+                    parent=traces.get(o.order_id),
                 )
                 for o in orders
             ]
@@ -297,6 +324,7 @@ class OrdersApp:
     async def _publish_expiries(self, transport: Transport, orders: Sequence[NewOrder]) -> None:
         if not orders:
             return
+        traces = self.repository.traces([o.order_id for o in orders])
         await transport.send(
             [
                 self.service.event_record(
@@ -304,6 +332,7 @@ class OrdersApp:
                     saga_id=o.order_id,
                     message_id=f"{o.order_id}:expired",
                     correlation_id=f"{o.order_id}:created",
+                    parent=traces.get(o.order_id),
                 )
                 for o in orders
             ]

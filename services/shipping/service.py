@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 
 from sagakit import BusinessFailure, Event, HandlerContext, Service, SqliteStore
+from sagakit.tracing import Tracing
 from services.inventory import events as inventory_events
 from services.orders.events import OrderExpired
 from services.outcome import Outcome, Style
@@ -129,9 +130,16 @@ def _choreographed(service: Service[sqlite3.Connection]) -> None:
 
 
 def build(
-    store: SqliteStore, *, partitions: int = 8, namespace: str = "", style: Style = "orchestration"
+    store: SqliteStore,
+    *,
+    partitions: int = 8,
+    namespace: str = "",
+    style: Style = "orchestration",
+    tracing: Tracing | None = None,
 ) -> Service[sqlite3.Connection]:
     store.connection.executescript(SCHEMA)
-    service = Service("shipping", store, partitions=partitions, namespace=namespace)
+    service = Service(
+        "shipping", store, partitions=partitions, namespace=namespace, tracing=tracing
+    )
     (_orchestrated if style == "orchestration" else _choreographed)(service)
     return service

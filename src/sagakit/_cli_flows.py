@@ -124,12 +124,21 @@ async def _one(
     report: Callable[[int, int], None],
     **options: Any,
 ) -> Any:
-    from services.demo import run_flow
+    from services.demo import TracingFromEnv, run_flow
 
-    async with KafkaTransport(settings) as transport:
-        return await run_flow(
-            transport, style=style, namespace=namespace, progress=report, **options
-        )
+    tracing = TracingFromEnv()  # honours OTEL_*; off (no overhead) when unset
+    try:
+        async with KafkaTransport(settings) as transport:
+            return await run_flow(
+                transport,
+                style=style,
+                namespace=namespace,
+                progress=report,
+                tracing=tracing,
+                **options,
+            )
+    finally:
+        tracing.shutdown()
 
 
 def _print_demo(result: Any) -> None:

@@ -18,6 +18,7 @@ from anyio.abc import TaskStatus
 from ._definition import Saga
 from ._errors import SagaError
 from ._orchestrator import Orchestrator
+from .tracing import Tracing
 from .transport.kafka import KafkaSettings, KafkaTransport
 
 orchestrator_app = typer.Typer(help="Run a saga orchestrator.")
@@ -75,6 +76,7 @@ def serve(
     run: Callable[..., Coroutine[Any, Any, None]],
     ready: Callable[[], Awaitable[None]],
     transport: KafkaTransport,
+    tracing: Tracing,
 ) -> None:
     """Run one component until SIGTERM/SIGINT; print READY on stdout once it is ready."""
 
@@ -90,6 +92,8 @@ def serve(
     except SagaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise typer.Exit(2) from None
+    finally:
+        tracing.shutdown()  # flush the spans still queued
 
 
 @orchestrator_app.command("run")
@@ -113,10 +117,16 @@ def orchestrator_run(
     configure_logging(False)
     definition = load_saga(saga)
     transport = KafkaTransport(settings(bootstrap, profile, f"{definition.name}-orchestrator"))
+    tracing = Tracing.from_env("saga-orchestrator")
     orchestrator = Orchestrator(
-        definition, transport, partitions=partitions, group_id=group_id, namespace=namespace
+        definition,
+        transport,
+        partitions=partitions,
+        group_id=group_id,
+        namespace=namespace,
+        tracing=tracing,
     )
-    serve(orchestrator.run, orchestrator.wait_ready, transport)
+    serve(orchestrator.run, orchestrator.wait_ready, transport, tracing)
 
 
 @service_app.command("run")
@@ -147,12 +157,14 @@ def service_run(
     if style not in STYLES:
         raise typer.BadParameter(f"unknown style {style!r}; one of {', '.join(STYLES)}")
     configure_logging(False)
+    tracing = Tracing.from_env(name)
     service, orders = build_app(
         name,
         db or Path(f"{name}.sqlite3"),
         partitions=partitions,
         namespace=namespace,
         style=style,
+        tracing=tracing,
     )
     transport = KafkaTransport(settings(bootstrap, profile, f"{name}-service"))
 
@@ -167,7 +179,7 @@ def service_run(
             await tg.start(lambda task_status: service.run(transport, task_status=task_status))
             task_status.started()
 
-    serve(run, service.wait_assigned, transport)
+    serve(run, service.wait_assigned, transport, tracing)
 
 
 def chaos(

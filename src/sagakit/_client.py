@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic import BaseModel
@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from ._codec import DEFAULT_CODEC, Codec, encode_record
 from ._definition import Saga
 from ._messages import Envelope, Message, ResolveSaga, ResumeSaga, StartSaga
+from .tracing import Tracing
 from .transport._base import OutgoingRecord, Transport
 
 
@@ -23,13 +24,22 @@ class SagaClient:
     """Sends start requests. A start re-sent for an existing saga id changes nothing."""
 
     def __init__(
-        self, transport: Transport, *, namespace: str = "", codec: Codec = DEFAULT_CODEC
+        self,
+        transport: Transport,
+        *,
+        namespace: str = "",
+        codec: Codec = DEFAULT_CODEC,
+        tracing: Tracing | None = None,
     ) -> None:
         self.transport = transport
         self.namespace = namespace
         self.codec = codec
+        self.tracing = tracing if tracing is not None else Tracing.disabled()
 
-    def start_record(self, saga: Saga[Any], saga_id: str, state: BaseModel) -> OutgoingRecord:
+    def start_record(
+        self, saga: Saga[Any], saga_id: str, state: BaseModel, *, parent: str | None = None
+    ) -> OutgoingRecord:
+        """The start request of one saga; its trace starts here unless `parent` continues one."""
         if not isinstance(state, saga.state):
             raise TypeError(
                 f"saga {saga.name!r} takes a {saga.state.__qualname__} state, "
@@ -45,19 +55,31 @@ class SagaClient:
             saga_type=saga.name,
             saga_version=str(saga.version),
         )
+        topic = self.namespace + saga.inbox_topic
+        if self.tracing.enabled:
+            if parent is None:
+                with self.tracing.root(f"start {saga.name}", saga_id=saga_id, saga_type=saga.name):
+                    envelope = self.tracing.stamp(envelope, topic)
+            else:
+                envelope = self.tracing.stamp(envelope, topic, parent=parent)
         return encode_record(
-            self.namespace + saga.inbox_topic,
-            envelope,
-            StartSaga(state=state.model_dump(mode="json")),
-            codec=self.codec,
+            topic, envelope, StartSaga(state=state.model_dump(mode="json")), codec=self.codec
         )
 
     async def start(self, saga: Saga[Any], saga_id: str, state: BaseModel) -> None:
         await self.transport.send([self.start_record(saga, saga_id, state)])
 
-    async def start_many(self, saga: Saga[Any], items: Iterable[tuple[str, BaseModel]]) -> None:
-        """Start several sagas with one produce batch."""
-        await self.transport.send([self.start_record(saga, sid, state) for sid, state in items])
+    async def start_many(
+        self,
+        saga: Saga[Any],
+        items: Iterable[tuple[str, BaseModel]],
+        parents: Mapping[str, str | None] | None = None,
+    ) -> None:
+        """Start several sagas with one produce batch (`parents`: traceparent by saga id)."""
+        parents = parents or {}
+        await self.transport.send(
+            [self.start_record(saga, sid, state, parent=parents.get(sid)) for sid, state in items]
+        )
 
     def operator_record(self, saga_type: str, saga_id: str, request: Message) -> OutgoingRecord:
         """A person's request (resume, resolve) for one saga, on that saga's inbox partition."""

@@ -123,6 +123,7 @@ class Transition:
     next: NextAttempt | None = None
     deadline_ms: int | None = None
     note: str | None = None
+    trace: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +146,7 @@ class SagaInstance:
     applied: frozenset[str]
     next: NextAttempt | None = None
     deadline_ms: int | None = None
+    trace: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +185,7 @@ def evolve(instance: SagaInstance | None, t: Transition) -> SagaInstance:
         applied=applied | {t.cause},
         next=t.next,
         deadline_ms=t.deadline_ms,
+        trace=t.trace if t.trace is not None else (instance.trace if instance else None),
     )
 
 

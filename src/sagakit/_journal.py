@@ -87,6 +87,7 @@ def encode_transition(t: Transition) -> bytes:
             },
             "deadline": t.deadline_ms,
             "note": t.note,
+            "trace": t.trace,
         },
         default=_default,
     )
@@ -170,6 +171,7 @@ def decode_transition(data: bytes, saga: Saga[Any] | None) -> Transition:
             next=nxt,
             deadline_ms=d.get("deadline"),
             note=d.get("note"),
+            trace=d.get("trace"),
         )
     except DecodeError:
         raise

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
@@ -22,13 +22,14 @@ from ._codec import DEFAULT_CODEC, Codec, decode_record, encode_record
 from ._definition import Saga
 from ._dlq import dead_letter, dlq_topic
 from ._errors import DecodeError, PartitionsLost
-from ._evaluator import PendingCommand, SagaInstance, Timer, Transition, decide, timers
+from ._evaluator import PendingCommand, Phase, SagaInstance, Timer, Transition, decide, timers
 from ._faults import fault_point
 from ._journal import decode_transition, restore_partition, transition_entry
 from ._messages import Envelope, TimerFired
 from ._timers import TimerSchedule
 from .eventlog._base import EventLog, JournalEntry
 from .eventlog.kafka import KafkaEventLog
+from .tracing import Tracing
 from .transport._base import OutgoingRecord, Record, Subscription, TopicPartition, Transport
 
 log = logging.getLogger("sagakit.orchestrator")
@@ -42,6 +43,21 @@ class _Partition:
     instances: dict[str, SagaInstance] = field(default_factory=dict)
     ready: bool = False
     restore_scope: anyio.CancelScope | None = None
+
+
+@dataclass
+class _Batch:
+    """What one consumed batch produces, to journal, send and schedule together."""
+
+    entries: list[tuple[int, JournalEntry]] = field(default_factory=list)
+    transitions: list[Transition] = field(default_factory=list)
+    scheduled: list[tuple[TopicPartition, str, tuple[Timer, ...]]] = field(default_factory=list)
+    outgoing: list[OutgoingRecord] = field(default_factory=list)
+    dead: int = 0
+
+    def dead_letter(self, record: OutgoingRecord) -> None:
+        self.outgoing.append(record)
+        self.dead += 1
 
 
 @dataclass
@@ -98,6 +114,7 @@ class Orchestrator:
         on_transition: Callable[[Transition], None] | None = None,
         clock: Callable[[], float] = time.time,
         shutdown_grace_s: float = 30.0,
+        tracing: Tracing | None = None,
     ) -> None:
         self.saga = saga
         self.namespace = namespace
@@ -124,6 +141,7 @@ class Orchestrator:
         self._timers = TimerSchedule()
         self._clock = clock
         self.shutdown_grace_s = shutdown_grace_s
+        self.tracing = tracing if tracing is not None else Tracing.disabled()
 
     # public -----------------------------------------------------------------------------
     async def ensure_topics(self) -> None:
@@ -218,8 +236,35 @@ class Orchestrator:
             self._owned[tp] = part
             self._tg.start_soon(self._restore, tp, part)
 
-    def _command_record(self, instance: SagaInstance, pending: PendingCommand) -> OutgoingRecord:
-        return command_record(self.saga, instance, pending, self.codec, self.namespace)
+    def _command_record(
+        self,
+        instance: SagaInstance,
+        pending: PendingCommand,
+        *,
+        reason: str | None = None,
+        parent: str | None = None,
+    ) -> OutgoingRecord:
+        record = command_record(self.saga, instance, pending, self.codec, self.namespace)
+        if not self.tracing.enabled:
+            return record
+        if pending.phase is Phase.COMPENSATE:
+            name = f"compensate {pending.step}"
+        elif pending.attempt > 1:
+            name = f"retry {pending.step}"
+        else:
+            name = f"send {pending.step}"
+        envelope = self.tracing.stamp(
+            Envelope.from_headers(record.headers),
+            record.topic,
+            name=name,
+            parent=parent,
+            saga_step=pending.step,
+            saga_phase=pending.phase.value,
+            saga_attempt=pending.attempt,
+            saga_state=instance.status.value,
+            saga_reason=reason if (name != f"send {pending.step}") else None,
+        )
+        return replace(record, headers=tuple(envelope.to_headers()))
 
     # restore ------------------------------------------------------------------------------
     async def _restore(self, tp: TopicPartition, part: _Partition) -> None:
@@ -233,7 +278,7 @@ class Orchestrator:
             part.epoch = replayed.epoch
             part.instances = replayed.instances
             resend = [
-                self._command_record(inst, inst.pending)
+                self._command_record(inst, inst.pending, parent=inst.trace)
                 for inst in replayed.instances.values()
                 if inst.pending is not None
             ]
@@ -263,13 +308,9 @@ class Orchestrator:
 
     # the batch ------------------------------------------------------------------------------
     async def _process(self, sub: Subscription, records: Sequence[Record]) -> None:
-        entries: list[tuple[int, JournalEntry]] = []
-        transitions: list[Transition] = []
-        scheduled: list[tuple[TopicPartition, str, tuple[Timer, ...]]] = []
-        outgoing: list[OutgoingRecord] = []
+        batch = _Batch()
         offsets: dict[TopicPartition, int] = {}
         rewind: dict[TopicPartition, int] = {}
-        dead = 0
         for record in records:
             tp = record.tp
             part = self._owned.get(tp)
@@ -283,42 +324,14 @@ class Orchestrator:
                 rewind.setdefault(tp, record.offset)
                 continue
             offsets[tp] = record.offset + 1
-            try:
-                incoming = decode_record(record, self.codec)
-                if record.key is None or record.key.decode() != incoming.envelope.saga_id:
-                    raise DecodeError(
-                        f"record key {record.key!r} is not its saga-id "
-                        f"{incoming.envelope.saga_id!r}"
-                    )
-            except DecodeError as exc:
-                outgoing.append(dead_letter(record, "DecodeError", str(exc)))
-                dead += 1
-                continue
-            saga_id = incoming.envelope.saga_id
-            try:
-                decision = decide(self.saga, part.instances.get(saga_id), incoming)
-            except Exception as exc:  # a state update or command builder of the definition raised
-                log.exception(
-                    "deciding %s for saga %s failed", incoming.envelope.message_type, saga_id
-                )
-                outgoing.append(dead_letter(record, type(exc).__name__, f"decide failed: {exc}"))
-                dead += 1
-                continue
-            if decision.rejected is not None:
-                outgoing.append(dead_letter(record, "Rejected", decision.rejected))
-                dead += 1
-                continue
-            if decision.ignored is not None:
-                self.stats.duplicates += 1
-                continue
-            assert decision.instance is not None
-            part.instances[saga_id] = decision.instance
-            for t in decision.records:
-                entries.append((tp.partition, transition_entry(t, part.epoch)))
-                transitions.append(t)
-            for pending in decision.commands:
-                outgoing.append(self._command_record(decision.instance, pending))
-            scheduled.append((tp, saga_id, decision.timers))
+            self._handle(record, part, batch)
+        entries, transitions, scheduled, outgoing = (
+            batch.entries,
+            batch.transitions,
+            batch.scheduled,
+            batch.outgoing,
+        )
+        dead = batch.dead
         assigned = sub.assignment()
         for tp, offset in rewind.items():
             if tp in assigned:
@@ -353,6 +366,60 @@ class Orchestrator:
                         del self._owned[tp]
                         self._timers.drop_partition(tp)
 
+    def _handle(self, record: Record, part: _Partition, batch: _Batch) -> None:
+        """Decide one record, adding its journal records, commands and timers to `batch`."""
+        try:
+            incoming = decode_record(record, self.codec)
+            if record.key is None or record.key.decode() != incoming.envelope.saga_id:
+                raise DecodeError(
+                    f"record key {record.key!r} is not its saga-id {incoming.envelope.saga_id!r}"
+                )
+        except DecodeError as exc:
+            batch.dead_letter(dead_letter(record, "DecodeError", str(exc)))
+            with self.tracing.process(record) as span:
+                span.error("DecodeError", str(exc))
+            return
+        env = incoming.envelope
+        with self.tracing.process(record, env) as span:
+            try:
+                decision = decide(self.saga, part.instances.get(env.saga_id), incoming)
+            except Exception as exc:  # a state update or command builder of the definition raised
+                log.exception("deciding %s for saga %s failed", env.message_type, env.saga_id)
+                span.exception(exc)
+                batch.dead_letter(dead_letter(record, type(exc).__name__, f"decide failed: {exc}"))
+                return
+            if decision.rejected is not None:
+                span.error("Rejected", decision.rejected)
+                batch.dead_letter(dead_letter(record, "Rejected", decision.rejected))
+                return
+            if decision.ignored is not None:
+                span.set(saga_ignored=decision.ignored)
+                self.stats.duplicates += 1
+                return
+            instance = decision.instance
+            assert instance is not None
+            records = decision.records
+            if self.tracing.enabled:
+                trace = self.tracing.current_traceparent()
+                records = tuple(replace(t, trace=trace) for t in records)
+                instance = replace(instance, trace=trace)
+            part.instances[env.saga_id] = instance
+            last = records[-1] if records else None
+            span.set(
+                saga_type=self.saga.name,
+                saga_state=instance.status.value,
+                saga_step=last.step if last else None,
+                saga_event=last.event if last else None,
+                saga_failure=instance.failure,
+            )
+            for t in records:
+                batch.entries.append((record.partition, transition_entry(t, part.epoch)))
+                batch.transitions.append(t)
+            reason = (last.note if last else None) or instance.failure
+            for pending in decision.commands:
+                batch.outgoing.append(self._command_record(instance, pending, reason=reason))
+            batch.scheduled.append((record.tp, env.saga_id, decision.timers))
+
     # timers -------------------------------------------------------------------------------
     async def _fire_timers(self) -> None:
         """Write each due timer to its saga's inbox partition, to be decided in order."""
@@ -385,6 +452,13 @@ class Orchestrator:
             saga_version=str(self.saga.version),
         )
         message = TimerFired(kind=timer.kind, ref=timer.ref)
+        envelope = self.tracing.stamp(
+            envelope,
+            self.inbox_topic,
+            name=f"timer {timer.kind}",
+            parent=instance.trace,
+            saga_timer=timer.ref,
+        )
         return encode_record(
             self.inbox_topic, envelope, message, partition=tp.partition, codec=self.codec
         )

@@ -34,6 +34,7 @@ from ._errors import BusinessFailure, DecodeError, DefinitionError, PartitionsLo
 from ._faults import fault_point
 from ._idempotency import IdempotencyStore, StoreBatch, StoredReply
 from ._messages import Command, Envelope, Event, Message, Reply, is_registered
+from .tracing import SpanHandle, Tracing
 from .transport._base import OutgoingRecord, Record, Subscription, TopicPartition, Transport
 
 log = logging.getLogger("sagakit.participant")
@@ -106,10 +107,12 @@ class Service(Generic[TxT]):
         poll_timeout_s: float = 0.1,
         handler_attempts: int = 3,
         handler_backoff_s: float = 0.01,
+        tracing: Tracing | None = None,
     ) -> None:
         """`handler_attempts`: runs of a handler that raises a non-business error before the
         command goes to the DLQ (with `handler_backoff_s`, doubling, between runs)."""
         self.name = name
+        self.tracing = tracing if tracing is not None else Tracing.disabled()
         self.handler_attempts = max(1, handler_attempts)
         self.handler_backoff_s = handler_backoff_s
         self.namespace = namespace
@@ -184,8 +187,12 @@ class Service(Generic[TxT]):
         message_id: str,
         correlation_id: str | None = None,
         causation_id: str | None = None,
+        parent: str | None = None,
     ) -> OutgoingRecord:
-        """A domain event of this service, keyed by `saga_id`, for `transport.send`."""
+        """A domain event of this service, keyed by `saga_id`, for `transport.send`.
+
+        Its trace span is a child of the current span, or of `parent` (a traceparent).
+        """
         if events_topic(event.message_type) != f"{self.name}.events":
             raise DefinitionError(
                 f"service {self.name!r} cannot publish {event.message_type}: "
@@ -197,6 +204,9 @@ class Service(Generic[TxT]):
             saga_id=saga_id,
             correlation_id=correlation_id or message_id,
             causation_id=causation_id or message_id,
+        )
+        envelope = self.tracing.stamp(
+            envelope, self.events_topic, name=f"send {event.message_type}", parent=parent
         )
         return encode_record(self.events_topic, envelope, event, codec=self.codec)
 
@@ -326,13 +336,21 @@ class Service(Generic[TxT]):
             env = Envelope.from_headers(record.headers)
         except DecodeError as exc:
             return self._dead(record, "DecodeError", str(exc))
+        if record.topic != self.commands_topic and env.message_type not in self._reactions:
+            return None  # an event of another service this one does not react to
+        with self.tracing.process(record, env) as span:
+            out = await self._handle_traced(batch, record, env, span)
+            if out is not None and out.topic.endswith(".dlq"):
+                span.error(dict(out.headers).get("error-type", b"").decode(), "dead-lettered")
+            return out
+
+    async def _handle_traced(
+        self, batch: StoreBatch[TxT], record: Record, env: Envelope, span: SpanHandle
+    ) -> OutgoingRecord | None:
         on_events_topic = record.topic != self.commands_topic
-        if on_events_topic:
-            handler = self._reactions.get(env.message_type)
-            if handler is None:
-                return None  # an event of that service this one does not react to
-        else:
-            handler = self._handlers.get(env.message_type)
+        table = self._reactions if on_events_topic else self._handlers
+        handler = table.get(env.message_type)
+        if not on_events_topic:
             if handler is None:
                 return self._dead(
                     record,
@@ -343,6 +361,7 @@ class Service(Generic[TxT]):
                 return self._dead(
                     record, "NoReplyTo", f"command {env.message_id} has no reply-to header"
                 )
+        assert handler is not None  # reactions were filtered before the span opened
         stored = batch.reply_for(env.message_id)
         if stored is not None:
             self.stats.duplicates += 1
@@ -354,6 +373,7 @@ class Service(Generic[TxT]):
             check = _check_event if on_events_topic else _check_reply
             outcome = await self._run_handler(handler, batch, message, env, check)
             if isinstance(outcome, Exception):
+                span.exception(outcome)
                 return self._dead(
                     record,
                     type(outcome).__name__,
@@ -366,6 +386,7 @@ class Service(Generic[TxT]):
             )
             batch.save_reply(env.message_id, stored)
             self.stats.handled += 1
+        span.set(message_output=stored.message_type or None)
         if not stored.message_type:
             return None
         if on_events_topic:
@@ -389,6 +410,7 @@ class Service(Generic[TxT]):
             )
             assert env.reply_to is not None
             topic = env.reply_to
+        out_env = self.tracing.stamp(out_env, topic, name=f"send {stored.message_type}")
         return OutgoingRecord(
             topic=topic,
             key=env.saga_id.encode(),
