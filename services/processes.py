@@ -15,6 +15,8 @@ from types import TracebackType
 import anyio
 from anyio.abc import Process, TaskGroup
 
+from sagakit.broker import free_port
+
 SERVICE_NAMES = ("orders", "payments", "inventory", "shipping")
 
 
@@ -52,7 +54,11 @@ class ProcessSystem:
         profile: str = "embedded",
         style: str = "orchestration",
         log_dir: Path | None = None,
+        demo_data: bool = False,
+        env: Mapping[str, str] | None = None,
     ) -> None:
+        """`demo_data` seeds each service's demo reference data; `env` is added to every
+        member's environment (OTEL_* variables, say)."""
         self.bootstrap = bootstrap
         self.db_dir = db_dir
         self.log_dir = log_dir or db_dir / "logs"
@@ -61,13 +67,20 @@ class ProcessSystem:
         common += ["--partitions", str(partitions)]
         base = [sys.executable, "-m", "sagakit"]
         self.members: dict[str, Member] = {}
-        for i in range(1, orchestrators + 1):
-            name = f"orchestrator-{i}"
-            self.members[name] = Member(name, [*base, "orchestrator", "run", *common])
-        for service in SERVICE_NAMES:
-            db = str(db_dir / f"{service}.sqlite3")
-            argv = [*base, "service", "run", service, "--db", db, "--style", style, *common]
-            self.members[service] = Member(service, argv)
+        self.http_ports: dict[str, int] = {}
+        names = [f"orchestrator-{i}" for i in range(1, orchestrators + 1)] + list(SERVICE_NAMES)
+        for name in names:
+            port = self.http_ports[name] = free_port()
+            http = ["--http-port", str(port)]
+            if name.startswith("orchestrator"):
+                argv = [*base, "orchestrator", "run", *common, *http]
+            else:
+                db = str(db_dir / f"{name}.sqlite3")
+                argv = [*base, "service", "run", name, "--db", db, "--style", style, *common, *http]
+                if demo_data:
+                    argv.append("--demo-data")
+            self.members[name] = Member(name, argv)
+        self.env = dict(env or {})
         self._tg: TaskGroup | None = None
 
     async def __aenter__(self) -> ProcessSystem:
@@ -94,7 +107,7 @@ class ProcessSystem:
         member = self.members[name]
         if member.alive:
             raise RuntimeError(f"{name} is already running (pid {member.pid})")
-        member.env = dict(env or {})
+        member.env = {**self.env, **(env or {})}
         member.ready = anyio.Event()
         member.starts += 1
         log = open(self.log_dir / f"{name}.{member.starts}.log", "wb")  # noqa: ASYNC230, SIM115

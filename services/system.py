@@ -24,6 +24,9 @@ POOR_CREDIT = 10
 PLENTY = 1_000_000
 BLOCKED_REGION = "Atlantis"
 FAILURE_KINDS = ("credit", "stock", "shipping")
+#: The prefix of the reference data `sagakit service run --demo-data` seeds (and the load
+#: generator's orders use).
+DEMO_RUN = "demo"
 
 
 @dataclass
@@ -98,8 +101,10 @@ def build_app(
     namespace: str = "",
     style: Style = "orchestration",
     tracing: Tracing | None = None,
+    demo_data: bool = False,
 ) -> tuple[Service[sqlite3.Connection], OrdersApp | None]:
-    """(service, the orders app when `name` is orders) on its SQLite file."""
+    """(service, the orders app when `name` is orders) on its SQLite file; with
+    `demo_data`, the reference data of the demo (`DEMO_RUN`) is seeded first."""
     store = SqliteStore(db)
     if name == "orders":
         app = OrdersApp(
@@ -114,10 +119,65 @@ def build_app(
     service = builders[name](
         store, partitions=partitions, namespace=namespace, style=style, tracing=tracing
     )
+    if demo_data:
+        seed_reference(name, store.connection, DEMO_RUN)
     return service, None
 
 
 DEFAULT_MIX = {"credit": 0.1, "stock": 0.1, "shipping": 0.1}
+
+
+def seed_reference(name: str, db: sqlite3.Connection, run: str) -> None:
+    """The reference data one service needs for the sample orders of `run`."""
+    if name == "payments":
+        credit = payments.CreditRepository(db)
+        credit.add_customer(f"{run}-cust-rich-1", RICH_CREDIT)
+        credit.add_customer(f"{run}-cust-rich-2", RICH_CREDIT)
+        credit.add_customer(f"{run}-cust-poor", POOR_CREDIT)
+    elif name == "inventory":
+        stock = inventory.StockRepository(db)
+        for product in ("a", "b"):
+            if stock.stock(f"{run}-prod-{product}") == 0:  # keep what a restart left
+                stock.add_product(f"{run}-prod-{product}", PLENTY)
+        stock.add_product(f"{run}-prod-gone", 0)
+    elif name == "shipping":
+        shipping.ShipmentRepository(db).block_region(BLOCKED_REGION)
+
+
+def make_orders(
+    count: int, *, seed: int, run: str, mix: dict[str, float] | None = None, start: int = 0
+) -> list[NewOrder]:
+    """`count` orders with the given failure mix (see `seed_orders`)."""
+    shares = dict(DEFAULT_MIX if mix is None else mix)
+    unknown = set(shares) - set(FAILURE_KINDS)
+    if unknown or any(not 0 <= v <= 1 for v in shares.values()) or sum(shares.values()) > 1:
+        raise ValueError(
+            f"failure mix {shares} must give shares in [0, 1] of {', '.join(FAILURE_KINDS)}, "
+            "adding up to at most 1"
+        )
+    kinds = [k for k in FAILURE_KINDS if shares.get(k, 0) > 0]
+    weights = [1 - sum(shares.values()), *(shares[k] for k in kinds)]
+    rng = random.Random(seed)
+    orders = []
+    for i in range(start, start + count):
+        kind = kinds[i] if i < len(kinds) else rng.choices(("ok", *kinds), weights=weights)[0]
+        customer = (
+            f"{run}-cust-poor" if kind == "credit" else f"{run}-cust-rich-{rng.randint(1, 2)}"
+        )
+        product = f"{run}-prod-gone" if kind == "stock" else f"{run}-prod-{rng.choice('ab')}"
+        region = BLOCKED_REGION if kind == "shipping" else rng.choice(("Lisbon", "Porto", "Faro"))
+        quantity = rng.randint(1, 5)
+        orders.append(
+            NewOrder(
+                order_id=f"{run}-order-{i:06d}",
+                customer_id=customer,
+                product_id=product,
+                quantity=quantity,
+                amount=quantity * rng.randint(100, 5_000),
+                address=f"{rng.randint(1, 200)} Main Street, {region}",
+            )
+        )
+    return orders
 
 
 def seed_orders(
@@ -137,46 +197,9 @@ def seed_orders(
     product with no stock, a shipping failure an undeliverable region. So both
     coordination styles must reach the same outcome for the same seed.
     """
-    shares = dict(DEFAULT_MIX if mix is None else mix)
-    unknown = set(shares) - set(FAILURE_KINDS)
-    if unknown or any(not 0 <= v <= 1 for v in shares.values()) or sum(shares.values()) > 1:
-        raise ValueError(
-            f"failure mix {shares} must give shares in [0, 1] of {', '.join(FAILURE_KINDS)}, "
-            "adding up to at most 1"
-        )
-    kinds = [k for k in FAILURE_KINDS if shares.get(k, 0) > 0]
-    weights = [1 - sum(shares.values()), *(shares[k] for k in kinds)]
-    rng = random.Random(seed)
-    credit = payments.CreditRepository(system.db("payments"))
-    stock = inventory.StockRepository(system.db("inventory"))
-    shipments = shipping.ShipmentRepository(system.db("shipping"))
-    credit.add_customer(f"{run}-cust-rich-1", RICH_CREDIT)
-    credit.add_customer(f"{run}-cust-rich-2", RICH_CREDIT)
-    credit.add_customer(f"{run}-cust-poor", POOR_CREDIT)
-    stock.add_product(f"{run}-prod-a", PLENTY)
-    stock.add_product(f"{run}-prod-b", PLENTY)
-    stock.add_product(f"{run}-prod-gone", 0)
-    shipments.block_region(BLOCKED_REGION)
-    orders = []
-    for i in range(count):
-        kind = kinds[i] if i < len(kinds) else rng.choices(("ok", *kinds), weights=weights)[0]
-        customer = (
-            f"{run}-cust-poor" if kind == "credit" else f"{run}-cust-rich-{rng.randint(1, 2)}"
-        )
-        product = f"{run}-prod-gone" if kind == "stock" else f"{run}-prod-{rng.choice('ab')}"
-        region = BLOCKED_REGION if kind == "shipping" else rng.choice(("Lisbon", "Porto", "Faro"))
-        quantity = rng.randint(1, 5)
-        orders.append(
-            NewOrder(
-                order_id=f"{run}-order-{i:06d}",
-                customer_id=customer,
-                product_id=product,
-                quantity=quantity,
-                amount=quantity * rng.randint(100, 5_000),
-                address=f"{rng.randint(1, 200)} Main Street, {region}",
-            )
-        )
-    return orders
+    for name in ("payments", "inventory", "shipping"):
+        seed_reference(name, system.db(name), run)
+    return make_orders(count, seed=seed, run=run, mix=mix)
 
 
 def check_consistency(system: SampleSystem) -> list[str]:

@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ._errors import SagaError
+from ._logging import configure_logging
 from .broker import EmbeddedBroker
 from .transport.kafka import KafkaSettings, KafkaTransport
 
@@ -66,8 +67,6 @@ def demo(
     Exit status 0 only if every order ended and the business state is consistent. With
     --json and one style, one object; with both, {"orchestration": .., "choreography": ..}.
     """
-    from .cli import configure_logging
-
     configure_logging(verbose)
     try:
         results = anyio.run(_demo, orders, seed, style.styles, bootstrap, timeout, not json_output)
@@ -213,8 +212,6 @@ def compare(
 ) -> None:
     """Run the same seeded orders through both styles and report them side by side."""
     from services.compare import parse_mix, run_compare
-
-    from .cli import configure_logging
 
     configure_logging(False)
     try:

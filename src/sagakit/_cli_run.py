@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
@@ -17,6 +18,9 @@ from anyio.abc import TaskStatus
 
 from ._definition import Saga
 from ._errors import SagaError
+from ._http import DEFAULT_HTTP_PORT, HttpEndpoints
+from ._logging import configure_logging
+from ._metrics import Metrics
 from ._orchestrator import Orchestrator
 from .tracing import Tracing
 from .transport.kafka import KafkaSettings, KafkaTransport
@@ -44,6 +48,27 @@ ProfileOpt = Annotated[
     ),
 ]
 Namespace = Annotated[str, typer.Option(help="Prefix of every topic and group name.")]
+HttpPort = Annotated[
+    int,
+    typer.Option(
+        envvar="SAGAKIT_HTTP_PORT",
+        help="Port of /healthz, /readyz and /metrics (0: no HTTP server).",
+    ),
+]
+
+
+class LogFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
+LogFormatOpt = Annotated[
+    LogFormat,
+    typer.Option(
+        envvar="SAGAKIT_LOG_FORMAT",
+        help="text, or json: one object a line with saga_id, correlation_id, trace_id.",
+    ),
+]
 Partitions = Annotated[int, typer.Option(min=1, help="Partitions of the topics created.")]
 
 
@@ -77,12 +102,15 @@ def serve(
     ready: Callable[[], Awaitable[None]],
     transport: KafkaTransport,
     tracing: Tracing,
+    http: HttpEndpoints | None,
 ) -> None:
     """Run one component until SIGTERM/SIGINT; print READY on stdout once it is ready."""
 
     async def main() -> None:
         async with transport, anyio.create_task_group() as tg:
             tg.start_soon(_stop_on_signals, tg.cancel_scope)
+            if http is not None:
+                await tg.start(http.run)
             await tg.start(run)
             await ready()
             print("READY", flush=True)
@@ -106,15 +134,15 @@ def orchestrator_run(
     namespace: Namespace = "",
     partitions: Partitions = 8,
     group_id: Annotated[str | None, typer.Option(help="Consumer group (default per saga).")] = None,
+    http_port: HttpPort = DEFAULT_HTTP_PORT,
+    log_format: LogFormatOpt = LogFormat.text,
 ) -> None:
     """Run an orchestrator for one saga definition until SIGTERM or Ctrl-C.
 
     Start several for the same saga to share the partitions; each restores the
     journal of the partitions it gets.
     """
-    from .cli import configure_logging
-
-    configure_logging(False)
+    configure_logging(False, log_format.value)
     definition = load_saga(saga)
     transport = KafkaTransport(settings(bootstrap, profile, f"{definition.name}-orchestrator"))
     tracing = Tracing.from_env("saga-orchestrator")
@@ -125,8 +153,16 @@ def orchestrator_run(
         group_id=group_id,
         namespace=namespace,
         tracing=tracing,
+        metrics=Metrics("saga-orchestrator"),
     )
-    serve(orchestrator.run, orchestrator.wait_ready, transport, tracing)
+    http = (
+        HttpEndpoints(
+            port=http_port, ready=lambda: orchestrator.ready, metrics=[orchestrator.metrics]
+        )
+        if http_port
+        else None
+    )
+    serve(orchestrator.run, orchestrator.wait_ready, transport, tracing, http)
 
 
 @service_app.command("run")
@@ -145,18 +181,22 @@ def service_run(
     order_deadline: Annotated[
         float, typer.Option(help="Choreography, orders: expire orders with no outcome after this.")
     ] = 60.0,
+    demo_data: Annotated[
+        bool, typer.Option(help="Seed the demo's reference data (customers, products, regions).")
+    ] = False,
+    http_port: HttpPort = DEFAULT_HTTP_PORT,
+    log_format: LogFormatOpt = LogFormat.text,
 ) -> None:
     """Run one sample service until SIGTERM or Ctrl-C."""
+    from services.orders.http import orders_routes
     from services.outcome import STYLES
     from services.system import build_app
-
-    from .cli import configure_logging
 
     if name not in SERVICES:
         raise typer.BadParameter(f"unknown service {name!r}; one of {', '.join(SERVICES)}")
     if style not in STYLES:
         raise typer.BadParameter(f"unknown style {style!r}; one of {', '.join(STYLES)}")
-    configure_logging(False)
+    configure_logging(False, log_format.value)
     tracing = Tracing.from_env(name)
     service, orders = build_app(
         name,
@@ -165,6 +205,7 @@ def service_run(
         namespace=namespace,
         style=style,
         tracing=tracing,
+        demo_data=demo_data,
     )
     transport = KafkaTransport(settings(bootstrap, profile, f"{name}-service"))
 
@@ -179,7 +220,16 @@ def service_run(
             await tg.start(lambda task_status: service.run(transport, task_status=task_status))
             task_status.started()
 
-    serve(run, service.wait_assigned, transport, tracing)
+    http = None
+    if http_port:
+        routes = orders_routes(orders, transport) if orders is not None else []
+        http = HttpEndpoints(
+            port=http_port,
+            ready=lambda: bool(service.assignment),
+            metrics=[service.metrics],
+            routes=routes,
+        )
+    serve(run, service.wait_assigned, transport, tracing, http)
 
 
 def chaos(
@@ -206,8 +256,6 @@ def chaos(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from services.chaos import run_chaos
-
-    from .cli import configure_logging
 
     configure_logging(False)
     err = Console(stderr=True)
@@ -250,3 +298,73 @@ def chaos(
             for v in result.violations[:20]:
                 out.print(f"  - {v}")
     raise typer.Exit(0 if result.ok else 1)
+
+
+def load(
+    orders_url: Annotated[
+        str, typer.Option(envvar="SAGAKIT_ORDERS_URL", help="The orders service's POST /orders.")
+    ] = "http://localhost:8080/orders",
+    rate: Annotated[float, typer.Option(min=0.1, help="Orders per second.")] = 5.0,
+    count: Annotated[int, typer.Option(min=0, help="Orders in all (0: until stopped).")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the order mix.")] = 7,
+    failure_mix: Annotated[
+        str, typer.Option(help="Share of orders failing on credit, stock and shipping.")
+    ] = "credit=0.1,stock=0.1,shipping=0.05",
+    log_format: LogFormatOpt = LogFormat.text,
+) -> None:
+    """Place sample orders at RATE per second through the orders service's HTTP API.
+
+    The orders use the demo's reference data, which `sagakit service run --demo-data`
+    seeds in each service.
+    """
+    import uuid
+    from dataclasses import asdict
+
+    import aiohttp
+
+    from services.compare import parse_mix
+    from services.system import DEMO_RUN, make_orders
+
+    configure_logging(True, log_format.value)
+    log = logging.getLogger("sagakit.load")
+    mix = parse_mix(failure_mix)
+    session_id = uuid.uuid4().hex[:6]
+
+    async def main() -> None:
+        tick = 0.2
+        placed = 0
+        carry = 0.0
+        async with aiohttp.ClientSession() as http, anyio.create_task_group() as tg:
+            tg.start_soon(_stop_on_signals, tg.cancel_scope)
+            while count == 0 or placed < count:
+                carry += rate * tick
+                n = int(carry)
+                carry -= n
+                if count:
+                    n = min(n, count - placed)
+                if n:
+                    batch = make_orders(n, seed=seed + placed, run=DEMO_RUN, mix=mix, start=placed)
+                    body = {
+                        "orders": [
+                            {**asdict(o), "order_id": f"{DEMO_RUN}-{session_id}-{placed + i}"}
+                            for i, o in enumerate(batch)
+                        ]
+                    }
+                    try:
+                        async with http.post(orders_url, json=body) as response:
+                            if response.status != 202:
+                                log.warning(
+                                    "POST %s: %s %s",
+                                    orders_url,
+                                    response.status,
+                                    await response.text(),
+                                )
+                            else:
+                                placed += n
+                    except aiohttp.ClientError as exc:
+                        log.warning("POST %s failed: %s (retrying)", orders_url, exc)
+                await anyio.sleep(tick)
+            log.info("placed %d orders", placed)
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)

@@ -25,7 +25,9 @@ from ._errors import DecodeError, PartitionsLost
 from ._evaluator import PendingCommand, Phase, SagaInstance, Timer, Transition, decide, timers
 from ._faults import fault_point
 from ._journal import decode_transition, restore_partition, transition_entry
+from ._logging import log_context, trace_id_of
 from ._messages import Envelope, TimerFired
+from ._metrics import Metrics
 from ._timers import TimerSchedule
 from .eventlog._base import EventLog, JournalEntry
 from .eventlog.kafka import KafkaEventLog
@@ -55,9 +57,10 @@ class _Batch:
     outgoing: list[OutgoingRecord] = field(default_factory=list)
     dead: int = 0
 
-    def dead_letter(self, record: OutgoingRecord) -> None:
+    def dead_letter(self, record: OutgoingRecord, metrics: Metrics) -> None:
         self.outgoing.append(record)
         self.dead += 1
+        metrics.dead_letter(record.topic, dict(record.headers).get("error-type", b"").decode())
 
 
 @dataclass
@@ -115,6 +118,7 @@ class Orchestrator:
         clock: Callable[[], float] = time.time,
         shutdown_grace_s: float = 30.0,
         tracing: Tracing | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.saga = saga
         self.namespace = namespace
@@ -142,6 +146,11 @@ class Orchestrator:
         self._clock = clock
         self.shutdown_grace_s = shutdown_grace_s
         self.tracing = tracing if tracing is not None else Tracing.disabled()
+        self.metrics = metrics if metrics is not None else Metrics("saga-orchestrator")
+        self.metrics.in_flight.labels(saga.name, str(saga.version)).set_function(
+            lambda: sum(1 for i in self.instances() if not i.status.settled)
+        )
+        self.metrics.before_render(self._refresh_lag)
 
     # public -----------------------------------------------------------------------------
     async def ensure_topics(self) -> None:
@@ -375,22 +384,31 @@ class Orchestrator:
                     f"record key {record.key!r} is not its saga-id {incoming.envelope.saga_id!r}"
                 )
         except DecodeError as exc:
-            batch.dead_letter(dead_letter(record, "DecodeError", str(exc)))
+            batch.dead_letter(dead_letter(record, "DecodeError", str(exc)), self.metrics)
             with self.tracing.process(record) as span:
                 span.error("DecodeError", str(exc))
             return
         env = incoming.envelope
-        with self.tracing.process(record, env) as span:
+        with (
+            self.tracing.process(record, env) as span,
+            log_context(
+                saga_id=env.saga_id,
+                correlation_id=env.correlation_id,
+                trace_id=trace_id_of(self.tracing.current_traceparent()),
+            ),
+        ):
             try:
                 decision = decide(self.saga, part.instances.get(env.saga_id), incoming)
             except Exception as exc:  # a state update or command builder of the definition raised
                 log.exception("deciding %s for saga %s failed", env.message_type, env.saga_id)
                 span.exception(exc)
-                batch.dead_letter(dead_letter(record, type(exc).__name__, f"decide failed: {exc}"))
+                batch.dead_letter(
+                    dead_letter(record, type(exc).__name__, f"decide failed: {exc}"), self.metrics
+                )
                 return
             if decision.rejected is not None:
                 span.error("Rejected", decision.rejected)
-                batch.dead_letter(dead_letter(record, "Rejected", decision.rejected))
+                batch.dead_letter(dead_letter(record, "Rejected", decision.rejected), self.metrics)
                 return
             if decision.ignored is not None:
                 span.set(saga_ignored=decision.ignored)
@@ -403,6 +421,9 @@ class Orchestrator:
                 trace = self.tracing.current_traceparent()
                 records = tuple(replace(t, trace=trace) for t in records)
                 instance = replace(instance, trace=trace)
+            previous = part.instances.get(env.saga_id)
+            for t in records:
+                self.metrics.transition(previous, t)
             part.instances[env.saga_id] = instance
             last = records[-1] if records else None
             span.set(
@@ -419,6 +440,12 @@ class Orchestrator:
             for pending in decision.commands:
                 batch.outgoing.append(self._command_record(instance, pending, reason=reason))
             batch.scheduled.append((record.tp, env.saga_id, decision.timers))
+
+    async def _refresh_lag(self) -> None:
+        self.metrics.lag.clear()
+        if self._sub is not None:
+            for tp, lag in (await self._sub.lag()).items():
+                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
 
     # timers -------------------------------------------------------------------------------
     async def _fire_timers(self) -> None:

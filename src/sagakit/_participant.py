@@ -33,7 +33,9 @@ from ._dlq import dead_letter, dlq_topic
 from ._errors import BusinessFailure, DecodeError, DefinitionError, PartitionsLost
 from ._faults import fault_point
 from ._idempotency import IdempotencyStore, StoreBatch, StoredReply
+from ._logging import log_context, trace_id_of
 from ._messages import Command, Envelope, Event, Message, Reply, is_registered
+from ._metrics import Metrics
 from .tracing import SpanHandle, Tracing
 from .transport._base import OutgoingRecord, Record, Subscription, TopicPartition, Transport
 
@@ -108,11 +110,15 @@ class Service(Generic[TxT]):
         handler_attempts: int = 3,
         handler_backoff_s: float = 0.01,
         tracing: Tracing | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         """`handler_attempts`: runs of a handler that raises a non-business error before the
         command goes to the DLQ (with `handler_backoff_s`, doubling, between runs)."""
         self.name = name
         self.tracing = tracing if tracing is not None else Tracing.disabled()
+        self.metrics = metrics if metrics is not None else Metrics(name)
+        self.metrics.before_render(self._refresh_lag)
+        self._sub: Subscription | None = None
         self.handler_attempts = max(1, handler_attempts)
         self.handler_backoff_s = handler_backoff_s
         self.namespace = namespace
@@ -292,15 +298,19 @@ class Service(Generic[TxT]):
         group = group_id or f"{self.namespace}{self.name}.service"
         topics = self.subscribed_topics() or [self.commands_topic]
         async with transport.subscribe(topics, group_id=group, listener=self) as sub:
+            self._sub = sub
             task_status.started()
-            while True:
-                records = await sub.getmany(
-                    timeout=self.poll_timeout_s, max_records=self.max_records
-                )
-                if records:
-                    # a cancelled run finishes its batch (store, replies, commit) first
-                    with anyio.CancelScope(shield=True), anyio.move_on_after(30):
-                        await self._process(transport, sub, records)
+            try:
+                while True:
+                    records = await sub.getmany(
+                        timeout=self.poll_timeout_s, max_records=self.max_records
+                    )
+                    if records:
+                        # a cancelled run finishes its batch (store, replies, commit) first
+                        with anyio.CancelScope(shield=True), anyio.move_on_after(30):
+                            await self._process(transport, sub, records)
+            finally:
+                self._sub = None
 
     async def _process(
         self, transport: Transport, sub: Subscription, records: Sequence[Record]
@@ -338,7 +348,14 @@ class Service(Generic[TxT]):
             return self._dead(record, "DecodeError", str(exc))
         if record.topic != self.commands_topic and env.message_type not in self._reactions:
             return None  # an event of another service this one does not react to
-        with self.tracing.process(record, env) as span:
+        with (
+            self.tracing.process(record, env) as span,
+            log_context(
+                saga_id=env.saga_id,
+                correlation_id=env.correlation_id,
+                trace_id=trace_id_of(self.tracing.current_traceparent()),
+            ),
+        ):
             out = await self._handle_traced(batch, record, env, span)
             if out is not None and out.topic.endswith(".dlq"):
                 span.error(dict(out.headers).get("error-type", b"").decode(), "dead-lettered")
@@ -365,6 +382,7 @@ class Service(Generic[TxT]):
         stored = batch.reply_for(env.message_id)
         if stored is not None:
             self.stats.duplicates += 1
+            self._count(env, "duplicate")
         else:
             try:
                 message = decode_record(record, self.codec).message
@@ -386,6 +404,7 @@ class Service(Generic[TxT]):
             )
             batch.save_reply(env.message_id, stored)
             self.stats.handled += 1
+            self._count(env, stored.message_type or "none")
         span.set(message_output=stored.message_type or None)
         if not stored.message_type:
             return None
@@ -420,7 +439,18 @@ class Service(Generic[TxT]):
 
     def _dead(self, record: Record, error_type: str, message: str) -> OutgoingRecord:
         self.stats.dead_letters += 1
-        return dead_letter(record, error_type, message, consumer=self.name)
+        out = dead_letter(record, error_type, message, consumer=self.name)
+        self.metrics.dead_letter(out.topic, error_type)
+        return out
+
+    def _count(self, env: Envelope, outcome: str) -> None:
+        self.metrics.handled.labels(self.name, env.message_type, outcome).inc()
+
+    async def _refresh_lag(self) -> None:
+        self.metrics.lag.clear()
+        if self._sub is not None:
+            for tp, lag in (await self._sub.lag()).items():
+                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
 
 
 async def _call(

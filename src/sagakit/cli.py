@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import logging
 import signal
-import sys
 from typing import Annotated
 
 import typer
@@ -21,17 +19,6 @@ app = typer.Typer(
 )
 err = Console(stderr=True)
 out = Console()
-
-
-def configure_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if not verbose:
-        # aiokafka reports every rebalance and connection retry at WARNING/ERROR.
-        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
 
 
 @app.command()
@@ -68,7 +55,7 @@ def broker(
 def main() -> None:
     from ._cli_flows import compare, demo
     from ._cli_ops import dlq_app, sagas_app
-    from ._cli_run import chaos, orchestrator_app, service_app
+    from ._cli_run import chaos, load, orchestrator_app, service_app
 
     app.add_typer(sagas_app, name="sagas")
     app.add_typer(dlq_app, name="dlq")
@@ -77,6 +64,7 @@ def main() -> None:
     app.command()(demo)
     app.command()(compare)
     app.command()(chaos)
+    app.command()(load)
     app()
 
 

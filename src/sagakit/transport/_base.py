@@ -84,6 +84,10 @@ class Subscription(Protocol):
 
     def seek(self, partition: TopicPartition, offset: int) -> None: ...
 
+    async def lag(self) -> dict[TopicPartition, int]:
+        """Records not yet consumed per assigned partition (high-watermark - position)."""
+        ...
+
 
 class Transport(Protocol):
     """Produce, consume in groups, and read single partitions to their end."""

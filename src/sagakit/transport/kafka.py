@@ -153,6 +153,19 @@ class KafkaSubscription:
         if tps:
             self._consumer.resume(*tps)
 
+    async def lag(self) -> dict[TopicPartition, int]:
+        lags: dict[TopicPartition, int] = {}
+        for tp in self._consumer.assignment():
+            highwater = self._consumer.highwater(tp)
+            if highwater is None:
+                continue  # nothing fetched from it yet
+            try:
+                position = await self._consumer.position(tp)
+            except (KafkaError, IllegalStateError):
+                continue  # reassigned meanwhile
+            lags[TopicPartition(tp.topic, tp.partition)] = max(0, highwater - position)
+        return lags
+
     def seek(self, partition: TopicPartition, offset: int) -> None:
         try:
             self._consumer.seek(KafkaTP(*partition), offset)

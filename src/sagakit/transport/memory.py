@@ -253,6 +253,14 @@ class MemorySubscription:
         self._paused.difference_update(partitions)
         self._broker._notify()
 
+    async def lag(self) -> dict[TopicPartition, int]:
+        await anyio.lowlevel.checkpoint()
+        topics = self._broker._topics
+        return {
+            tp: len(topics[tp.topic][tp.partition]) - self._positions.get(tp, 0)
+            for tp in self._assigned
+        }
+
     def seek(self, partition: TopicPartition, offset: int) -> None:
         if partition not in self._assigned:
             raise TransportError(f"cannot seek {partition}: not assigned to this member")

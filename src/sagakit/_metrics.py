@@ -1,0 +1,113 @@
+"""Prometheus metrics of orchestrators and participants.
+
+Each component gets its own registry (several may share a process, as in the demo),
+served as text on ``/metrics``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from ._evaluator import Phase, SagaInstance, SagaStatus, Transition
+
+STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    """The metrics of one component; `render()` gives the Prometheus text."""
+
+    def __init__(self, component: str) -> None:
+        self.component = component
+        self.registry = CollectorRegistry(auto_describe=True)
+        labels = ["saga_type", "saga_version"]
+        r = self.registry
+        self.started = Counter("sagakit_sagas_started", "Sagas started.", labels, registry=r)
+        self.completed = Counter("sagakit_sagas_completed", "Sagas completed.", labels, registry=r)
+        self.compensated = Counter(
+            "sagakit_sagas_compensated", "Sagas that compensated.", labels, registry=r
+        )
+        self.parked = Counter(
+            "sagakit_sagas_parked",
+            "Sagas parked as FAILED_NEEDS_ATTENTION.",
+            labels,
+            registry=r,
+        )
+        self.resolved = Counter(
+            "sagakit_sagas_resolved", "Parked sagas resolved by a person.", labels, registry=r
+        )
+        self.step_seconds = Histogram(
+            "sagakit_step_duration_seconds",
+            "From a step's command to the message that settled it (reply or timeout).",
+            ["saga_type", "saga_version", "step", "phase", "outcome"],
+            buckets=STEP_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "sagakit_sagas_in_flight",
+            "Sagas neither ended nor parked, in the partitions this instance owns.",
+            labels,
+            registry=r,
+        )
+        self.lag = Gauge(
+            "sagakit_consumer_lag",
+            "Records not yet consumed, per partition (high-watermark - position).",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.handled = Counter(
+            "sagakit_messages_handled",
+            "Messages handled by a participant, by type and outcome.",
+            ["service", "message_type", "outcome"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "sagakit_dead_letters",
+            "Records sent to a dead-letter topic.",
+            ["topic", "error_type"],
+            registry=r,
+        )
+        self._before_render: list[Callable[[], Awaitable[None]]] = []
+
+    def before_render(self, refresh: Callable[[], Awaitable[None]]) -> None:
+        """Run `refresh` before each scrape (for values read on demand, like lag)."""
+        self._before_render.append(refresh)
+
+    async def render(self) -> bytes:
+        for refresh in self._before_render:
+            await refresh()
+        data: bytes = generate_latest(self.registry)
+        return data
+
+    # -- orchestrator -----------------------------------------------------------------------
+    def transition(self, previous: SagaInstance | None, t: Transition) -> None:
+        labels = (t.saga_type, str(t.version))
+        if previous is None:
+            self.started.labels(*labels).inc()
+        elif previous.pending is not None and t.pending is not previous.pending:
+            pending = previous.pending
+            outcome = {
+                "step-succeeded": "success",
+                "step-compensated": "compensated",
+                "step-failed": "failure",
+                "deadline-passed": "deadline",
+            }.get(t.event, "retry" if t.event in ("retry", "retry-scheduled") else t.event)
+            self.step_seconds.labels(
+                *labels,
+                pending.step,
+                "compensate" if pending.phase is Phase.COMPENSATE else "forward",
+                outcome,
+            ).observe(max(0, t.at_ms - previous.updated_ms) / 1000)
+        if previous is None or previous.status is not t.status:
+            counter = {
+                SagaStatus.COMPLETED: self.completed,
+                SagaStatus.COMPENSATED: self.compensated,
+                SagaStatus.FAILED_NEEDS_ATTENTION: self.parked,
+                SagaStatus.RESOLVED: self.resolved,
+            }.get(t.status)
+            if counter is not None:
+                counter.labels(*labels).inc()
+
+    def dead_letter(self, topic: str, error_type: str) -> None:
+        self.dead_letters.labels(topic, error_type).inc()

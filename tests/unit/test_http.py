@@ -1,0 +1,38 @@
+"""The HTTP endpoints of a process: liveness always, readiness only when ready."""
+
+from __future__ import annotations
+
+import aiohttp
+import anyio
+import pytest
+
+from sagakit._http import HEALTH_PATH, METRICS_PATH, READY_PATH, HttpEndpoints
+from sagakit._metrics import Metrics
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_readiness_follows_the_component_and_metrics_are_prometheus_text() -> None:
+    ready = [False]
+    metrics = Metrics("payments")
+    metrics.handled.labels("payments", "payments.ReserveCredit", "payments.CreditReserved").inc(3)
+    endpoints = HttpEndpoints(port=0, host="127.0.0.1", ready=lambda: ready[0], metrics=[metrics])
+    async with anyio.create_task_group() as tg, aiohttp.ClientSession() as http:
+        await tg.start(endpoints.run)
+        base = f"http://127.0.0.1:{endpoints.bound_port}"
+        async with http.get(base + HEALTH_PATH) as r:
+            assert r.status == 200
+        async with http.get(base + READY_PATH) as r:
+            assert r.status == 503
+        ready[0] = True
+        async with http.get(base + READY_PATH) as r:
+            assert r.status == 200
+        async with http.get(base + METRICS_PATH) as r:
+            assert r.status == 200
+            assert r.headers["Content-Type"].startswith("text/plain")
+            text = await r.text()
+        tg.cancel_scope.cancel()
+    assert (
+        'sagakit_messages_handled_total{message_type="payments.ReserveCredit",'
+        'outcome="payments.CreditReserved",service="payments"} 3.0' in text
+    )
