@@ -20,7 +20,9 @@ from .messages import (
 )
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS customers (id TEXT PRIMARY KEY, credit_limit INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS customers (
+    id TEXT PRIMARY KEY, credit_limit INTEGER NOT NULL, held INTEGER NOT NULL DEFAULT 0
+);
 CREATE TABLE IF NOT EXISTS credit_reservations (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     order_id TEXT NOT NULL,
@@ -39,16 +41,14 @@ class CreditRepository:
 
     def add_customer(self, customer_id: str, credit_limit: int) -> None:
         self.db.execute(
-            "INSERT OR REPLACE INTO customers (id, credit_limit) VALUES (?, ?)",
+            "INSERT INTO customers (id, credit_limit) VALUES (?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET credit_limit = excluded.credit_limit",
             (customer_id, credit_limit),
         )
 
     def available(self, customer_id: str) -> int:
         row = self.db.execute(
-            "SELECT c.credit_limit - COALESCE((SELECT SUM(amount) FROM credit_reservations r "
-            "WHERE r.customer_id = c.id AND r.status = 'RESERVED'), 0) "
-            "FROM customers c WHERE c.id = ?",
-            (customer_id,),
+            "SELECT credit_limit - held FROM customers WHERE id = ?", (customer_id,)
         ).fetchone()
         return 0 if row is None else int(row[0])
 
@@ -66,6 +66,7 @@ class CreditRepository:
             "VALUES (?, ?, ?, 'RESERVED')",
             (order_id, customer_id, amount),
         )
+        self.db.execute("UPDATE customers SET held = held + ? WHERE id = ?", (amount, customer_id))
 
     def release(self, order_id: str, customer_id: str) -> None:
         """Release the order's credit; for an order never seen, leave a tombstone so a
@@ -77,11 +78,16 @@ class CreditRepository:
                 (order_id, customer_id),
             )
             return
-        self.db.execute(
-            "UPDATE credit_reservations SET status = 'RELEASED' "
+        rows = self.db.execute(
+            "SELECT id, customer_id, amount FROM credit_reservations "
             "WHERE order_id = ? AND status = 'RESERVED'",
             (order_id,),
-        )
+        ).fetchall()
+        for rid, holder, amount in rows:
+            self.db.execute("UPDATE customers SET held = held - ? WHERE id = ?", (amount, holder))
+            self.db.execute(
+                "UPDATE credit_reservations SET status = 'RELEASED' WHERE id = ?", (rid,)
+            )
 
     def held_by_customer(self) -> dict[str, int]:
         rows = self.db.execute(

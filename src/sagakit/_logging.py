@@ -7,8 +7,6 @@ import contextvars
 import logging
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import orjson
@@ -18,14 +16,24 @@ _CONTEXT: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar
 )
 
 
-@contextmanager
-def log_context(**fields: str | None) -> Iterator[None]:
-    """Log records made inside the block carry `fields` (saga_id, correlation_id, trace_id)."""
-    token = _CONTEXT.set({k: v for k, v in fields.items() if v})
-    try:
-        yield
-    finally:
-        _CONTEXT.reset(token)
+class log_context:
+    """Log records made inside the block carry `fields` (saga_id, correlation_id, trace_id).
+
+    A class rather than a generator: it runs for every consumed record.
+    """
+
+    __slots__ = ("_fields", "_token")
+
+    def __init__(self, **fields: str | None) -> None:
+        self._fields = fields
+        self._token: contextvars.Token[dict[str, str] | None] | None = None
+
+    def __enter__(self) -> None:
+        self._token = _CONTEXT.set(self._fields)  # type: ignore[arg-type]
+
+    def __exit__(self, *exc: object) -> None:
+        if self._token is not None:
+            _CONTEXT.reset(self._token)
 
 
 def trace_id_of(traceparent: str | None) -> str | None:
@@ -42,7 +50,8 @@ def _record_with_context(*args: Any, **kwargs: Any) -> logging.LogRecord:
     """Every log record made inside `log_context` carries its fields as attributes."""
     record = _base_factory(*args, **kwargs)
     for key, value in (_CONTEXT.get() or {}).items():
-        setattr(record, key, value)
+        if value:
+            setattr(record, key, value)
     return record
 
 

@@ -138,17 +138,24 @@ class Envelope:
 
     def to_headers(self) -> list[tuple[str, bytes]]:
         headers = [
-            (Header.MESSAGE_ID, self.message_id.encode()),
-            (Header.MESSAGE_TYPE, self.message_type.encode()),
-            (Header.SAGA_ID, self.saga_id.encode()),
-            (Header.CORRELATION_ID, self.correlation_id.encode()),
-            (Header.CAUSATION_ID, self.causation_id.encode()),
+            ("message-id", self.message_id.encode()),
+            ("message-type", self.message_type.encode()),
+            ("saga-id", self.saga_id.encode()),
+            ("correlation-id", self.correlation_id.encode()),
+            ("causation-id", self.causation_id.encode()),
         ]
-        for attr, name in _OPTIONAL.items():
-            value = getattr(self, attr)
-            if value is not None:
-                headers.append((name, value.encode()))
-        headers.extend(self.extra)
+        if self.saga_type is not None:
+            headers.append(("saga-type", self.saga_type.encode()))
+        if self.saga_version is not None:
+            headers.append(("saga-version", self.saga_version.encode()))
+        if self.reply_to is not None:
+            headers.append(("reply-to", self.reply_to.encode()))
+        if self.traceparent is not None:
+            headers.append(("traceparent", self.traceparent.encode()))
+        if self.tracestate is not None:
+            headers.append(("tracestate", self.tracestate.encode()))
+        if self.extra:
+            headers.extend(self.extra)
         return headers
 
     @classmethod

@@ -7,6 +7,7 @@ served as text on ``/metrics``.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -69,6 +70,15 @@ class Metrics:
             registry=r,
         )
         self._before_render: list[Callable[[], Awaitable[None]]] = []
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def _child(self, metric: Any, labels: tuple[str, ...]) -> Any:
+        """`metric.labels(*labels)`, cached: looking labels up costs more than counting."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def before_render(self, refresh: Callable[[], Awaitable[None]]) -> None:
         """Run `refresh` before each scrape (for values read on demand, like lag)."""
@@ -84,7 +94,7 @@ class Metrics:
     def transition(self, previous: SagaInstance | None, t: Transition) -> None:
         labels = (t.saga_type, str(t.version))
         if previous is None:
-            self.started.labels(*labels).inc()
+            self._child(self.started, labels).inc()
         elif previous.pending is not None and t.pending is not previous.pending:
             pending = previous.pending
             outcome = {
@@ -93,12 +103,10 @@ class Metrics:
                 "step-failed": "failure",
                 "deadline-passed": "deadline",
             }.get(t.event, "retry" if t.event in ("retry", "retry-scheduled") else t.event)
-            self.step_seconds.labels(
-                *labels,
-                pending.step,
-                "compensate" if pending.phase is Phase.COMPENSATE else "forward",
-                outcome,
-            ).observe(max(0, t.at_ms - previous.updated_ms) / 1000)
+            phase = "compensate" if pending.phase is Phase.COMPENSATE else "forward"
+            self._child(self.step_seconds, (*labels, pending.step, phase, outcome)).observe(
+                max(0, t.at_ms - previous.updated_ms) / 1000
+            )
         if previous is None or previous.status is not t.status:
             counter = {
                 SagaStatus.COMPLETED: self.completed,
@@ -107,7 +115,7 @@ class Metrics:
                 SagaStatus.RESOLVED: self.resolved,
             }.get(t.status)
             if counter is not None:
-                counter.labels(*labels).inc()
+                self._child(counter, labels).inc()
 
     def dead_letter(self, topic: str, error_type: str) -> None:
         self.dead_letters.labels(topic, error_type).inc()

@@ -28,7 +28,7 @@ from typing import Any, Generic, TypeVar
 import anyio
 from anyio.abc import TaskStatus
 
-from ._codec import DEFAULT_CODEC, Codec, decode_record, encode_record
+from ._codec import DEFAULT_CODEC, Codec, encode_record
 from ._dlq import dead_letter, dlq_topic
 from ._errors import BusinessFailure, DecodeError, DefinitionError, PartitionsLost
 from ._faults import fault_point
@@ -385,7 +385,7 @@ class Service(Generic[TxT]):
             self._count(env, "duplicate")
         else:
             try:
-                message = decode_record(record, self.codec).message
+                message = self.codec.decode(env.message_type, record.value)
             except DecodeError as exc:
                 return self._dead(record, "DecodeError", str(exc))
             check = _check_event if on_events_topic else _check_reply
@@ -444,7 +444,7 @@ class Service(Generic[TxT]):
         return out
 
     def _count(self, env: Envelope, outcome: str) -> None:
-        self.metrics.handled.labels(self.name, env.message_type, outcome).inc()
+        self.metrics._child(self.metrics.handled, (self.name, env.message_type, outcome)).inc()
 
     async def _refresh_lag(self) -> None:
         self.metrics.lag.clear()

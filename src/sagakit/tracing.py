@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,12 +127,17 @@ class Tracing:
             self.provider.shutdown()
 
     # -- consuming ------------------------------------------------------------------------
-    @contextmanager
-    def process(self, record: Record, envelope: Envelope | None = None) -> Iterator[SpanHandle]:
+    def process(
+        self, record: Record, envelope: Envelope | None = None
+    ) -> AbstractContextManager[SpanHandle]:
         """A CONSUMER span for handling `record`, child of the span that sent it."""
         if self._tracer is None:
-            yield _NO_HANDLE
-            return
+            return _NO_SPAN  # called for every record: no generator, no allocation
+        return self._process(record, envelope)
+
+    @contextmanager
+    def _process(self, record: Record, envelope: Envelope | None) -> Iterator[SpanHandle]:
+        assert self._tracer is not None
         parent = _PROPAGATOR.extract(_headers_carrier(record.headers))
         attributes: dict[str, Any] = {
             "messaging.system": "kafka",
@@ -237,6 +242,7 @@ def _exporter(kind: str, env: Mapping[str, str]) -> SpanExporter:
 
 _DISABLED = Tracing(None)
 _NO_HANDLE = SpanHandle(None)
+_NO_SPAN = nullcontext(_NO_HANDLE)
 
 
 def disabled() -> Tracing:
