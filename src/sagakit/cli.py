@@ -56,6 +56,7 @@ def main() -> None:
     from ._cli_flows import compare, demo
     from ._cli_ops import dlq_app, sagas_app
     from ._cli_run import chaos, load, orchestrator_app, service_app
+    from ._describe import describe
 
     app.add_typer(sagas_app, name="sagas")
     app.add_typer(dlq_app, name="dlq")
@@ -65,6 +66,7 @@ def main() -> None:
     app.command()(compare)
     app.command()(chaos)
     app.command()(load)
+    app.command()(describe)
     app()
 
 
