@@ -9,10 +9,11 @@ FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-# What the wheel is built from (pyproject.toml: hatch packages src/sagakit, services).
+# What the wheel is built from (pyproject.toml: hatch packages src/sagakit, services, bench).
 COPY pyproject.toml README.md ./
 COPY src ./src
 COPY services ./services
+COPY bench ./bench
 RUN python -m venv /opt/sagakit \
     && /opt/sagakit/bin/pip install . \
     && /opt/sagakit/bin/sagakit --help > /dev/null

@@ -23,5 +23,9 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src services tests
 	$(BIN)/mypy src services
 
+# Benchmarks (not tests): e.g. make bench BENCH_ARGS="--mode open --style orchestration"
+bench: $(STAMP)
+	$(BIN)/sagakit bench $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -53,6 +53,7 @@ def broker(
 
 
 def main() -> None:
+    from ._cli_bench import bench
     from ._cli_flows import compare, demo
     from ._cli_ops import dlq_app, sagas_app
     from ._cli_run import chaos, load, orchestrator_app, service_app
@@ -67,6 +68,7 @@ def main() -> None:
     app.command()(chaos)
     app.command()(load)
     app.command()(describe)
+    app.command()(bench)
     app()
 
 

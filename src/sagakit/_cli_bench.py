@@ -1,0 +1,147 @@
+"""`sagakit bench`: throughput, latency and CPU of the place-order saga, as ratios to a raw
+aiokafka baseline on the same broker. The harness itself is the repository's `bench/`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from enum import StrEnum
+from typing import Annotated, Any
+
+import anyio
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+from ._errors import SagaError
+
+
+class BenchMode(StrEnum):
+    closed = "closed"
+    open = "open"
+
+
+class BenchStyle(StrEnum):
+    orchestration = "orchestration"
+    choreography = "choreography"
+    both = "both"
+
+
+class BenchTransport(StrEnum):
+    kafka = "kafka"
+    memory = "memory"
+
+
+def bench(
+    mode: Annotated[
+        BenchMode,
+        typer.Option(
+            help="closed: a fixed number of sagas in flight (without --concurrency, step it "
+            "up to the peak); open: a fixed arrival rate (without --rate, a sweep of "
+            "fractions of the closed-loop peak, for where p99 crosses 75 ms)."
+        ),
+    ] = BenchMode.closed,
+    style: Annotated[BenchStyle, typer.Option(help="Coordination style(s) to measure.")] = (
+        BenchStyle.both
+    ),
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, help="Closed loop: sagas in flight (default: search).")
+    ] = None,
+    rate: Annotated[
+        float | None, typer.Option(min=0.1, help="Open loop: sagas started per second.")
+    ] = None,
+    duration: Annotated[
+        float, typer.Option(min=0.5, help="Seconds measured per measurement.")
+    ] = 10.0,
+    warmup: Annotated[
+        float, typer.Option(min=0.0, help="Seconds of load before each measured window.")
+    ] = 2.0,
+    trace_sample: Annotated[
+        list[float] | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Share of sagas traced (OTLP to a local sink); repeat to compare, "
+            "e.g. --trace-sample 0 --trace-sample 0.1. 0: tracing off.",
+        ),
+    ] = None,
+    transport: Annotated[
+        BenchTransport,
+        typer.Option(
+            help="kafka: components as OS processes on a broker; memory: all in one "
+            "process on MemoryTransport (the framework's own CPU cost)."
+        ),
+    ] = BenchTransport.kafka,
+    orchestrators: Annotated[int, typer.Option(min=1, help="Orchestrator processes.")] = 1,
+    partitions: Annotated[int, typer.Option(min=1, help="Partitions of every topic.")] = 8,
+    bootstrap: Annotated[
+        str | None,
+        typer.Option(help="A running Kafka; default: a fresh embedded broker per measurement."),
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="One JSON object with every figure on stdout.")
+    ] = False,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Markdown tables.")] = False,
+) -> None:
+    """Measure sagas/s, steps/s, latency percentiles, CPU per step of every process and
+    messages per saga, next to raw aiokafka figures measured on the same broker."""
+    from bench.measure import Plan
+    from bench.report import print_report, to_markdown
+    from bench.run import Options, run_bench
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    if mode is BenchMode.closed and rate is not None:
+        raise typer.BadParameter("--rate is for --mode open")
+    styles: tuple[Any, ...] = (
+        ("orchestration", "choreography") if style is BenchStyle.both else (style.value,)
+    )
+    options = Options(
+        mode="open" if mode is BenchMode.open else "closed",
+        styles=styles,
+        concurrency=concurrency,
+        rate=rate,
+        trace_samples=tuple(trace_sample or (0.0,)),
+        plan=Plan(
+            transport="memory" if transport is BenchTransport.memory else "kafka",
+            orchestrators=orchestrators,
+            partitions=partitions,
+            duration_s=duration,
+            warmup_s=warmup,
+            bootstrap=bootstrap,
+        ),
+    )
+    err = Console(stderr=True)
+    bar = Progress(
+        TextColumn("[bold]bench[/bold] {task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    )
+    task = bar.add_task("starting", total=1)
+
+    last = ""
+
+    def progress(what: str, done: float, total: float) -> None:
+        nonlocal last
+        bar.update(task, description=what, completed=done, total=total or 1)
+        if not err.is_terminal and what != last:
+            # no live bar when stderr is a file: a line per phase instead
+            last = what
+            err.print(f"bench {what}", highlight=False)
+
+    try:
+        with bar:
+            report = anyio.run(lambda: run_bench(options, progress))
+    except SagaError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    if json_output:
+        print(json.dumps(report))
+    elif markdown:
+        print(to_markdown(report))
+    else:
+        print_report(report, Console())
