@@ -19,6 +19,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from ._codec import DEFAULT_CODEC, Codec, decode_record, encode_record
+from ._commits import BackgroundCommit
 from ._definition import Saga
 from ._dlq import dead_letter, dlq_topic
 from ._errors import DecodeError, PartitionsLost
@@ -143,6 +144,7 @@ class Orchestrator:
         self._unhandled_assignment: frozenset[TopicPartition] = frozenset()
         self._changed = anyio.Event()
         self._timers = TimerSchedule()
+        self._commit = BackgroundCommit()
         self._clock = clock
         self.shutdown_grace_s = shutdown_grace_s
         self.tracing = tracing if tracing is not None else Tracing.disabled()
@@ -219,6 +221,7 @@ class Orchestrator:
                             ):
                                 await self._process(sub, records)
             finally:
+                await self._commit.wait()
                 self._sub = self._tg = None
                 self._owned.clear()
                 self._unhandled_assignment = frozenset()
@@ -227,6 +230,7 @@ class Orchestrator:
     async def on_revoked(self, partitions: frozenset[TopicPartition]) -> None:
         self._unhandled_assignment -= partitions
         async with self._lock:  # let the in-flight batch finish its append, sends and commit
+            await self._commit.wait()
             for tp in partitions:
                 part = self._owned.pop(tp, None)
                 self._timers.drop_partition(tp)
@@ -317,6 +321,9 @@ class Orchestrator:
 
     # the batch ------------------------------------------------------------------------------
     async def _process(self, sub: Subscription, records: Sequence[Record]) -> None:
+        lost = await self._commit.wait()  # the previous batch's, overlapped with this fetch
+        if lost is not None:
+            self._drop_lost(sub, lost)
         batch = _Batch()
         offsets: dict[TopicPartition, int] = {}
         rewind: dict[TopicPartition, int] = {}
@@ -334,46 +341,40 @@ class Orchestrator:
                 continue
             offsets[tp] = record.offset + 1
             self._handle(record, part, batch)
-        entries, transitions, scheduled, outgoing = (
-            batch.entries,
-            batch.transitions,
-            batch.scheduled,
-            batch.outgoing,
-        )
-        dead = batch.dead
         assigned = sub.assignment()
         for tp, offset in rewind.items():
             if tp in assigned:
                 sub.seek(tp, offset)
-        if entries:
+        if batch.entries:
             fault_point("orchestrator.before-append")
-            await self.event_log.append(entries)
-        if outgoing:
+            await self.event_log.append(batch.entries)
+        if batch.outgoing:
             fault_point("orchestrator.before-send")
-            await self.transport.send(outgoing)
-        if offsets:
-            fault_point("orchestrator.before-commit")
-        for tp, saga_id, due in scheduled:
+            await self.transport.send(batch.outgoing)
+        for tp, saga_id, due in batch.scheduled:
             if tp in self._owned:
                 self._timers.set(tp, saga_id, due)
         self.stats.batches += 1
         self.stats.records += len(records)
-        self.stats.transitions += len(entries)
-        self.stats.commands_sent += len(outgoing) - dead
-        self.stats.dead_letters += dead
+        self.stats.transitions += len(batch.entries)
+        self.stats.commands_sent += len(batch.outgoing) - batch.dead
+        self.stats.dead_letters += batch.dead
         if self.on_transition is not None:
-            for t in transitions:
+            for t in batch.transitions:
                 self.on_transition(t)
         if offsets:
-            try:
-                await sub.commit(offsets)
-            except PartitionsLost as exc:
-                log.warning("commit refused, dropping lost partitions: %s", exc)
-                still = sub.assignment()
-                for tp in list(self._owned):
-                    if tp not in still:
-                        del self._owned[tp]
-                        self._timers.drop_partition(tp)
+            fault_point("orchestrator.before-commit")
+            assert self._tg is not None
+            self._commit.start(self._tg, sub, offsets)
+
+    def _drop_lost(self, sub: Subscription, lost: PartitionsLost) -> None:
+        """A commit was refused: the partitions no longer in the assignment are gone."""
+        log.warning("commit refused, dropping lost partitions: %s", lost)
+        still = sub.assignment()
+        for tp in list(self._owned):
+            if tp not in still:
+                del self._owned[tp]
+                self._timers.drop_partition(tp)
 
     def _handle(self, record: Record, part: _Partition, batch: _Batch) -> None:
         """Decide one record, adding its journal records, commands and timers to `batch`."""

@@ -26,11 +26,12 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import anyio
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 
 from ._codec import DEFAULT_CODEC, Codec, encode_record
+from ._commits import BackgroundCommit
 from ._dlq import dead_letter, dlq_topic
-from ._errors import BusinessFailure, DecodeError, DefinitionError, PartitionsLost
+from ._errors import BusinessFailure, DecodeError, DefinitionError
 from ._faults import fault_point
 from ._idempotency import IdempotencyStore, StoreBatch, StoredReply
 from ._logging import log_context, trace_id_of
@@ -119,6 +120,7 @@ class Service(Generic[TxT]):
         self.metrics = metrics if metrics is not None else Metrics(name)
         self.metrics.before_render(self._refresh_lag)
         self._sub: Subscription | None = None
+        self._commit = BackgroundCommit()
         self.handler_attempts = max(1, handler_attempts)
         self.handler_backoff_s = handler_backoff_s
         self.namespace = namespace
@@ -227,6 +229,7 @@ class Service(Generic[TxT]):
             await self._changed.wait()
 
     async def on_revoked(self, partitions: frozenset[TopicPartition]) -> None:
+        await self._commit.wait()
         self._assignment = frozenset()
         self._notify()
 
@@ -297,7 +300,10 @@ class Service(Generic[TxT]):
         await self.ensure_topics(transport)
         group = group_id or f"{self.namespace}{self.name}.service"
         topics = self.subscribed_topics() or [self.commands_topic]
-        async with transport.subscribe(topics, group_id=group, listener=self) as sub:
+        async with (
+            transport.subscribe(topics, group_id=group, listener=self) as sub,
+            anyio.create_task_group() as tg,
+        ):
             self._sub = sub
             task_status.started()
             try:
@@ -306,15 +312,27 @@ class Service(Generic[TxT]):
                         timeout=self.poll_timeout_s, max_records=self.max_records
                     )
                     if records:
-                        # a cancelled run finishes its batch (store, replies, commit) first
+                        # a cancelled run finishes its batch (store, replies) first
                         with anyio.CancelScope(shield=True), anyio.move_on_after(30):
-                            await self._process(transport, sub, records)
+                            await self._process(transport, sub, records, tg)
             finally:
+                await self._commit.wait()
                 self._sub = None
 
     async def _process(
-        self, transport: Transport, sub: Subscription, records: Sequence[Record]
+        self,
+        transport: Transport,
+        sub: Subscription,
+        records: Sequence[Record],
+        tg: TaskGroup,
     ) -> None:
+        lost = await self._commit.wait()  # the previous batch's, overlapped with this fetch
+        if lost is not None:
+            log.warning(
+                "%s: commit refused (%s); the new owner answers from the stored replies",
+                self.name,
+                lost,
+            )
         outgoing: list[OutgoingRecord] = []
         offsets: dict[TopicPartition, int] = {}
         batch = self.store.begin()
@@ -331,14 +349,7 @@ class Service(Generic[TxT]):
         fault_point("participant.before-reply")
         if outgoing:
             await transport.send(outgoing)
-        try:
-            await sub.commit(offsets)
-        except PartitionsLost as exc:
-            log.warning(
-                "%s: commit refused (%s); the new owner answers from the stored replies",
-                self.name,
-                exc,
-            )
+        self._commit.start(tg, sub, offsets)
 
     async def _handle(self, batch: StoreBatch[TxT], record: Record) -> OutgoingRecord | None:
         """The reply, event or dead letter for one record; None when there is nothing to say."""

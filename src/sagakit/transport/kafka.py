@@ -44,7 +44,7 @@ class KafkaSettings:
     fetch_max_wait_ms: int = 100
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 3_000
-    linger_ms: int = 2
+    linger_ms: int = 0
     max_batch_size: int = 256 * 1024
     acks: int | str = "all"
     request_timeout_ms: int = 30_000
