@@ -19,9 +19,9 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check src services tests
-	$(BIN)/ruff format --check src services tests
-	$(BIN)/mypy src services
+	$(BIN)/ruff check src services tests bench
+	$(BIN)/ruff format --check src services tests bench
+	$(BIN)/mypy src services bench
 
 # Benchmarks (not tests): e.g. make bench BENCH_ARGS="--mode open --style orchestration"
 bench: $(STAMP)
