@@ -10,10 +10,12 @@ from collections.abc import Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
+import orjson
+
 from ._dlq import dlq_topic
 from ._errors import TransportError
 from ._evaluator import SagaInstance, Transition
-from ._journal import CLAIM, TRANSITION, Replayer, decode_transition
+from ._journal import CLAIM, TRANSITION, TRANSITIONS, Replayer, decode_transition
 from .eventlog.kafka import KafkaEventLog
 from .transport._base import OutgoingRecord, Record, Transport, partition_for
 
@@ -78,6 +80,15 @@ async def saga_history(
                     epoch = max(epoch, entry.epoch)
                 elif entry.kind == TRANSITION and entry.key == saga_id and entry.epoch >= epoch:
                     history.append(decode_transition(entry.data, None))
+                elif entry.kind == TRANSITIONS and entry.epoch >= epoch:
+                    marker = f'"saga_id":{orjson.dumps(saga_id).decode()}'.encode()
+                    history.extend(
+                        t
+                        for line in entry.data.split(b"\n")
+                        if marker in line
+                        for t in [decode_transition(line, None)]
+                        if t.saga_id == saga_id
+                    )
     return history
 
 

@@ -25,12 +25,12 @@ from ._dlq import dead_letter, dlq_topic
 from ._errors import DecodeError, PartitionsLost
 from ._evaluator import PendingCommand, Phase, SagaInstance, Timer, Transition, decide, timers
 from ._faults import fault_point
-from ._journal import decode_transition, restore_partition, transition_entry
+from ._journal import decode_transition, restore_partition, transitions_entry
 from ._logging import log_context, trace_id_of
 from ._messages import Envelope, TimerFired
 from ._metrics import Metrics
 from ._timers import TimerSchedule
-from .eventlog._base import EventLog, JournalEntry
+from .eventlog._base import EventLog
 from .eventlog.kafka import KafkaEventLog
 from .tracing import Tracing
 from .transport._base import OutgoingRecord, Record, Subscription, TopicPartition, Transport
@@ -52,7 +52,8 @@ class _Partition:
 class _Batch:
     """What one consumed batch produces, to journal, send and schedule together."""
 
-    entries: list[tuple[int, JournalEntry]] = field(default_factory=list)
+    journal: dict[int, list[Transition]] = field(default_factory=dict)
+    epochs: dict[int, int] = field(default_factory=dict)  # writer's claim epoch, per partition
     transitions: list[Transition] = field(default_factory=list)
     scheduled: list[tuple[TopicPartition, str, tuple[Timer, ...]]] = field(default_factory=list)
     outgoing: list[OutgoingRecord] = field(default_factory=list)
@@ -345,9 +346,11 @@ class Orchestrator:
         for tp, offset in rewind.items():
             if tp in assigned:
                 sub.seek(tp, offset)
-        if batch.entries:
+        if batch.journal:
             fault_point("orchestrator.before-append")
-            await self.event_log.append(batch.entries)
+            await self.event_log.append(
+                [(p, transitions_entry(ts, batch.epochs[p])) for p, ts in batch.journal.items()]
+            )
         if batch.outgoing:
             fault_point("orchestrator.before-send")
             await self.transport.send(batch.outgoing)
@@ -356,7 +359,7 @@ class Orchestrator:
                 self._timers.set(tp, saga_id, due)
         self.stats.batches += 1
         self.stats.records += len(records)
-        self.stats.transitions += len(batch.entries)
+        self.stats.transitions += len(batch.transitions)
         self.stats.commands_sent += len(batch.outgoing) - batch.dead
         self.stats.dead_letters += batch.dead
         if self.on_transition is not None:
@@ -435,7 +438,8 @@ class Orchestrator:
                 saga_failure=instance.failure,
             )
             for t in records:
-                batch.entries.append((record.partition, transition_entry(t, part.epoch)))
+                batch.journal.setdefault(record.partition, []).append(t)
+                batch.epochs[record.partition] = part.epoch
                 batch.transitions.append(t)
             reason = (last.note if last else None) or instance.failure
             for pending in decision.commands:

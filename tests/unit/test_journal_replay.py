@@ -26,6 +26,7 @@ from sagakit._journal import (
     encode_transition,
     restore_partition,
     transition_entry,
+    transitions_entry,
 )
 from sagakit.eventlog._base import JournalEntry, StoredEntry
 from services.orders.saga import OrderState, place_order
@@ -308,3 +309,25 @@ async def test_records_landing_before_our_claim_are_caught_up() -> None:
     assert replayer.instances["a"].seq == 2  # the late record of epoch 1 counts
     assert replayer.next_offset == 4  # stopped at the claim, not past it
     assert len(entries) == 5
+
+
+def test_a_batch_of_transitions_is_one_record_and_replays_like_separate_ones() -> None:
+    ts = [transition("a", 1), transition("b", 1), transition("a", 2)]
+    bundle = transitions_entry(ts, epoch=1)
+    assert bundle.kind == "transitions" and bundle.data.count(b"\n") == 2
+    together = fed(claim_entry(1), bundle)
+    apart = fed(claim_entry(1), *(transition_entry(t, 1) for t in ts))
+    assert together.instances == apart.instances
+    assert together.instances["a"].seq == 2 and together.applied == 3
+    assert transitions_entry(ts[:1], epoch=1) == transition_entry(ts[0], 1)
+
+
+def test_a_late_bundle_of_a_fenced_writer_is_ignored_whole() -> None:
+    replayer = fed(
+        claim_entry(1),
+        transitions_entry([transition("a", 1)], epoch=1),
+        claim_entry(2),
+        transitions_entry([transition("a", 2), transition("b", 1)], epoch=1),
+    )
+    assert replayer.fenced == 1
+    assert set(replayer.instances) == {"a"} and replayer.instances["a"].seq == 1

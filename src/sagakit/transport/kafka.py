@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -23,6 +24,7 @@ from ._base import (
     Record,
     Subscription,
     TopicPartition,
+    partition_for,
 )
 
 log = logging.getLogger("sagakit.transport.kafka")
@@ -278,25 +280,69 @@ class KafkaTransport:
             )
 
     async def send(self, records: Sequence[OutgoingRecord]) -> list[Delivered]:
+        """Build one record batch per partition and hand them to the producer together.
+
+        Appending to a batch builder costs about half the client CPU of `producer.send`
+        per record; order within a partition is kept, and each record's offset is its
+        batch's base offset plus its index in the batch.
+        """
         producer = self._require_producer()
-        checked: set[tuple[str, int]] = set()
+        counts: dict[str, int] = {}
+        open_batches: dict[tuple[str, int], Any] = {}
+        batches: list[tuple[str, int, Any]] = []  # in the order they were opened
+        placed: list[tuple[int, int]] = []  # per record: (batch number, index in it)
+        sizes: list[int] = []
+        numbers: dict[int, int] = {}
         for r in records:
             if r.key is None and r.value is None:
                 raise TransportError(f"a record for {r.topic!r} needs a key or a value")
-            if r.partition is not None and (r.topic, r.partition) not in checked:
-                await self._check_partition(r.topic, r.partition)
-                checked.add((r.topic, r.partition))
+            if r.topic not in counts:
+                counts[r.topic] = len(await producer.partitions_for(r.topic))
+            n = counts[r.topic]
+            if r.partition is not None:
+                if not 0 <= r.partition < n:
+                    raise TransportError(
+                        f"topic {r.topic!r} has no partition {r.partition} (it has {n})"
+                    )
+                partition = r.partition
+            elif r.key is not None:
+                partition = partition_for(r.key, n)
+            else:
+                partition = random.randrange(n)
+            builder = open_batches.get((r.topic, partition))
+            appended = None
+            if builder is not None:
+                appended = builder.append(
+                    key=r.key, value=r.value, timestamp=None, headers=list(r.headers)
+                )
+            if appended is None:  # no batch yet for this partition, or it is full
+                builder = open_batches[(r.topic, partition)] = producer.create_batch()
+                numbers[id(builder)] = len(batches)
+                batches.append((r.topic, partition, builder))
+                sizes.append(0)
+                appended = builder.append(
+                    key=r.key, value=r.value, timestamp=None, headers=list(r.headers)
+                )
+                if appended is None:
+                    raise TransportError(
+                        f"a record for {r.topic!r} is larger than the producer's batch size "
+                        f"({self.settings.max_batch_size} bytes)"
+                    )
+            number = numbers[id(builder)]
+            placed.append((number, sizes[number]))
+            sizes[number] += 1
         try:
             futures = [
-                await producer.send(
-                    r.topic, r.value, key=r.key, partition=r.partition, headers=list(r.headers)
-                )
-                for r in records
+                await producer.send_batch(builder, topic, partition=partition)
+                for topic, partition, builder in batches
             ]
-            results = [await f for f in futures]
+            bases = [await f for f in futures]
         except (KafkaError, AssertionError) as exc:
             raise TransportError(f"produce failed: {exc!r}") from exc
-        return [Delivered(m.topic, m.partition, m.offset) for m in results]
+        return [
+            Delivered(batches[number][0], batches[number][1], bases[number].offset + index)
+            for number, index in placed
+        ]
 
     # consume ------------------------------------------------------------
     def _consumer(self, group_id: str | None, **extra: Any) -> AIOKafkaConsumer:
