@@ -78,14 +78,10 @@ class OrchestratorStats:
     timers_fired: int = 0
 
 
-def command_record(
-    saga: Saga[Any],
-    instance: SagaInstance,
-    pending: PendingCommand,
-    codec: Codec,
-    namespace: str = "",
-) -> OutgoingRecord:
-    envelope = Envelope(
+def command_envelope(
+    saga: Saga[Any], instance: SagaInstance, pending: PendingCommand, namespace: str = ""
+) -> Envelope:
+    return Envelope(
         message_id=pending.message_id,
         message_type=pending.command.message_type,
         saga_id=instance.saga_id,
@@ -95,7 +91,6 @@ def command_record(
         saga_version=str(saga.version),
         reply_to=namespace + saga.inbox_topic,
     )
-    return encode_record(namespace + pending.topic, envelope, pending.command, codec=codec)
 
 
 class Orchestrator:
@@ -258,27 +253,27 @@ class Orchestrator:
         reason: str | None = None,
         parent: str | None = None,
     ) -> OutgoingRecord:
-        record = command_record(self.saga, instance, pending, self.codec, self.namespace)
-        if not self.tracing.enabled:
-            return record
-        if pending.phase is Phase.COMPENSATE:
-            name = f"compensate {pending.step}"
-        elif pending.attempt > 1:
-            name = f"retry {pending.step}"
-        else:
-            name = f"send {pending.step}"
-        envelope = self.tracing.stamp(
-            Envelope.from_headers(record.headers),
-            record.topic,
-            name=name,
-            parent=parent,
-            saga_step=pending.step,
-            saga_phase=pending.phase.value,
-            saga_attempt=pending.attempt,
-            saga_state=instance.status.value,
-            saga_reason=reason if (name != f"send {pending.step}") else None,
-        )
-        return replace(record, headers=tuple(envelope.to_headers()))
+        topic = self.namespace + pending.topic
+        envelope = command_envelope(self.saga, instance, pending, self.namespace)
+        if self.tracing.enabled:
+            if pending.phase is Phase.COMPENSATE:
+                name = f"compensate {pending.step}"
+            elif pending.attempt > 1:
+                name = f"retry {pending.step}"
+            else:
+                name, reason = f"send {pending.step}", None
+            envelope = self.tracing.stamp(
+                envelope,
+                topic,
+                name=name,
+                parent=parent,
+                saga_step=pending.step,
+                saga_phase=pending.phase.value,
+                saga_attempt=pending.attempt,
+                saga_state=instance.status.value,
+                saga_reason=reason,
+            )
+        return encode_record(topic, envelope, pending.command, codec=self.codec)
 
     # restore ------------------------------------------------------------------------------
     async def _restore(self, tp: TopicPartition, part: _Partition) -> None:
