@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from enum import StrEnum
 from typing import Annotated, Any
 
-import anyio
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from ._errors import SagaError
+from ._loop import run as run_loop
 
 
 class BenchMode(StrEnum):
@@ -83,6 +84,9 @@ def bench(
         bool, typer.Option("--json", help="One JSON object with every figure on stdout.")
     ] = False,
     markdown: Annotated[bool, typer.Option("--markdown", help="Markdown tables.")] = False,
+    uvloop: Annotated[
+        bool, typer.Option("--uvloop", help="Run every process on uvloop's event loop.")
+    ] = False,
 ) -> None:
     """Measure sagas/s, steps/s, latency percentiles, CPU per step of every process and
     messages per saga, next to raw aiokafka figures measured on the same broker."""
@@ -90,6 +94,8 @@ def bench(
     from bench.report import print_report, to_markdown
     from bench.run import Options, run_bench
 
+    if uvloop:
+        os.environ["SAGAKIT_UVLOOP"] = "1"  # this process and every component it starts
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     if mode is BenchMode.closed and rate is not None:
@@ -135,7 +141,7 @@ def bench(
 
     try:
         with bar:
-            report = anyio.run(lambda: run_bench(options, progress))
+            report = run_loop(lambda: run_bench(options, progress))
     except SagaError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import Annotated, Any
 
-import anyio
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -15,6 +14,7 @@ from rich.table import Table
 
 from ._errors import SagaError
 from ._logging import configure_logging
+from ._loop import run as run_loop
 from .broker import EmbeddedBroker
 from .transport.kafka import KafkaSettings, KafkaTransport
 
@@ -69,7 +69,7 @@ def demo(
     """
     configure_logging(verbose)
     try:
-        results = anyio.run(_demo, orders, seed, style.styles, bootstrap, timeout, not json_output)
+        results = run_loop(_demo, orders, seed, style.styles, bootstrap, timeout, not json_output)
     except SagaError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
@@ -228,7 +228,7 @@ def compare(
 
     try:
         with progress:
-            results = anyio.run(
+            results = run_loop(
                 lambda: run_compare(
                     orders=orders,
                     seed=seed,

@@ -20,6 +20,7 @@ from ._definition import Saga
 from ._errors import SagaError
 from ._http import DEFAULT_HTTP_PORT, HttpEndpoints
 from ._logging import configure_logging
+from ._loop import run as run_loop
 from ._metrics import Metrics
 from ._orchestrator import Orchestrator
 from .tracing import Tracing
@@ -116,7 +117,7 @@ def serve(
             print("READY", flush=True)
 
     try:
-        anyio.run(main)
+        run_loop(main)
     except SagaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise typer.Exit(2) from None
@@ -269,7 +270,7 @@ def chaos(
     )
     task = bar.add_task("", total=orders)
     with bar:
-        result = anyio.run(
+        result = run_loop(
             lambda: run_chaos(
                 orders=orders,
                 kill_every_s=kill_every,
@@ -367,4 +368,4 @@ def load(
             log.info("placed %d orders", placed)
             tg.cancel_scope.cancel()
 
-    anyio.run(main)
+    run_loop(main)

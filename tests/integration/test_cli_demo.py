@@ -53,3 +53,18 @@ def test_demo_of_both_styles_reports_each_and_they_agree() -> None:
         assert report["unfinished"] == 0 and report["consistent"] is True
         assert sum(report["outcomes"].values()) == 30
     assert result["orchestration"]["outcomes"] == result["choreography"]["outcomes"]
+
+
+def test_demo_runs_on_uvloop_when_asked() -> None:
+    import os
+
+    proc = subprocess.run(
+        [SAGAKIT, "demo", "--json", "--orders", "20", "--style", "orchestration"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "SAGAKIT_UVLOOP": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["unfinished"] == 0 and result["consistent"] is True

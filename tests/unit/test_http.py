@@ -36,3 +36,17 @@ async def test_readiness_follows_the_component_and_metrics_are_prometheus_text()
         'sagakit_messages_handled_total{message_type="payments.ReserveCredit",'
         'outcome="payments.CreditReserved",service="payments"} 3.0' in text
     )
+
+
+def test_the_loop_runs_on_uvloop_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from sagakit._loop import run
+
+    async def loop_module() -> str:
+        return type(asyncio.get_running_loop()).__module__
+
+    monkeypatch.delenv("SAGAKIT_UVLOOP", raising=False)
+    assert run(loop_module).startswith("asyncio")
+    monkeypatch.setenv("SAGAKIT_UVLOOP", "1")
+    assert run(loop_module).startswith("uvloop")
