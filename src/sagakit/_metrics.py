@@ -12,6 +12,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from ._evaluator import Phase, SagaInstance, SagaStatus, Transition
+from .transport._base import Subscription
 
 STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -79,6 +80,18 @@ class Metrics:
         if child is None:
             child = self._children[key] = metric.labels(*labels)
         return child
+
+    def watch_lag(self, subscription: Callable[[], Subscription | None]) -> None:
+        """Report the lag of whatever subscription `subscription()` returns, at each scrape."""
+
+        async def refresh() -> None:
+            self.lag.clear()
+            sub = subscription()
+            if sub is not None:
+                for tp, lag in (await sub.lag()).items():
+                    self.lag.labels(tp.topic, str(tp.partition)).set(lag)
+
+        self.before_render(refresh)
 
     def before_render(self, refresh: Callable[[], Awaitable[None]]) -> None:
         """Run `refresh` before each scrape (for values read on demand, like lag)."""

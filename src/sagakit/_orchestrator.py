@@ -148,7 +148,7 @@ class Orchestrator:
         self.metrics.in_flight.labels(saga.name, str(saga.version)).set_function(
             lambda: sum(1 for i in self.instances() if not i.status.settled)
         )
-        self.metrics.before_render(self._refresh_lag)
+        self.metrics.watch_lag(lambda: self._sub)
 
     # public -----------------------------------------------------------------------------
     async def ensure_topics(self) -> None:
@@ -440,12 +440,6 @@ class Orchestrator:
             for pending in decision.commands:
                 batch.outgoing.append(self._command_record(instance, pending, reason=reason))
             batch.scheduled.append((record.tp, env.saga_id, decision.timers))
-
-    async def _refresh_lag(self) -> None:
-        self.metrics.lag.clear()
-        if self._sub is not None:
-            for tp, lag in (await self._sub.lag()).items():
-                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
 
     # timers -------------------------------------------------------------------------------
     async def _fire_timers(self) -> None:

@@ -118,7 +118,7 @@ class Service(Generic[TxT]):
         self.name = name
         self.tracing = tracing if tracing is not None else Tracing.disabled()
         self.metrics = metrics if metrics is not None else Metrics(name)
-        self.metrics.before_render(self._refresh_lag)
+        self.metrics.watch_lag(lambda: self._sub)
         self._sub: Subscription | None = None
         self._commit = BackgroundCommit()
         self.handler_attempts = max(1, handler_attempts)
@@ -456,12 +456,6 @@ class Service(Generic[TxT]):
 
     def _count(self, env: Envelope, outcome: str) -> None:
         self.metrics._child(self.metrics.handled, (self.name, env.message_type, outcome)).inc()
-
-    async def _refresh_lag(self) -> None:
-        self.metrics.lag.clear()
-        if self._sub is not None:
-            for tp, lag in (await self._sub.lag()).items():
-                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
 
 
 async def _call(
