@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Literal
+
+from sagakit import Service, SqliteStore
+from sagakit.tracing import Tracing
 
 Style = Literal["orchestration", "choreography"]
 STYLES: tuple[Style, ...] = ("orchestration", "choreography")
@@ -31,3 +36,22 @@ class Outcome:
 
 Outcome.DONE = Outcome("done")
 Outcome.ALREADY_UNDONE = Outcome("undone")
+
+
+def assemble(
+    name: str,
+    store: SqliteStore,
+    schema: str,
+    orchestrated: Callable[[Service[sqlite3.Connection]], None],
+    choreographed: Callable[[Service[sqlite3.Connection]], None],
+    *,
+    partitions: int = 8,
+    namespace: str = "",
+    style: Style = "orchestration",
+    tracing: Tracing | None = None,
+) -> Service[sqlite3.Connection]:
+    """A sample service on its store, with the handlers of the chosen style."""
+    store.connection.executescript(schema)
+    service = Service(name, store, partitions=partitions, namespace=namespace, tracing=tracing)
+    (orchestrated if style == "orchestration" else choreographed)(service)
+    return service

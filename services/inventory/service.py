@@ -7,7 +7,7 @@ import sqlite3
 from sagakit import BusinessFailure, Event, HandlerContext, Service, SqliteStore
 from sagakit.tracing import Tracing
 from services.orders.events import OrderExpired
-from services.outcome import Outcome, Style
+from services.outcome import Outcome, Style, assemble
 from services.payments import events as payments_events
 from services.shipping import events as shipping_events
 
@@ -183,9 +183,14 @@ def build(
     style: Style = "orchestration",
     tracing: Tracing | None = None,
 ) -> Service[sqlite3.Connection]:
-    store.connection.executescript(SCHEMA)
-    service = Service(
-        "inventory", store, partitions=partitions, namespace=namespace, tracing=tracing
+    return assemble(
+        "inventory",
+        store,
+        SCHEMA,
+        _orchestrated,
+        _choreographed,
+        partitions=partitions,
+        namespace=namespace,
+        style=style,
+        tracing=tracing,
     )
-    (_orchestrated if style == "orchestration" else _choreographed)(service)
-    return service

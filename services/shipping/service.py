@@ -8,7 +8,7 @@ from sagakit import BusinessFailure, Event, HandlerContext, Service, SqliteStore
 from sagakit.tracing import Tracing
 from services.inventory import events as inventory_events
 from services.orders.events import OrderExpired
-from services.outcome import Outcome, Style
+from services.outcome import Outcome, Style, assemble
 
 from . import events
 from .messages import ScheduleShipment, ShipmentFailed, ShipmentScheduled
@@ -137,9 +137,14 @@ def build(
     style: Style = "orchestration",
     tracing: Tracing | None = None,
 ) -> Service[sqlite3.Connection]:
-    store.connection.executescript(SCHEMA)
-    service = Service(
-        "shipping", store, partitions=partitions, namespace=namespace, tracing=tracing
+    return assemble(
+        "shipping",
+        store,
+        SCHEMA,
+        _orchestrated,
+        _choreographed,
+        partitions=partitions,
+        namespace=namespace,
+        style=style,
+        tracing=tracing,
     )
-    (_orchestrated if style == "orchestration" else _choreographed)(service)
-    return service
