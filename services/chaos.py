@@ -4,6 +4,7 @@ nothing was lost, nothing applied twice, and every saga ended."""
 from __future__ import annotations
 
 import random
+import re
 import tempfile
 import time
 import uuid
@@ -15,7 +16,7 @@ from typing import Any
 
 import anyio
 
-from sagakit import KafkaSettings, KafkaTransport, Orchestrator, SagaStatus
+from sagakit import KafkaSettings, KafkaTransport, Orchestrator, SagaInstance, SagaStatus
 from sagakit._inspect import header, journal_topics, read_journal, read_topic
 from sagakit.broker import EmbeddedBroker
 
@@ -39,10 +40,24 @@ class ChaosResult:
     outcomes: dict[str, int]
     killed: dict[str, int] = field(default_factory=dict)
     duration_s: float = 0.0
+    #: Sagas by how they ended, from the journal: "completed", "compensated:
+    #: reserve-credit: business failure CreditLimitExceeded", "compensated: reserve-stock:
+    #: timeout after 3 attempts", "parked: ...".
+    reasons: dict[str, int] = field(default_factory=dict)
+    #: Sagas the journal does not show settled when the check ran (0 when every saga is
+    #: completed, compensated or parked), and records the consumer groups had not
+    #: committed yet.
+    unsettled_in_journal: int = 0
+    lag: int = 0
 
     @property
     def ok(self) -> bool:
-        return self.consistent and self.unfinished == 0 and not self.violations
+        return (
+            self.consistent
+            and self.unfinished == 0
+            and self.unsettled_in_journal == 0
+            and not self.violations
+        )
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -60,6 +75,57 @@ def duplicated_effects(system: SampleSystem) -> int:
         ShipmentRepository(system.db("shipping")).shipments_per_order(),
     ]
     return sum(1 for per_order in counts for n in per_order.values() if n > 1)
+
+
+_GAVE_UP = re.compile(r"gave up after (\d+) attempt")
+
+
+def reason_of(instance: SagaInstance) -> str:
+    """How a saga ended, in words a report can count: its status, step and kind of failure."""
+    if instance.status is SagaStatus.COMPLETED:
+        return "completed"
+    status = {
+        SagaStatus.COMPENSATED: "compensated",
+        SagaStatus.FAILED_NEEDS_ATTENTION: "parked",
+    }.get(instance.status, instance.status.value.lower())
+    failure = instance.failure or "unknown"
+    gave_up = _GAVE_UP.search(failure)
+    if "got no reply within" in failure and gave_up:
+        step = failure.split(" attempt ", 1)[0]
+        return f"{status}: {step}: timeout after {gave_up.group(1)} attempts"
+    if failure.startswith("compensation of "):
+        step = failure[len("compensation of ") :].split(" ", 1)[0].rstrip(":")
+        return f"{status}: {step}: compensation failed"
+    step, _, kind = failure.partition(": ")
+    if gave_up:
+        return f"{status}: {step}: retries ran out after {gave_up.group(1)} attempts"
+    if kind:
+        return f"{status}: {step}: business failure {kind.rsplit('.', 1)[-1]}"
+    return f"{status}: {failure}"
+
+
+async def journal_instances(
+    transport: KafkaTransport, namespace: str
+) -> tuple[dict[str, SagaInstance], list[str]]:
+    """Every saga in the journals of `namespace`, and the journals' anomalies."""
+    instances: dict[str, SagaInstance] = {}
+    anomalies: list[str] = []
+    for topic, partitions in (await journal_topics(transport, namespace)).items():
+        view = await read_journal(transport, topic, partitions)
+        instances.update(view.instances)
+        anomalies.extend(view.anomalies)
+    return instances, anomalies
+
+
+async def total_lag(transport: KafkaTransport, system: SampleSystem, namespace: str) -> int:
+    """Records the orchestrators' and services' groups have not committed yet."""
+    groups = {f"{namespace}{place_order.name}.orchestrator": [namespace + place_order.inbox_topic]}
+    for service in system.services():
+        groups[f"{namespace}{service.name}.service"] = service.subscribed_topics()
+    lag = 0
+    for group, topics in groups.items():
+        lag += sum((await transport.group_lag(group, topics)).values())
+    return lag
 
 
 async def audit(
@@ -173,11 +239,30 @@ async def run_chaos(
                 # other processes write the orders database: polling it is the only way
                 while unfinished() and anyio.current_time() < deadline:  # noqa: ASYNC110
                     await anyio.sleep(0.5)
+                # the orders may have ended before the orchestrator consumed the last
+                # replies: check only once the journal shows every saga settled and no
+                # group has records left to read
+                ids = {o.order_id for o in new_orders}
+                unsettled, lag = len(ids), -1
+                while anyio.current_time() < deadline:
+                    instances, _ = await journal_instances(transport, namespace)
+                    unsettled = sum(
+                        1 for i in ids if i not in instances or not instances[i].status.settled
+                    )
+                    if progress:
+                        progress("waiting for the journal", len(ids) - unsettled, len(ids))
+                    if not unsettled:
+                        lag = await total_lag(transport, system, namespace)
+                        if lag == 0:
+                            break
+                    await anyio.sleep(1.0)
                 if progress:
                     progress("checking", len(new_orders) - unfinished(), len(new_orders))
                 violations = check_consistency(system)
                 audit_violations, anomalies, dlq = await audit(transport, system, namespace)
                 violations.extend(audit_violations)
+                instances, _ = await journal_instances(transport, namespace)
+                reasons = Counter(reason_of(instances[i]) for i in ids if i in instances)
         outcomes = dict(sorted(system.orders.repository.count_by_status().items()))
         result = ChaosResult(
             orders=len(new_orders),
@@ -191,6 +276,9 @@ async def run_chaos(
             outcomes=outcomes,
             killed=dict(sorted(killed.items())),
             duration_s=round(time.perf_counter() - started, 2),
+            reasons=dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))),
+            unsettled_in_journal=unsettled,
+            lag=max(lag, 0),
         )
         system.close()
         return result

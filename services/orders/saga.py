@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from sagakit import RetryPolicy, Saga, Step
+from sagakit import RetryPolicy, Saga, SagaInfo, Step
 from services.inventory.messages import OutOfStock, ReleaseStock, ReserveStock, StockReserved
 from services.payments.messages import (
     CreditLimitExceeded,
@@ -31,8 +31,10 @@ class OrderState(BaseModel):
     rejection_reason: str | None = None
 
 
-def reject_order(state: OrderState) -> RejectOrder:
-    return RejectOrder(order_id=state.order_id, reason=state.rejection_reason or "rejected")
+def reject_order(state: OrderState, saga: SagaInfo) -> RejectOrder:
+    """The business reason of the failure, or why the saga gave up (a step that timed out)."""
+    reason = state.rejection_reason or saga.failure or "rejected"
+    return RejectOrder(order_id=state.order_id, reason=reason)
 
 
 def note_reason(state: OrderState, failure: Any) -> OrderState:
@@ -45,7 +47,8 @@ def note_shipment(state: OrderState, reply: ShipmentScheduled) -> OrderState:
 
 #: A participant that does not answer within 10 s is asked again, twice, with back-off.
 PATIENT = RetryPolicy(max_attempts=3, timeout_s=10.0, initial_backoff_s=0.5, max_backoff_s=5.0)
-#: After the point of no return the saga only moves forward: keep asking.
+#: The pivot and the steps after it only move forward: a pivot that timed out may have
+#: scheduled the shipment, which nothing undoes, so keep asking (then a person decides).
 PERSISTENT = RetryPolicy(max_attempts=10, timeout_s=10.0, initial_backoff_s=0.5, max_backoff_s=5.0)
 
 place_order: Saga[OrderState] = Saga(
@@ -74,15 +77,17 @@ place_order: Saga[OrderState] = Saga(
             retry=PATIENT,
             compensate=ReleaseStock,
         ),
-        # The pivot: once a shipment is scheduled the order goes through. It needs no
-        # compensation, and the steps after it are retried forward, never undone.
+        # The pivot: once a shipment is scheduled the order goes through. Nothing undoes
+        # it, so the steps after it are retried forward, never undone, and if it times out
+        # every time the saga is parked for a person (a ShipmentFailed answer still
+        # rejects the order).
         Step(
             "schedule-shipment",
             invoke=ScheduleShipment,
             on_reply={ShipmentScheduled: note_shipment},
             failures=[ShipmentFailed],
             on_failure=note_reason,
-            retry=PATIENT,
+            retry=PERSISTENT,
             pivot=True,
         ),
         Step(

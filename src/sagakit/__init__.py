@@ -2,7 +2,7 @@
 
 from ._client import SagaClient
 from ._codec import Codec, Incoming, JsonCodec
-from ._definition import RetryPolicy, Saga, Step
+from ._definition import RetryPolicy, Saga, SagaInfo, Step
 from ._errors import (
     BrokerError,
     BusinessFailure,
@@ -77,6 +77,7 @@ __all__ = (
     "Saga",
     "SagaClient",
     "SagaError",
+    "SagaInfo",
     "SagaInstance",
     "SagaStatus",
     "Service",

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ._client import SagaClient
+from ._dlq import DeadLetter
 from ._errors import SagaError, TransportError
 from ._evaluator import SagaInstance, SagaStatus, Transition
 from ._inspect import (
@@ -79,6 +80,12 @@ def sagas_list(
                 continue
             view = await read_journal(transport, topic, partitions)
             rows.extend(view.instances.values())
+            if view.foreign:
+                err.print(
+                    f"warning: {topic} holds {view.foreign} record(s) that are not journal "
+                    "entries of an orchestrator; they were skipped (only orchestrators may "
+                    "write to journal topics: restrict it with ACLs)"
+                )
         return rows
 
     instances = run_with(bootstrap, action)
@@ -247,16 +254,16 @@ def dlq_list(
     for col in ("offset", "message id", "type", "error", "reason", "from"):
         table.add_column(col)
     for r in records:
-        origin = (
-            f"{header(r, 'original-topic')}[{header(r, 'original-partition')}]"
-            f"@{header(r, 'original-offset')}"
-        )
+        letter = DeadLetter.of(r)
+        origin = f"{letter.original_topic}[{letter.original_partition}]@{letter.original_offset}"
+        if letter.truncated:
+            origin += f" (truncated: {', '.join(letter.truncated)})"
         table.add_row(
             str(r.offset),
-            header(r, "message-id") or "",
-            header(r, "message-type") or "",
-            header(r, "error-type") or "",
-            header(r, "error-message") or "",
+            letter.message_id,
+            letter.message_type,
+            letter.error_type,
+            letter.error_message,
             origin,
         )
     out.print(table)
@@ -270,14 +277,21 @@ def dlq_replay(
         list[str] | None, typer.Option("--id", help="Replay only this message id (repeatable).")
     ] = None,
     replay_all: Annotated[bool, typer.Option("--all", help="Replay every dead letter.")] = False,
+    namespace: Namespace = "",
 ) -> None:
     """Produce dead letters again to their original topic (after fixing the cause)."""
     if not message_id and not replay_all:
         err.print("say which: --id MESSAGE_ID (repeatable) or --all")
         raise typer.Exit(2)
-    replayed = run_with(
-        bootstrap, lambda t: replay_dead_letters(t, topic, None if replay_all else message_id)
+    outcome = run_with(
+        bootstrap,
+        lambda t: replay_dead_letters(
+            t, topic, None if replay_all else message_id, namespace=namespace
+        ),
     )
-    out.print(f"replayed {len(replayed)} record(s) from {dlq_name(topic)}")
-    if message_id and not replay_all and len(replayed) < len(set(message_id)):
+    for _, why in outcome.refused:
+        err.print(f"not replayed: {why}")
+    out.print(f"replayed {len(outcome.replayed)} record(s) from {dlq_name(topic)}")
+    found = {letter.message_id for letter in outcome.replayed}
+    if outcome.refused or (message_id and not replay_all and not set(message_id) <= found):
         raise typer.Exit(1)

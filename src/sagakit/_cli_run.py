@@ -292,6 +292,12 @@ def chaos(
             f"duplicated effects {result.duplicated_effects}, "
             f"journal anomalies {result.journal_anomalies}, dead letters {result.dlq or 'none'}"
         )
+        for reason, n in result.reasons.items():
+            out.print(f"  {n:>7}  {reason}")
+        if result.unsettled_in_journal:
+            out.print(
+                f"[red]{result.unsettled_in_journal} saga(s) not settled in the journal[/red]"
+            )
         if result.ok:
             out.print("[green]all invariants hold[/green]")
         else:

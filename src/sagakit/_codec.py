@@ -80,9 +80,28 @@ class Incoming(Generic[M]):
     record: Record | None = None
 
 
+def envelope_of(record: Record) -> Envelope:
+    """The envelope of a consumed record, checked as input from outside.
+
+    Raises DecodeError when the transport could not decode the record, its headers are
+    not a valid envelope, or its key is not its ``saga-id`` (a saga's records must all
+    land on the saga's partition, and the key is what places them).
+    """
+    if record.defect is not None:
+        raise DecodeError(f"the broker's bytes at this offset do not decode: {record.defect}")
+    envelope = Envelope.from_headers(record.headers)
+    if record.key is None or record.key != envelope.saga_id.encode():
+        shown = record.key[:200] if record.key is not None else None
+        raise DecodeError(
+            f"record key {shown!r} is not its saga-id {envelope.saga_id[:200]!r}; "
+            "records must be keyed by saga id"
+        )
+    return envelope
+
+
 def decode_record(record: Record, codec: Codec = DEFAULT_CODEC) -> Incoming[Message]:
     """Decode headers and value of `record`; raises DecodeError naming what is wrong."""
-    envelope = Envelope.from_headers(record.headers)
+    envelope = envelope_of(record)
     message = codec.decode(envelope.message_type, record.value)
     return Incoming(envelope, message, record.timestamp_ms, record)
 

@@ -23,6 +23,7 @@ naming the saga and the step.
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 import typing
@@ -37,9 +38,28 @@ from ._messages import Command, Reply, is_registered
 
 S = TypeVar("S", bound=BaseModel)
 
+
+@dataclass(frozen=True, slots=True)
+class SagaInfo:
+    """What a command builder may take besides the state: which saga, step and attempt
+    the command is for, and why the saga is compensating (None while it is not).
+
+        def reject_order(state: OrderState, saga: SagaInfo) -> RejectOrder:
+            return RejectOrder(order_id=state.order_id, reason=saga.failure or "rejected")
+    """
+
+    saga_id: str
+    saga_type: str
+    version: int
+    step: str
+    attempt: int
+    failure: str | None = None
+
+
 #: Builds a command from the saga state: a Command class (fields copied from the
-#: state by name) or a function with an annotated return type.
-CommandBuilder = type[Command] | Callable[[S], Command]
+#: state by name) or a function with an annotated return type, taking the state, or the
+#: state and a `SagaInfo`.
+CommandBuilder = type[Command] | Callable[[S], Command] | Callable[[S, SagaInfo], Command]
 #: Updates the state from a reply; None means the reply leaves the state as it is.
 StateUpdate = Callable[[S, Any], S] | None
 
@@ -97,17 +117,23 @@ class RetryPolicy:
         return round(wait * 1000)
 
 
-#: Compensations are retried by default: undoing must not give up at the first error.
-DEFAULT_COMPENSATION_RETRY = RetryPolicy(max_attempts=3, initial_backoff_s=0.5)
+#: Compensations are retried by default, each attempt given 30 s: undoing must not give
+#: up at the first error, and an undo nobody answers must end in a parked saga, not wait
+#: for ever.
+DEFAULT_COMPENSATION_RETRY = RetryPolicy(max_attempts=3, initial_backoff_s=0.5, timeout_s=30.0)
+
+
+_NO_INFO = SagaInfo(saga_id="", saga_type="", version=0, step="", attempt=0)
 
 
 @dataclass(frozen=True, slots=True)
 class Action(Generic[S]):
-    """A resolved command builder: the command type, its topic and how to build it."""
+    """A resolved command builder: the command type, its topic and how to build it
+    (``build(state)``, or ``build(state, info)`` to give the builder a `SagaInfo`)."""
 
     command: type[Command]
     topic: str
-    build: Callable[[S], Command]
+    build: Callable[..., Command]
 
 
 @dataclass(frozen=True)
@@ -327,12 +353,13 @@ class Saga(Generic[S]):
         )
 
     def _action(self, step: Step[S], builder: CommandBuilder[S], what: str) -> Action[S]:
+        build: Callable[..., Command]
         if isinstance(builder, type):
             command = builder
             build = self._from_state(command)
         elif callable(builder):
             command = self._return_type(step, builder, what)
-            build = builder
+            build = self._with_info(step, builder, what)
         else:
             raise self._fail(step.name, f"{what} must be a Command class or a function")
         if not issubclass(command, Command):
@@ -356,11 +383,41 @@ class Saga(Generic[S]):
             self._check_fields(step, command)
         return Action(command, f"{participant}.commands", build)
 
-    def _from_state(self, command: type[Command]) -> Callable[[S], Command]:
-        def build(state: S) -> Command:
+    def _from_state(self, command: type[Command]) -> Callable[..., Command]:
+        def build(state: S, info: SagaInfo | None = None) -> Command:
             return command.model_validate(state, from_attributes=True)
 
         return build
+
+    def _with_info(
+        self, step: Step[S], fn: Callable[..., Command], what: str
+    ) -> Callable[..., Command]:
+        """`fn` as ``build(state, info=None)``, whether it takes the `SagaInfo` or not."""
+        try:
+            params = [
+                p
+                for p in inspect.signature(fn).parameters.values()
+                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+            ]
+        except (TypeError, ValueError):
+            params = []
+        if len(params) not in (1, 2):
+            raise self._fail(
+                step.name,
+                f"{what} function {getattr(fn, '__qualname__', fn)!r} must take the state, "
+                "or the state and a SagaInfo",
+            )
+        if len(params) == 1:
+
+            def state_only(state: S, info: SagaInfo | None = None) -> Command:
+                return fn(state)
+
+            return state_only
+
+        def with_info(state: S, info: SagaInfo | None = None) -> Command:
+            return fn(state, info if info is not None else _NO_INFO)
+
+        return with_info
 
     def _check_fields(self, step: Step[S], command: type[Command]) -> None:
         missing = [

@@ -81,10 +81,14 @@ def _label(saga: Saga[Any], step: _ResolvedStep[Any]) -> str:
         lines.append(_retry(step.step.retry, _names(step.retryable)))
     if step.compensation is not None:
         policy = step.step.compensation_retry
-        lines.append(
-            f"undo: {step.compensation.command.message_type} "
-            f"({_attempts(policy.max_attempts)}, then parked)"
-        )
+        if policy.timeout_s is None:
+            how = f"{_attempts(policy.max_attempts)}, no timeout: waits for its reply for ever"
+        else:
+            how = (
+                f"{_attempts(policy.max_attempts)}, timeout {_seconds(policy.timeout_s)} "
+                "each, then parked"
+            )
+        lines.append(f"undo: {step.compensation.command.message_type} ({how})")
     if saga.pivot_index is not None and step.index == saga.pivot_index:
         lines.append("PIVOT: point of no return")
         lines.append("later steps are retried forward, never compensated")
@@ -99,7 +103,10 @@ def mermaid(saga: Saga[Any]) -> str:
     pivot = saga.pivot_index
     title = f"saga {saga.name} v{saga.version}"
     if saga.deadline_s is not None:
-        title += f"<br/>deadline {_seconds(saga.deadline_s)}: past it, compensate"
+        title += (
+            f"<br/>deadline {_seconds(saga.deadline_s)}: past it, compensate "
+            "(a step without compensation in flight finishes first)"
+        )
     out = [
         "flowchart TD",
         f'    {START}(["{_text(title)}"])',
@@ -133,6 +140,12 @@ def mermaid(saga: Saga[Any]) -> str:
             # a timed-out attempt may have taken effect: then this step is undone too
             label = f"{gives_up}: undone too"
             out.append(f'    {_node_id(step)} ==>|"{_text(label)}"| {_node_id(step)}')
+        elif gives_up is not None and step.step.retry.timeout_s is not None:
+            # it may have taken effect and cannot be undone: a person decides
+            label = f"{gives_up}, in doubt after a timeout"
+            out.append(f'    {_node_id(step)} ==>|"{_text(label)}"| {PARKED}')
+            if step.retryable:
+                why.append(f"{gives_up} on {', '.join(_names(step.retryable))} only")
         elif gives_up is not None:
             why.append(gives_up)
         if why:
@@ -149,7 +162,8 @@ def mermaid(saga: Saga[Any]) -> str:
     bad = [end for end in (COMPENSATED, PARKED) if any(line.endswith(f"| {end}") for line in out)]
     labels = {
         COMPENSATED: "COMPENSATED: every completed step undone",
-        PARKED: "FAILED_NEEDS_ATTENTION: an undo or a step after the pivot gave up",
+        PARKED: "FAILED_NEEDS_ATTENTION: an undo, a step after the pivot or a step "
+        "that cannot be undone gave up",
     }
     out[ends:ends] = [f'    {end}(["{labels[end]}"])' for end in bad]
     out.append("    classDef pivot fill:#fde68a,stroke:#b45309,stroke-width:3px")

@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from ._codec import Incoming
-from ._definition import RetryPolicy, Saga, _ResolvedStep
+from ._definition import RetryPolicy, Saga, SagaInfo, _ResolvedStep
 from ._messages import Command, Message, Reply, ResolveSaga, ResumeSaga, StartSaga, TimerFired
 
 
@@ -230,10 +230,10 @@ def decide(
     """The decision for one inbox message, given the saga's current instance (or None)."""
     env = incoming.envelope
     message = incoming.message
+    if isinstance(message, StartSaga):  # checked even when the saga exists
+        return _start(definition, instance, incoming)
     if instance is not None and env.message_id in instance.applied:
         return Decision(instance=instance, ignored=f"duplicate message {env.message_id}")
-    if isinstance(message, StartSaga):
-        return _start(definition, instance, incoming)
     if instance is None:
         return Decision(rejected=f"{env.message_type} for unknown saga {env.saga_id}")
     if isinstance(message, Reply):
@@ -254,8 +254,6 @@ def _start(
     definition: Saga[Any], instance: SagaInstance | None, incoming: Incoming[Message]
 ) -> Decision:
     env = incoming.envelope
-    if instance is not None:
-        return Decision(instance=instance, ignored=f"saga {env.saga_id} already started")
     if env.saga_type is not None and env.saga_type != definition.name:
         return Decision(
             rejected=f"start request for saga type {env.saga_type!r} reached {definition.name!r}"
@@ -273,6 +271,10 @@ def _start(
             rejected=f"initial state does not validate as {definition.state.__qualname__}: "
             f"{exc.error_count()} error(s): {exc.errors(include_url=False)[0]['msg']}"
         )
+    if instance is not None:
+        if env.message_id in instance.applied:
+            return Decision(instance=instance, ignored=f"duplicate message {env.message_id}")
+        return Decision(instance=instance, ignored=f"saga {env.saga_id} already started")
     deadline = (
         incoming.at_ms + round(definition.deadline_s * 1000)
         if definition.deadline_s is not None
@@ -375,11 +377,26 @@ def _timer(
             outcome_unknown=True,
         )
     # the saga deadline
-    draft.failure = "saga deadline passed"
     draft.deadline_ms = None
+    current = instance.pending or instance.next
+    if current is not None and current.phase is Phase.FORWARD:
+        step = definition.step(current.step)
+        in_doubt = instance.pending is not None or (
+            instance.next is not None and instance.next.uncertain
+        )
+        if step.compensation is None and in_doubt:
+            # The step in flight may take (or have taken) effect and cannot be undone, so
+            # the steps before it must not be undone either: its outcome decides.
+            draft.note = (
+                f"saga deadline passed while {step.name} was in doubt; it has no "
+                "compensation, so the saga goes on until its outcome is known"
+            )
+            return draft._decide(
+                "deadline-deferred", step.name, SagaStatus.RUNNING, instance.pending, send=False
+            )
+    draft.failure = "saga deadline passed"
     # The step in flight (or waiting to retry after a timeout) may have taken effect:
     # it is compensated too, so compensations must tolerate "nothing to undo".
-    current = instance.pending or instance.next
     if current is not None and current.phase is Phase.FORWARD:
         step = definition.step(current.step)
         if step.compensation is not None and step.name not in draft.completed:
@@ -533,6 +550,15 @@ class _Draft:
         give_up = f"{reason}; gave up after {made} attempt(s)"
         if pending.phase is Phase.COMPENSATE or self.definition.after_pivot(step):
             return self.park(step, pending, give_up)
+        if uncertain and step.compensation is None:
+            # It may have taken effect and nothing can undo it: undoing the steps before
+            # it would leave its effect alone (a shipment for a rejected order).
+            return self.park(
+                step,
+                pending,
+                f"{give_up}; {step.name} may have taken effect and has no compensation, so "
+                "the steps before it are not undone (resume retries it, resolve ends the saga)",
+            )
         self.failure = give_up
         if uncertain and step.compensation is not None:
             # the command may have taken effect: compensations must tolerate "nothing to undo"
@@ -566,13 +592,21 @@ class _Draft:
         action = target.action if phase is Phase.FORWARD else target.compensation
         assert action is not None
         timeout = _policy(target, phase).timeout_s
+        info = SagaInfo(
+            saga_id=self.saga_id,
+            saga_type=self.definition.name,
+            version=self.definition.version,
+            step=target.name,
+            attempt=attempt,
+            failure=self.failure,
+        )
         pending = PendingCommand(
             step=target.name,
             phase=phase,
             attempt=attempt,
             message_id=command_id(self.saga_id, target.name, phase, attempt),
             topic=action.topic,
-            command=action.build(self.state),
+            command=action.build(self.state, info),
             causation_id=self.cause,
             deadline_ms=self.at_ms + round(timeout * 1000) if timeout is not None else None,
             budget_from=budget_from,
@@ -588,8 +622,15 @@ class _Draft:
         return self._decide(event, step, status, None)
 
     def _decide(
-        self, event: str, step: str | None, status: SagaStatus, pending: PendingCommand | None
+        self,
+        event: str,
+        step: str | None,
+        status: SagaStatus,
+        pending: PendingCommand | None,
+        *,
+        send: bool = True,
     ) -> Decision:
+        """The transition, and `pending` to send unless it is already out (`send` False)."""
         record = Transition(
             saga_id=self.saga_id,
             saga_type=self.definition.name,
@@ -615,7 +656,7 @@ class _Draft:
         instance = evolve(self.instance, record)
         return Decision(
             records=(record,),
-            commands=(pending,) if pending is not None else (),
+            commands=(pending,) if pending is not None and send else (),
             timers=timers(instance),
             instance=instance,
         )

@@ -12,17 +12,16 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from ._dlq import dlq_topic
-from ._errors import TransportError
+from ._dlq import DeadLetter, NotReplayable, dlq_topic
+from ._errors import DecodeError, TransportError
 from ._evaluator import SagaInstance, Transition
 from ._journal import CLAIM, TRANSITION, TRANSITIONS, Replayer, decode_transition
 from .eventlog.kafka import KafkaEventLog
-from .transport._base import OutgoingRecord, Record, Transport, partition_for
+from .transport._base import Record, Transport, partition_for
 
 JOURNAL_SUFFIX = ".journal"
-DLQ_HEADERS = frozenset(
-    {"error-type", "error-message", "original-topic", "original-partition", "original-offset"}
-)
+#: Topics a sagakit app consumes, by suffix: what `dlq replay` may produce to.
+CONSUMED_SUFFIXES = (".inbox", ".commands", ".events")
 
 
 @dataclass
@@ -34,6 +33,7 @@ class JournalView:
     anomalies: list[str] = field(default_factory=list)
     fenced: int = 0
     records: int = 0
+    foreign: int = 0
 
 
 async def journal_topics(transport: Transport, namespace: str = "") -> dict[str, int]:
@@ -61,35 +61,36 @@ async def read_journal(transport: Transport, topic: str, partitions: int) -> Jou
         view.anomalies.extend(f"{topic}[{p}] {a}" for a in replayer.anomalies)
         view.fenced += replayer.fenced
         view.records += replayer.applied
+        view.foreign += replayer.foreign
     return view
 
 
 async def saga_history(
     transport: Transport, topic: str, partitions: int, saga_id: str
 ) -> list[Transition]:
-    """The journal records of one saga, in order (fenced records left out)."""
+    """The journal records of one saga, in order (fenced and foreign records left out)."""
     partition = partition_for(saga_id.encode(), partitions)
     log = KafkaEventLog(transport, topic)
     history: list[Transition] = []
     epoch = 0
+    marker = f'"saga_id":{orjson.dumps(saga_id).decode()}'.encode()
     async with aclosing(log.read(partition)) as batches:
         async for batch in batches:
             for stored in batch:
                 entry = stored.entry
                 if entry.kind == CLAIM:
                     epoch = max(epoch, entry.epoch)
-                elif entry.kind == TRANSITION and entry.key == saga_id and entry.epoch >= epoch:
-                    history.append(decode_transition(entry.data, None))
-                elif entry.kind == TRANSITIONS and entry.epoch >= epoch:
-                    marker = f'"saga_id":{orjson.dumps(saga_id).decode()}'.encode()
-                    history.extend(
-                        t
-                        for line in entry.data.split(b"\n")
-                        if marker in line
-                        for t in [decode_transition(line, None)]
-                        if t.saga_id == saga_id
-                    )
-    return history
+                elif entry.kind in (TRANSITION, TRANSITIONS) and entry.epoch >= epoch:
+                    lines = entry.data.split(b"\n") if entry.kind == TRANSITIONS else [entry.data]
+                    history.extend(t for line in lines if marker in line for t in _decoded(line))
+    return [t for t in history if t.saga_id == saga_id]
+
+
+def _decoded(line: bytes) -> list[Transition]:
+    try:
+        return [decode_transition(line, None)]
+    except DecodeError:
+        return []  # not a journal record of ours: `sagas list` counts those
 
 
 async def find_saga(
@@ -155,23 +156,43 @@ def header(record: Record, name: str) -> str | None:
     return None
 
 
-def replay_record(record: Record) -> OutgoingRecord:
-    """The original record of a dead letter, to produce again to its original topic."""
-    original = header(record, "original-topic")
-    if not original:
-        raise TransportError(f"DLQ record at offset {record.offset} has no original-topic header")
-    headers = tuple((k, v) for k, v in record.headers if k not in DLQ_HEADERS)
-    return OutgoingRecord(original, record.key, record.value, headers)
+def consumed_topics(existing: dict[str, int], namespace: str = "") -> frozenset[str]:
+    """The topics of `namespace` a sagakit app consumes (inboxes, commands, events)."""
+    return frozenset(
+        t for t in existing if t.startswith(namespace) and t.endswith(CONSUMED_SUFFIXES)
+    )
+
+
+@dataclass
+class ReplayOutcome:
+    replayed: list[DeadLetter] = field(default_factory=list)
+    refused: list[tuple[DeadLetter, str]] = field(default_factory=list)
 
 
 async def replay_dead_letters(
-    transport: Transport, topic: str, message_ids: Sequence[str] | None
-) -> list[Record]:
-    """Produce dead letters of `topic` again to where they came from; those replayed."""
-    letters = await read_topic(transport, dlq_name(topic))
-    chosen = [
-        r for r in letters if message_ids is None or header(r, "message-id") in set(message_ids)
-    ]
-    if chosen:
-        await transport.send([replay_record(r) for r in chosen])
-    return chosen
+    transport: Transport, topic: str, message_ids: Sequence[str] | None, namespace: str = ""
+) -> ReplayOutcome:
+    """Produce dead letters of `topic` again to the topic they came from.
+
+    Only to the topic the DLQ belongs to, only if it is one an app consumes (never a
+    journal or another DLQ), and only records kept whole; the others are refused with
+    the reason.
+    """
+    name = dlq_name(topic)
+    existing = await transport.existing_topics()
+    allowed = consumed_topics(existing, namespace)
+    wanted = None if message_ids is None else set(message_ids)
+    outcome = ReplayOutcome()
+    records = []
+    for record in await read_topic(transport, name):
+        letter = DeadLetter.of(record)
+        if wanted is not None and letter.message_id not in wanted:
+            continue
+        try:
+            records.append(letter.replay_record(allowed))
+            outcome.replayed.append(letter)
+        except NotReplayable as exc:
+            outcome.refused.append((letter, str(exc)))
+    if records:
+        await transport.send(records)
+    return outcome

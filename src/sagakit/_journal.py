@@ -32,7 +32,7 @@ from ._evaluator import (
     evolve,
 )
 from ._messages import Command, registered
-from .eventlog._base import EventLog, JournalEntry, StoredEntry
+from .eventlog._base import FOREIGN, EventLog, JournalEntry, StoredEntry
 
 log = logging.getLogger("sagakit.journal")
 
@@ -190,10 +190,37 @@ def transitions_entry(transitions: Sequence[Transition], epoch: int) -> JournalE
     One record per partition per batch instead of one per decision: the journal is
     most of an orchestrated saga's writes. Each transition is one line of compact JSON.
     """
-    if len(transitions) == 1:
-        return transition_entry(transitions[0], epoch)
-    data = b"\n".join(encode_transition(t) for t in transitions)
-    return JournalEntry("", TRANSITIONS, epoch, data)
+    [entry] = journal_entries([(t.saga_id, encode_transition(t)) for t in transitions], epoch)
+    return entry
+
+
+def journal_entries(
+    encoded: Sequence[tuple[str, bytes]], epoch: int, max_bytes: int | None = None
+) -> list[JournalEntry]:
+    """Encoded transitions (saga id, bytes) of one partition as few journal records as fit.
+
+    Each record holds at most `max_bytes` of transitions (None: no limit), so a batch
+    of large states never makes a record the broker refuses.
+    """
+    entries: list[JournalEntry] = []
+    chunk: list[tuple[str, bytes]] = []
+    size = 0
+
+    def flush() -> None:
+        if len(chunk) == 1:
+            entries.append(JournalEntry(chunk[0][0], TRANSITION, epoch, chunk[0][1]))
+        elif chunk:
+            entries.append(JournalEntry("", TRANSITIONS, epoch, b"\n".join(d for _, d in chunk)))
+        chunk.clear()
+
+    for saga_id, data in encoded:
+        if chunk and max_bytes is not None and size + len(data) + 1 > max_bytes:
+            flush()
+            size = 0
+        chunk.append((saga_id, data))
+        size += len(data) + 1
+    flush()
+    return entries
 
 
 def entry_transitions(
@@ -220,11 +247,18 @@ class Replayer:
     applied: int = 0
     fenced: int = 0
     anomalies: list[str] = field(default_factory=list)
+    #: Records that are not this orchestrator's (no journal headers, undecodable):
+    #: skipped, counted, and the first few kept for the warning.
+    foreign: int = 0
+    foreign_examples: list[str] = field(default_factory=list)
 
     def feed(self, batch: list[StoredEntry]) -> None:
         for stored in batch:
             self.next_offset = stored.offset + 1
             entry = stored.entry
+            if entry.kind == FOREIGN:
+                self._foreign(entry.data.decode(errors="replace"))
+                continue
             if entry.kind == CLAIM:
                 self.epoch = max(self.epoch, entry.epoch)
                 continue
@@ -234,8 +268,19 @@ class Replayer:
             if entry.epoch < self.epoch:
                 self.fenced += 1
                 continue
-            for t in entry_transitions(entry, self.decode):
+            lines = entry.data.split(b"\n") if entry.kind == TRANSITIONS else [entry.data]
+            for line in lines:
+                try:
+                    t = self.decode(line)
+                except DecodeError as exc:
+                    self._foreign(f"journal record at offset {stored.offset}: {exc}")
+                    continue
                 self._apply(stored.offset, t)
+
+    def _foreign(self, why: str) -> None:
+        self.foreign += 1
+        if len(self.foreign_examples) < 5:
+            self.foreign_examples.append(why)
 
     def _apply(self, offset: int, t: Transition) -> None:
         current = self.instances.get(t.saga_id)
@@ -275,6 +320,14 @@ async def restore_partition(
     if replayer.epoch != epoch:
         log.warning(
             "journal partition %d: claimed epoch %d but saw %d", partition, epoch, replayer.epoch
+        )
+    if replayer.foreign:
+        log.warning(
+            "journal partition %d: skipped %d record(s) that are not this orchestrator's "
+            "journal entries (only orchestrators may write to journal topics), first: %s",
+            partition,
+            replayer.foreign,
+            replayer.foreign_examples[0],
         )
     if replayer.anomalies:
         log.warning(

@@ -160,18 +160,28 @@ class Envelope:
 
     @classmethod
     def from_headers(cls, headers: Any) -> Envelope:
-        """Read the envelope from Kafka-style ``[(name, bytes), ...]`` headers."""
+        """Read the envelope from Kafka-style ``[(name, bytes), ...]`` headers.
+
+        Headers come from whoever could produce the record: a name that is not UTF-8,
+        a wire-contract header given twice or with a value that is not UTF-8, or a
+        missing required one is a DecodeError naming it.
+        """
         found: dict[str, str] = {}
         extra: list[tuple[str, bytes]] = []
         known = _KNOWN
         try:
             for name, value in headers:
                 if name in known:
+                    if name in found:
+                        raise DecodeError(f"record has header {name!r} more than once")
                     found[name] = value.decode() if value is not None else ""
                 else:
+                    name.encode()  # a name decoded with surrogate escapes is not UTF-8
                     extra.append((name, value))
-        except (UnicodeDecodeError, AttributeError, TypeError, ValueError) as exc:
+        except UnicodeError as exc:
             raise DecodeError(f"record headers are not UTF-8 name/value pairs: {exc}") from exc
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise DecodeError(f"record headers are not name/value pairs: {exc!r}") from exc
         missing = [h for h in _REQUIRED if not found.get(h)]
         if missing:
             raise DecodeError(f"record lacks required header(s) {', '.join(missing)}")

@@ -70,6 +70,14 @@ class Metrics:
             ["topic", "error_type"],
             registry=r,
         )
+        self.unknown = Counter(
+            "sagakit_unknown_messages",
+            "Records of a message type no model is registered for, skipped on event topics "
+            "(types beyond the first 50 are counted as 'other').",
+            ["topic", "message_type"],
+            registry=r,
+        )
+        self._unknown_types: set[str] = set()
         self._before_render: list[Callable[[], Awaitable[None]]] = []
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
@@ -132,3 +140,16 @@ class Metrics:
 
     def dead_letter(self, topic: str, error_type: str) -> None:
         self.dead_letters.labels(topic, error_type).inc()
+
+    def unknown_type(self, topic: str, message_type: str) -> bool:
+        """Count a record of an unregistered type; True the first time this type is seen.
+
+        The type comes from a header anyone can write, so only the first 50 get a label
+        of their own (a metric's label values must stay few).
+        """
+        first = message_type not in self._unknown_types
+        if first and len(self._unknown_types) < 50:
+            self._unknown_types.add(message_type)
+        label = message_type if message_type in self._unknown_types else "other"
+        self._child(self.unknown, (topic, label)).inc()
+        return first and label != "other"

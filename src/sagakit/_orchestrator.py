@@ -22,10 +22,10 @@ from ._codec import DEFAULT_CODEC, Codec, decode_record, encode_record
 from ._commits import BackgroundCommit
 from ._definition import Saga
 from ._dlq import dead_letter, dlq_topic
-from ._errors import DecodeError, PartitionsLost
+from ._errors import DecodeError, PartitionsLost, TransportError
 from ._evaluator import PendingCommand, Phase, SagaInstance, Timer, Transition, decide, timers
 from ._faults import fault_point
-from ._journal import decode_transition, restore_partition, transitions_entry
+from ._journal import decode_transition, encode_transition, journal_entries, restore_partition
 from ._logging import log_context, trace_id_of
 from ._messages import Envelope, TimerFired
 from ._metrics import Metrics
@@ -33,7 +33,15 @@ from ._timers import TimerSchedule
 from .eventlog._base import EventLog
 from .eventlog.kafka import KafkaEventLog
 from .tracing import Tracing
-from .transport._base import OutgoingRecord, Record, Subscription, TopicPartition, Transport
+from .transport._base import (
+    MAX_RECORD_BYTES,
+    OutgoingRecord,
+    Record,
+    Subscription,
+    TopicPartition,
+    Transport,
+    record_size,
+)
 
 log = logging.getLogger("sagakit.orchestrator")
 
@@ -52,7 +60,7 @@ class _Partition:
 class _Batch:
     """What one consumed batch produces, to journal, send and schedule together."""
 
-    journal: dict[int, list[Transition]] = field(default_factory=dict)
+    journal: dict[int, list[tuple[str, bytes]]] = field(default_factory=dict)  # encoded
     epochs: dict[int, int] = field(default_factory=dict)  # writer's claim epoch, per partition
     transitions: list[Transition] = field(default_factory=list)
     scheduled: list[tuple[TopicPartition, str, tuple[Timer, ...]]] = field(default_factory=list)
@@ -75,7 +83,9 @@ class OrchestratorStats:
     dead_letters: int = 0
     restores: int = 0
     fenced_records: int = 0
+    foreign_records: int = 0
     timers_fired: int = 0
+    failed_batches: int = 0
 
 
 def command_envelope(
@@ -143,6 +153,7 @@ class Orchestrator:
         self._commit = BackgroundCommit()
         self._clock = clock
         self.shutdown_grace_s = shutdown_grace_s
+        self._max_record = getattr(transport, "max_record_bytes", MAX_RECORD_BYTES)
         self.tracing = tracing if tracing is not None else Tracing.disabled()
         self.metrics = metrics if metrics is not None else Metrics("saga-orchestrator")
         self.metrics.in_flight.labels(saga.name, str(saga.version)).set_function(
@@ -213,9 +224,15 @@ class Orchestrator:
                             # request failing unobserved once the connection closes.
                             with (
                                 anyio.CancelScope(shield=True),
-                                anyio.move_on_after(self.shutdown_grace_s),
+                                anyio.move_on_after(self.shutdown_grace_s) as limit,
                             ):
                                 await self._process(sub, records)
+                            if limit.cancelled_caught:
+                                self._batch_failed(
+                                    sub,
+                                    records,
+                                    f"it did not finish within {self.shutdown_grace_s}s",
+                                )
             finally:
                 await self._commit.wait()
                 self._sub = self._tg = None
@@ -277,6 +294,18 @@ class Orchestrator:
 
     # restore ------------------------------------------------------------------------------
     async def _restore(self, tp: TopicPartition, part: _Partition) -> None:
+        """Restore `tp`, trying again (with back-off) while the broker cannot be reached."""
+        delay = 0.5
+        while self._owned.get(tp) is part:
+            try:
+                await self._restore_once(tp, part)
+                return
+            except TransportError as exc:
+                log.error("restoring %s[%d] failed, trying again in %.1fs: %s", *tp, delay, exc)
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    async def _restore_once(self, tp: TopicPartition, part: _Partition) -> None:
         with anyio.CancelScope() as scope:
             part.restore_scope = scope
             replayed = await restore_partition(
@@ -302,6 +331,7 @@ class Orchestrator:
                 self._timers.set(tp, inst.saga_id, timers(inst))
             self.stats.restores += 1
             self.stats.fenced_records += replayed.fenced
+            self.stats.foreign_records += replayed.foreign
             self._sub.resume([tp])
             self._notify()
             log.info(
@@ -341,14 +371,23 @@ class Orchestrator:
         for tp, offset in rewind.items():
             if tp in assigned:
                 sub.seek(tp, offset)
-        if batch.journal:
-            fault_point("orchestrator.before-append")
-            await self.event_log.append(
-                [(p, transitions_entry(ts, batch.epochs[p])) for p, ts in batch.journal.items()]
-            )
-        if batch.outgoing:
-            fault_point("orchestrator.before-send")
-            await self.transport.send(batch.outgoing)
+        try:
+            if batch.journal:
+                fault_point("orchestrator.before-append")
+                limit = self._max_record - 4096  # room for the record's headers
+                await self.event_log.append(
+                    [
+                        (p, entry)
+                        for p, encoded in batch.journal.items()
+                        for entry in journal_entries(encoded, batch.epochs[p], limit)
+                    ]
+                )
+            if batch.outgoing:
+                fault_point("orchestrator.before-send")
+                await self.transport.send(batch.outgoing)
+        except TransportError as exc:
+            self._batch_failed(sub, records, str(exc))
+            return
         for tp, saga_id, due in batch.scheduled:
             if tp in self._owned:
                 self._timers.set(tp, saga_id, due)
@@ -365,6 +404,38 @@ class Orchestrator:
             assert self._tg is not None
             self._commit.start(self._tg, sub, offsets)
 
+    def _batch_failed(self, sub: Subscription, records: Sequence[Record], why: str) -> None:
+        """A batch's journal append or sends failed: nothing of it is committed.
+
+        Its decisions may be in memory and partly in the journal, so each of its
+        partitions is restored from the journal again (which re-sends unanswered
+        commands) and read again from the batch's first record; what the journal already
+        holds is skipped as duplicates then.
+        """
+        self.stats.failed_batches += 1
+        firsts: dict[TopicPartition, int] = {}
+        for record in records:
+            firsts.setdefault(record.tp, record.offset)
+        log.error(
+            "a batch of %d record(s) failed and is read again after a restore of its "
+            "partitions %s: %s",
+            len(records),
+            sorted(tp.partition for tp in firsts),
+            why,
+        )
+        assigned = sub.assignment()
+        for tp, offset in firsts.items():
+            current = self._owned.get(tp)
+            if current is None or not current.ready or tp not in assigned or self._tg is None:
+                continue  # not ours any more, or being restored already
+            part = _Partition()
+            self._owned[tp] = part
+            self._timers.drop_partition(tp)
+            sub.pause([tp])
+            sub.seek(tp, offset)
+            self._tg.start_soon(self._restore, tp, part)
+        self._notify()
+
     def _drop_lost(self, sub: Subscription, lost: PartitionsLost) -> None:
         """A commit was refused: the partitions no longer in the assignment are gone."""
         log.warning("commit refused, dropping lost partitions: %s", lost)
@@ -378,10 +449,6 @@ class Orchestrator:
         """Decide one record, adding its journal records, commands and timers to `batch`."""
         try:
             incoming = decode_record(record, self.codec)
-            if record.key is None or record.key.decode() != incoming.envelope.saga_id:
-                raise DecodeError(
-                    f"record key {record.key!r} is not its saga-id {incoming.envelope.saga_id!r}"
-                )
         except DecodeError as exc:
             batch.dead_letter(dead_letter(record, "DecodeError", str(exc)), self.metrics)
             with self.tracing.process(record) as span:
@@ -420,11 +487,22 @@ class Orchestrator:
                 trace = self.tracing.current_traceparent()
                 records = tuple(replace(t, trace=trace) for t in records)
                 instance = replace(instance, trace=trace)
+            last = records[-1] if records else None
+            reason = (last.note if last else None) or instance.failure
+            encoded = [(t.saga_id, encode_transition(t)) for t in records]
+            commands = [
+                self._command_record(instance, pending, reason=reason)
+                for pending in decision.commands
+            ]
+            too_large = self._too_large(encoded, commands)
+            if too_large is not None:
+                span.error("TooLarge", too_large)
+                batch.dead_letter(dead_letter(record, "TooLarge", too_large), self.metrics)
+                return
             previous = part.instances.get(env.saga_id)
             for t in records:
                 self.metrics.transition(previous, t)
             part.instances[env.saga_id] = instance
-            last = records[-1] if records else None
             span.set(
                 saga_type=self.saga.name,
                 saga_state=instance.status.value,
@@ -432,14 +510,31 @@ class Orchestrator:
                 saga_event=last.event if last else None,
                 saga_failure=instance.failure,
             )
-            for t in records:
-                batch.journal.setdefault(record.partition, []).append(t)
-                batch.epochs[record.partition] = part.epoch
-                batch.transitions.append(t)
-            reason = (last.note if last else None) or instance.failure
-            for pending in decision.commands:
-                batch.outgoing.append(self._command_record(instance, pending, reason=reason))
+            batch.journal.setdefault(record.partition, []).extend(encoded)
+            batch.epochs[record.partition] = part.epoch
+            batch.transitions.extend(records)
+            batch.outgoing.extend(commands)
             batch.scheduled.append((record.tp, env.saga_id, decision.timers))
+
+    def _too_large(
+        self, encoded: list[tuple[str, bytes]], commands: list[OutgoingRecord]
+    ) -> str | None:
+        """Why this decision cannot be written (a journal record or command too large)."""
+        limit = self._max_record - 4096
+        for _, data in encoded:
+            if len(data) > limit:
+                return (
+                    f"the saga's journal record would be {len(data)} bytes, more than the "
+                    f"{limit} a record may hold; keep large data out of the saga state"
+                )
+        for command in commands:
+            size = record_size(command)
+            if size > self._max_record:
+                return (
+                    f"command for {command.topic!r} would be {size} bytes, more than the "
+                    f"{self._max_record} a record may hold"
+                )
+        return None
 
     # timers -------------------------------------------------------------------------------
     async def _fire_timers(self) -> None:
@@ -449,8 +544,19 @@ class Orchestrator:
             due = [(tp, t) for tp, t in self._timers.pop_due(now_ms) if self._ready(tp)]
             if due:
                 records = [self._timer_record(tp, t) for tp, t in due]
-                await self.transport.send([r for r in records if r is not None])
-                self.stats.timers_fired += len(due)
+                try:
+                    await self.transport.send([r for r in records if r is not None])
+                    self.stats.timers_fired += len(due)
+                except TransportError as exc:
+                    log.error("firing %d timer(s) failed, trying again in 1s: %s", len(due), exc)
+                    for tp, t in due:  # due again: they are derived from the instances
+                        instance = (
+                            self._owned[tp].instances.get(t.saga_id) if self._ready(tp) else None
+                        )
+                        if instance is not None:
+                            self._timers.set(tp, t.saga_id, timers(instance))
+                    await anyio.sleep(1.0)
+                    continue
             next_due = self._timers.next_due_ms()
             wait_s = 60.0 if next_due is None else max(0.0, (next_due - now_ms) / 1000)
             await self._timers.wait(wait_s)

@@ -28,17 +28,24 @@ from typing import Any, Generic, TypeVar
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from ._codec import DEFAULT_CODEC, Codec, encode_record
+from ._codec import DEFAULT_CODEC, Codec, encode_record, envelope_of
 from ._commits import BackgroundCommit
 from ._dlq import dead_letter, dlq_topic
-from ._errors import BusinessFailure, DecodeError, DefinitionError
+from ._errors import BusinessFailure, DecodeError, DefinitionError, TransportError
 from ._faults import fault_point
 from ._idempotency import IdempotencyStore, StoreBatch, StoredReply
 from ._logging import log_context, trace_id_of
-from ._messages import Command, Envelope, Event, Message, Reply, is_registered
+from ._messages import Command, Envelope, Event, Message, Reply, is_registered, registered
 from ._metrics import Metrics
 from .tracing import SpanHandle, Tracing
-from .transport._base import OutgoingRecord, Record, Subscription, TopicPartition, Transport
+from .transport._base import (
+    MAX_RECORD_BYTES,
+    OutgoingRecord,
+    Record,
+    Subscription,
+    TopicPartition,
+    Transport,
+)
 
 log = logging.getLogger("sagakit.participant")
 
@@ -82,6 +89,8 @@ class ServiceStats:
     duplicates: int = 0
     failures: int = 0
     dead_letters: int = 0
+    unknown_types: int = 0
+    failed_batches: int = 0
 
 
 def reply_id(command_message_id: str) -> str:
@@ -110,11 +119,14 @@ class Service(Generic[TxT]):
         poll_timeout_s: float = 0.1,
         handler_attempts: int = 3,
         handler_backoff_s: float = 0.01,
+        shutdown_grace_s: float = 30.0,
         tracing: Tracing | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         """`handler_attempts`: runs of a handler that raises a non-business error before the
-        command goes to the DLQ (with `handler_backoff_s`, doubling, between runs)."""
+        command goes to the DLQ (with `handler_backoff_s`, doubling, between runs).
+        `shutdown_grace_s`: how long a batch may take, and how long a cancelled run waits
+        for the batch in hand."""
         self.name = name
         self.tracing = tracing if tracing is not None else Tracing.disabled()
         self.metrics = metrics if metrics is not None else Metrics(name)
@@ -132,8 +144,13 @@ class Service(Generic[TxT]):
         self.stats = ServiceStats()
         self._handlers: dict[str, Callable[[Any, HandlerContext[TxT]], Any]] = {}
         self._reactions: dict[str, Callable[[Any, HandlerContext[TxT]], Any]] = {}
+        self.shutdown_grace_s = shutdown_grace_s
         self._assignment: frozenset[TopicPartition] = frozenset()
         self._changed = anyio.Event()
+        self._inboxes: frozenset[str] = frozenset()  # saga inboxes known to exist
+        self._transport: Transport | None = None
+        self._inboxes_checked = -1e9
+        self._failing = 0  # batches failed in a row
 
     @property
     def commands_topic(self) -> str:
@@ -298,6 +315,7 @@ class Service(Generic[TxT]):
     ) -> None:
         """Consume and handle commands and events until cancelled."""
         await self.ensure_topics(transport)
+        self._transport = transport
         group = group_id or f"{self.namespace}{self.name}.service"
         topics = self.subscribed_topics() or [self.commands_topic]
         async with (
@@ -313,8 +331,17 @@ class Service(Generic[TxT]):
                     )
                     if records:
                         # a cancelled run finishes its batch (store, replies) first
-                        with anyio.CancelScope(shield=True), anyio.move_on_after(30):
+                        with (
+                            anyio.CancelScope(shield=True),
+                            anyio.move_on_after(self.shutdown_grace_s) as limit,
+                        ):
                             await self._process(transport, sub, records, tg)
+                        if limit.cancelled_caught:
+                            self._batch_failed(
+                                sub, records, f"it did not finish in {self.shutdown_grace_s}s"
+                            )
+                        if self._failing:  # back off while sends keep failing
+                            await anyio.sleep(min(0.05 * 2 ** (self._failing - 1), 5.0))
             finally:
                 await self._commit.wait()
                 self._sub = None
@@ -335,6 +362,7 @@ class Service(Generic[TxT]):
             )
         outgoing: list[OutgoingRecord] = []
         offsets: dict[TopicPartition, int] = {}
+        await self._refresh_inboxes(transport, records)
         batch = self.store.begin()
         try:
             for record in records:
@@ -348,16 +376,68 @@ class Service(Generic[TxT]):
             raise
         fault_point("participant.before-reply")
         if outgoing:
-            await transport.send(outgoing)
+            try:
+                await transport.send(outgoing)
+            except TransportError as exc:
+                # the effects are committed with their replies: the redelivered records
+                # are answered from the store
+                self._batch_failed(sub, records, str(exc))
+                return
+        self._failing = 0
         self._commit.start(tg, sub, offsets)
+
+    def _batch_failed(self, sub: Subscription, records: Sequence[Record], why: str) -> None:
+        """Nothing of a batch whose sends failed is committed: read it again, loudly."""
+        self.stats.failed_batches += 1
+        self._failing += 1
+        firsts: dict[TopicPartition, int] = {}
+        for record in records:
+            firsts.setdefault(record.tp, record.offset)
+        log.error(
+            "%s: a batch of %d record(s) failed and is read again: %s",
+            self.name,
+            len(records),
+            why,
+        )
+        assigned = sub.assignment()
+        for tp, offset in firsts.items():
+            if tp in assigned:
+                sub.seek(tp, offset)
+
+    async def _refresh_inboxes(self, transport: Transport, records: Sequence[Record]) -> None:
+        """Learn which saga inboxes exist when a command names one not seen yet.
+
+        At most once a second: a reply-to is written by whoever sent the command. (An
+        orchestrator creates its inbox before it joins its group, seconds before it sends
+        a command.)
+        """
+        wanted = {
+            value
+            for r in records
+            if r.topic == self.commands_topic
+            for name, value in r.headers
+            if name == "reply-to" and value is not None
+        }
+        names = {v.decode(errors="replace") for v in wanted}
+        inboxes = {n for n in names if n.startswith(self.namespace) and n.endswith(".inbox")}
+        if inboxes <= self._inboxes or anyio.current_time() - self._inboxes_checked < 1.0:
+            return
+        self._inboxes_checked = anyio.current_time()
+        self._inboxes = frozenset(
+            t
+            for t in await transport.existing_topics()
+            if t.startswith(self.namespace) and t.endswith(".inbox")
+        )
 
     async def _handle(self, batch: StoreBatch[TxT], record: Record) -> OutgoingRecord | None:
         """The reply, event or dead letter for one record; None when there is nothing to say."""
         try:
-            env = Envelope.from_headers(record.headers)
+            env = envelope_of(record)
         except DecodeError as exc:
             return self._dead(record, "DecodeError", str(exc))
         if record.topic != self.commands_topic and env.message_type not in self._reactions:
+            if registered(env.message_type) is None:
+                self._unknown(record, env)
             return None  # an event of another service this one does not react to
         with (
             self.tracing.process(record, env) as span,
@@ -385,10 +465,9 @@ class Service(Generic[TxT]):
                     "NoHandler",
                     f"service {self.name!r} has no handler for {env.message_type}",
                 )
-            if not env.reply_to:
-                return self._dead(
-                    record, "NoReplyTo", f"command {env.message_id} has no reply-to header"
-                )
+            bad_reply_to = self._check_reply_to(env)
+            if bad_reply_to is not None:
+                return self._dead(record, "BadReplyTo", bad_reply_to)
         assert handler is not None  # reactions were filtered before the span opened
         stored = batch.reply_for(env.message_id)
         if stored is not None:
@@ -413,6 +492,14 @@ class Service(Generic[TxT]):
                 if outcome is None
                 else StoredReply(outcome.message_type, self.codec.encode(outcome))
             )
+            limit = getattr(self._transport, "max_record_bytes", MAX_RECORD_BYTES) - 16384
+            if len(stored.payload) > limit:
+                return self._dead(
+                    record,
+                    "TooLarge",
+                    f"the {stored.message_type} it returned is {len(stored.payload)} bytes, "
+                    f"more than the {limit} a record may hold",
+                )
             batch.save_reply(env.message_id, stored)
             self.stats.handled += 1
             self._count(env, stored.message_type or "none")
@@ -447,6 +534,42 @@ class Service(Generic[TxT]):
             value=stored.payload,
             headers=tuple(out_env.to_headers()),
         )
+
+    def _check_reply_to(self, env: Envelope) -> str | None:
+        """Why a command's reply-to is not acceptable, or None.
+
+        A reply goes only to the inbox of the saga that sent the command, named by its
+        saga-type header, in this service's namespace, and only if that topic exists:
+        never to a journal, a DLQ or any other topic the sender names.
+        """
+        if not env.reply_to:
+            return f"command {env.message_id} has no reply-to header"
+        if not env.saga_type:
+            return f"command {env.message_id} has no saga-type header"
+        expected = f"{self.namespace}{env.saga_type}.inbox"
+        if env.reply_to != expected:
+            return (
+                f"command {env.message_id} of saga type {env.saga_type!r} asks for its reply "
+                f"on {env.reply_to[:200]!r}; replies go only to that saga's inbox {expected!r}"
+            )
+        if expected not in self._inboxes:
+            return (
+                f"command {env.message_id} asks for its reply on {expected!r}, which does not exist"
+            )
+        return None
+
+    def _unknown(self, record: Record, env: Envelope) -> None:
+        self.stats.unknown_types += 1
+        if self.metrics.unknown_type(record.topic, env.message_type):
+            log.warning(
+                "%s: skipping records of unknown message type %r on %s (first at offset %d of "
+                "partition %d); sagakit_unknown_messages_total counts them",
+                self.name,
+                env.message_type[:200],
+                record.topic,
+                record.offset,
+                record.partition,
+            )
 
     def _dead(self, record: Record, error_type: str, message: str) -> OutgoingRecord:
         self.stats.dead_letters += 1

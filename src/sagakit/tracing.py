@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextvars
 import os
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -242,12 +243,15 @@ _UNSAMPLED: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 
 
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+
+
 def _unsampled(traceparent: str) -> bool:
-    """True for a W3C traceparent (``00-trace-span-flags``) whose sampled flag is off."""
-    try:
-        return not int(traceparent[-2:], 16) & 1
-    except ValueError:
-        return False
+    """True for a W3C traceparent (``00-trace-span-flags``) whose sampled flag is off.
+
+    Anything else (it is a header anyone can write) is not passed on as it is.
+    """
+    return _TRACEPARENT.match(traceparent) is not None and not int(traceparent[-2:], 16) & 1
 
 
 class _Unsampled:

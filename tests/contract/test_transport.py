@@ -220,13 +220,14 @@ async def test_headers_keys_and_null_values_round_trip(transport: Transport, uni
         OutgoingRecord(topic, None, b"no key"),
         OutgoingRecord(topic, b"", b""),
         OutgoingRecord(topic, b"saga-2", None, (("only", b"\x00"),)),
+        OutgoingRecord(topic, None, None),  # legal in Kafka: a dead letter of one keeps it
     ]
     await transport.send(sent)
 
     got = await read_all(transport, topic, 0)
 
     assert [(r.key, r.value, r.headers) for r in got] == [(s.key, s.value, s.headers) for s in sent]
-    assert [r.offset for r in got] == [0, 1, 2, 3, 4]
+    assert [r.offset for r in got] == [0, 1, 2, 3, 4, 5]
 
 
 async def test_send_to_a_partition_the_topic_lacks_raises_transport_error(
@@ -237,6 +238,33 @@ async def test_send_to_a_partition_the_topic_lacks_raises_transport_error(
 
     with pytest.raises(TransportError, match="partition"):
         await transport.send([OutgoingRecord(topic, b"k", b"v", partition=3)])
+
+
+async def test_a_record_larger_than_a_batch_is_sent_and_one_over_the_limit_refused(
+    transport: Transport, unique: str
+) -> None:
+    topic = f"{unique}.t"
+    await transport.ensure_topics({topic: 1})
+    big = b"b" * 600_000  # more than a producer batch (256 KiB), less than the limit
+    await transport.send([OutgoingRecord(topic, b"k", b"small"), OutgoingRecord(topic, b"k", big)])
+    assert [r.value for r in await read_all(transport, topic, 0)] == [b"small", big]
+    too_big = b"x" * (transport.max_record_bytes + 1)
+    with pytest.raises(TransportError, match=r"at most \d+ are allowed"):
+        await transport.send(
+            [OutgoingRecord(topic, b"k", b"first"), OutgoingRecord(topic, b"k", too_big)]
+        )
+    # all or nothing: the record before the refused one was not written either
+    assert len(await read_all(transport, topic, 0)) == 2
+
+
+async def test_a_send_to_a_topic_that_does_not_exist_fails_at_once(
+    transport: Transport, unique: str
+) -> None:
+    # a metadata request would create it (Kafka's auto.create.topics.enable, Tansu always)
+    # or wait for it for the whole request timeout: a reply-to naming nothing must not
+    with anyio.fail_after(5), pytest.raises(TransportError, match="does not exist"):
+        await transport.send([OutgoingRecord(f"{unique}.nowhere", b"k", b"v")])
+    assert f"{unique}.nowhere" not in await transport.existing_topics()
 
 
 # consume in groups -------------------------------------------------------------------------

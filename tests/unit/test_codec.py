@@ -349,11 +349,26 @@ def test_empty_required_header_counts_as_missing(value: bytes | None) -> None:
 
 @pytest.mark.parametrize("name", ["message-id", "saga-id", "saga-type", "traceparent"])
 def test_non_utf8_known_header(name: str) -> None:
-    headers = [*MINIMAL.to_headers(), (name, b"\xc3\x28")]
+    headers = [*(h for h in MINIMAL.to_headers() if h[0] != name), (name, b"\xc3\x28")]
     with pytest.raises(DecodeError) as info:
         Envelope.from_headers(headers)
     assert "not UTF-8" in str(info.value)
     assert isinstance(info.value.__cause__, UnicodeDecodeError)
+
+
+@pytest.mark.parametrize("name", ["message-id", "saga-id", "reply-to"])
+def test_a_wire_contract_header_given_twice_is_refused(name: str) -> None:
+    # which of the two would count is anybody's guess: a forger's second saga-id, say
+    headers = [*MINIMAL.to_headers(), ("reply-to", b"a.inbox"), (name, b"forged")]
+    with pytest.raises(DecodeError, match=f"header '{name}' more than once"):
+        Envelope.from_headers(headers)
+
+
+def test_a_header_name_that_is_not_utf8_is_refused() -> None:
+    # what the tolerant record decoder hands over for a name that is not UTF-8
+    bad_name = b"\xff\xfex".decode("utf-8", "surrogateescape")
+    with pytest.raises(DecodeError, match="not UTF-8"):
+        Envelope.from_headers([*MINIMAL.to_headers(), (bad_name, b"v")])
 
 
 @pytest.mark.parametrize("headers", [[("message-id",)], [("message-id", "m1")], None, [42]])

@@ -548,7 +548,8 @@ def test_timeouts_retry_at_once_without_backoff_then_compensate_the_unknown_step
     assert [(c.message_id, c.command) for c in gave_up.commands] == [
         (f"{SAGA_ID}:b:c1", UndoB(order_id="o1"))
     ]
-    assert gave_up.timers == ()
+    # the compensation has the default 30 s to be answered
+    assert gave_up.timers == (Timer(SAGA_ID, "timeout", f"{SAGA_ID}:b:c1", run.clock + 30_000),)
 
     assert sent(run.answer(BUndone())) == [f"{SAGA_ID}:a:c1"]
     run.answer(AUndone())
@@ -557,18 +558,43 @@ def test_timeouts_retry_at_once_without_backoff_then_compensate_the_unknown_step
     assert [c.step for c in run.commands if c.phase is Phase.FORWARD] == ["a", "b", "b", "b"]
 
 
-def test_a_timed_out_step_without_compensation_is_not_undone() -> None:
+def test_a_timed_out_step_without_compensation_parks_instead_of_undoing_the_steps_before() -> None:
     saga = three_steps(
         "rtest-timeouts-no-undo",
-        RetryPolicy(max_attempts=1, timeout_s=1),
+        RetryPolicy(max_attempts=2, timeout_s=1, initial_backoff_s=0),
         b_compensates=False,
     )
     run = at_b(saga)
+    run.fire("timeout")  # attempt 2 at once
     gave_up = run.fire("timeout")
-    assert gave_up.records[0].failure is not None
-    assert "gave up after 1 attempt(s)" in gave_up.records[0].failure
-    assert run.inst.completed == ("a",)
-    assert sent(gave_up) == [f"{SAGA_ID}:a:c1"]
+    [record] = gave_up.records
+    # b may have taken effect and nothing undoes it: undoing a would leave b's effect alone
+    assert record.event == "parked" and record.status is SagaStatus.FAILED_NEEDS_ATTENTION
+    assert record.failure is not None and "gave up after 2 attempt(s)" in record.failure
+    assert "b may have taken effect and has no compensation" in record.failure
+    assert sent(gave_up) == [] and gave_up.timers == ()
+    assert run.inst.completed == ("a",) and run.inst.compensated == ()
+    # a person resumes it: b is retried forward, and the saga goes on
+    resumed = run.resume("shipping is back")
+    assert sent(resumed) == [f"{SAGA_ID}:b:3"]
+    run.answer(BDone())
+    run.answer(CDone())
+    assert run.inst.status is SagaStatus.COMPLETED
+
+
+def test_a_business_failure_of_a_step_without_compensation_still_compensates() -> None:
+    # a failure reply is an answer: by the participant contract (idempotent per business
+    # key) an earlier attempt that timed out did not take effect either
+    saga = three_steps(
+        "rtest-no-undo-refused",
+        RetryPolicy(max_attempts=3, timeout_s=1, initial_backoff_s=0),
+        b_compensates=False,
+    )
+    run = at_b(saga)
+    run.fire("timeout")
+    refused = run.answer(BRefused())
+    assert refused.records[0].status is SagaStatus.COMPENSATING
+    assert sent(refused) == [f"{SAGA_ID}:a:c1"]
 
 
 def test_a_timeout_waits_the_backoff_in_a_retry_timer() -> None:
@@ -983,7 +1009,7 @@ def test_the_deadline_compensates_the_step_in_flight_and_the_completed_ones() ->
     assert record.completed == ("a", "b")
     assert record.deadline_ms is None
     assert sent(passed) == [f"{SAGA_ID}:b:c1"]
-    assert passed.timers == ()
+    assert kinds(run.inst) == {"timeout"}  # the compensation's own 30 s, no deadline
     before = run.inst
     late = run.feed(reply(f"{SAGA_ID}:b:1", BDone(), at_ms=run.clock + 1))
     assert_ignored(late, before, "not awaited")
@@ -994,14 +1020,32 @@ def test_the_deadline_compensates_the_step_in_flight_and_the_completed_ones() ->
     assert run.inst.failure == "saga deadline passed"
 
 
-def test_the_deadline_does_not_compensate_an_in_flight_step_without_compensation() -> None:
+def test_the_deadline_waits_for_an_in_flight_step_without_compensation() -> None:
     run = Run(pivoted("rtest-deadline-pivot", deadline_s=10))
     run.start()
     run.answer(ADone())
     assert run.pending.step == "p"
-    passed = run.fire("deadline")
-    assert passed.records[0].completed == ("a",)
-    assert sent(passed) == [f"{SAGA_ID}:a:c1"]
+    deferred = run.fire("deadline")
+    # the pivot may take effect and cannot be undone: undoing a now could leave it alone
+    [record] = deferred.records
+    assert record.event == "deadline-deferred" and record.status is SagaStatus.RUNNING
+    assert record.note is not None and "no compensation" in record.note
+    assert sent(deferred) == [] and record.pending == run.pending
+    assert kinds(run.inst) == set()  # the pivot has no timeout here; the deadline is spent
+    run.answer(PDone())  # past the point of no return
+    run.answer(CDone())
+    assert run.inst.status is SagaStatus.COMPLETED and run.inst.failure is None
+
+
+def test_after_a_deferred_deadline_a_failed_pivot_compensates() -> None:
+    run = Run(pivoted("rtest-deadline-pivot-fails", deadline_s=10))
+    run.start()
+    run.answer(ADone())
+    run.fire("deadline")
+    failed = run.answer(PRefused())
+    assert sent(failed) == [f"{SAGA_ID}:a:c1"]
+    run.answer(AUndone())
+    assert run.inst.status is SagaStatus.COMPENSATED
 
 
 def test_the_deadline_while_waiting_to_retry_cancels_the_retry() -> None:
@@ -1055,3 +1099,22 @@ def test_a_step_with_an_unknown_earlier_attempt_is_compensated_after_a_later_fai
     assert run.pending.message_id == f"{SAGA_ID}:b:2"
     failed = run.answer(BRefused())
     assert sent(failed) == [f"{SAGA_ID}:b:c1"]
+
+
+def test_a_compensation_nobody_answers_is_retried_then_parked_by_default() -> None:
+    # compensations have a default timeout: "3 attempts, then parked" holds even when
+    # the participant never answers
+    run = at_b(three_steps("rtest-undo-unanswered", RetryPolicy()))
+    run.answer(BRefused())
+    assert run.pending.message_id == f"{SAGA_ID}:a:c1"
+    assert DEFAULT_COMPENSATION_RETRY.timeout_s is not None
+    for attempt in (2, 3):
+        run.fire("timeout")  # no reply within the default timeout
+        if run.inst.pending is None:
+            run.fire("retry")  # after the back-off
+        assert run.pending.message_id == f"{SAGA_ID}:a:c{attempt}"
+    parked = run.fire("timeout")
+    assert parked.records[0].event == "parked"
+    assert run.inst.status is SagaStatus.FAILED_NEEDS_ATTENTION
+    assert run.inst.failure is not None and "gave up after 3 attempt(s)" in run.inst.failure
+    assert timers(run.inst) == ()

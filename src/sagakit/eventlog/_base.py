@@ -18,6 +18,12 @@ class JournalEntry:
     data: bytes
 
 
+#: The kind of an entry the log found but cannot read as one of its writer's (a record
+#: without the journal headers, say, produced to the journal by someone else). Replay
+#: counts and skips it.
+FOREIGN = "foreign"
+
+
 @dataclass(frozen=True, slots=True)
 class StoredEntry:
     offset: int

@@ -4,28 +4,41 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
 
-from .._errors import DecodeError
 from ..transport._base import OutgoingRecord, Record, Transport
-from ._base import JournalEntry, StoredEntry
+from ._base import FOREIGN, JournalEntry, StoredEntry
 
 KIND_HEADER = "journal-kind"
 EPOCH_HEADER = "journal-epoch"
 
 
 def _entry(record: Record) -> JournalEntry:
+    """The journal entry a record holds; a FOREIGN one (with the reason) if it holds none."""
     kind = epoch = None
-    for name, value in record.headers:
-        if name == KIND_HEADER:
-            kind = value.decode()
-        elif name == EPOCH_HEADER:
-            epoch = int(value)
+    try:
+        for name, value in record.headers:
+            if name == KIND_HEADER:
+                kind = value.decode()
+            elif name == EPOCH_HEADER:
+                epoch = int(value)
+        key = record.key.decode() if record.key is not None else ""
+    except (AttributeError, TypeError, ValueError) as exc:
+        return _foreign(record, f"its journal headers or key do not decode ({exc!r})")
+    if record.defect is not None:
+        return _foreign(record, record.defect)
     if kind is None or epoch is None or record.value is None:
-        raise DecodeError(
-            f"journal record {record.topic}[{record.partition}]@{record.offset} lacks "
-            f"{KIND_HEADER}/{EPOCH_HEADER} headers or a value; is another writer using this topic?"
+        return _foreign(
+            record,
+            f"it lacks {KIND_HEADER}/{EPOCH_HEADER} headers or a value; "
+            "is another writer producing to this topic?",
         )
-    key = record.key.decode() if record.key is not None else ""
     return JournalEntry(key, kind, epoch, record.value)
+
+
+def _foreign(record: Record, why: str) -> JournalEntry:
+    where = f"{record.topic}[{record.partition}]@{record.offset}"
+    return JournalEntry(
+        "", FOREIGN, -1, f"journal record {where} is not a journal entry: {why}".encode()
+    )
 
 
 class KafkaEventLog:

@@ -17,7 +17,12 @@ class TopicPartition(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """A record as consumed: where it sits, its key, value, headers and timestamp."""
+    """A record as consumed: where it sits, its key, value, headers and timestamp.
+
+    `defect` says why the transport could not decode what the broker holds at this
+    offset (a corrupt batch, say); `value` then holds the raw bytes and `headers` is
+    empty. Consumers dead-letter such a record and move on.
+    """
 
     topic: str
     partition: int
@@ -26,6 +31,7 @@ class Record:
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...]
     timestamp_ms: int
+    defect: str | None = None
 
     @property
     def tp(self) -> TopicPartition:
@@ -89,8 +95,24 @@ class Subscription(Protocol):
         ...
 
 
+#: The largest record (key, value and headers) a transport accepts by default: Kafka's
+#: default ``max.request.size`` and the broker's ``message.max.bytes`` are about this.
+MAX_RECORD_BYTES = 1024 * 1024
+
+
+def record_size(record: OutgoingRecord) -> int:
+    """Bytes of key, value and headers (a lower bound of the record's size on the wire)."""
+    size = len(record.key or b"") + len(record.value or b"")
+    for name, value in record.headers:
+        size += len(name) + len(value or b"")
+    return size
+
+
 class Transport(Protocol):
     """Produce, consume in groups, and read single partitions to their end."""
+
+    #: Records larger than this are refused by `send` (TransportError).
+    max_record_bytes: int
 
     async def start(self) -> None: ...
 

@@ -13,11 +13,14 @@ import anyio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import OffsetAndMetadata
 from aiokafka.structs import TopicPartition as KafkaTP
 
 from .._errors import PartitionsLost, TopicMismatch, TransportError
+from . import _tolerant
 from ._base import (
+    MAX_RECORD_BYTES,
     Delivered,
     OutgoingRecord,
     RebalanceListener,
@@ -25,9 +28,13 @@ from ._base import (
     Subscription,
     TopicPartition,
     partition_for,
+    record_size,
 )
 
 log = logging.getLogger("sagakit.transport.kafka")
+
+#: Room for a record batch's own header and a record's framing, beyond key, value, headers.
+_BATCH_OVERHEAD = 512
 
 _TOPIC_EXISTS = 36
 
@@ -50,6 +57,7 @@ class KafkaSettings:
     max_batch_size: int = 256 * 1024
     acks: int | str = "all"
     request_timeout_ms: int = 30_000
+    max_request_size: int = MAX_RECORD_BYTES
 
     @classmethod
     def embedded(cls, bootstrap_servers: str, **overrides: Any) -> KafkaSettings:
@@ -63,13 +71,25 @@ class KafkaSettings:
 
 
 def _record(msg: Any) -> Record:
+    headers = msg.headers
+    if headers and headers[0][0] is _tolerant.DEFECT:
+        return Record(
+            msg.topic,
+            msg.partition,
+            msg.offset,
+            None,
+            msg.value,
+            (),
+            msg.timestamp,
+            defect=headers[0][1].decode(),
+        )
     return Record(
         msg.topic,
         msg.partition,
         msg.offset,
         msg.key,
         msg.value,
-        tuple(msg.headers),
+        tuple(headers),
         msg.timestamp,
     )
 
@@ -180,7 +200,9 @@ class KafkaTransport:
 
     def __init__(self, settings: KafkaSettings | str) -> None:
         self.settings = KafkaSettings(settings) if isinstance(settings, str) else settings
+        self.max_record_bytes = self.settings.max_request_size
         self._producer: AIOKafkaProducer | None = None
+        _tolerant.install()  # no record a producer can write makes our consumers raise
 
     async def __aenter__(self) -> KafkaTransport:
         await self.start()
@@ -197,6 +219,7 @@ class KafkaTransport:
             acks=s.acks,
             linger_ms=s.linger_ms,
             max_batch_size=s.max_batch_size,
+            max_request_size=s.max_request_size,
             request_timeout_ms=s.request_timeout_ms,
             enable_idempotence=False,
         )
@@ -267,24 +290,22 @@ class KafkaTransport:
         return {d["topic"]: len(d["partitions"]) for d in described}
 
     async def partition_count(self, topic: str) -> int:
-        producer = self._require_producer()
-        parts = await producer.partitions_for(topic)
-        return len(parts)
+        return await self._partitions(topic)
 
     # produce ------------------------------------------------------------
     async def _check_partition(self, topic: str, partition: int) -> None:
-        known = await self._require_producer().partitions_for(topic)
-        if partition not in known:
-            raise TransportError(
-                f"topic {topic!r} has no partition {partition} (it has {len(known)})"
-            )
+        count = await self._partitions(topic)
+        if not 0 <= partition < count:
+            raise TransportError(f"topic {topic!r} has no partition {partition} (it has {count})")
 
     async def send(self, records: Sequence[OutgoingRecord]) -> list[Delivered]:
         """Build one record batch per partition and hand them to the producer together.
 
         Appending to a batch builder costs about half the client CPU of `producer.send`
         per record; order within a partition is kept, and each record's offset is its
-        batch's base offset plus its index in the batch.
+        batch's base offset plus its index in the batch. A record with neither key nor
+        value is legal in Kafka and is sent as it is; one that does not fit a batch goes
+        in a batch of its own, up to `max_record_bytes`.
         """
         producer = self._require_producer()
         counts: dict[str, int] = {}
@@ -294,10 +315,14 @@ class KafkaTransport:
         sizes: list[int] = []
         numbers: dict[int, int] = {}
         for r in records:
-            if r.key is None and r.value is None:
-                raise TransportError(f"a record for {r.topic!r} needs a key or a value")
+            size = record_size(r)
+            if size > self.max_record_bytes:
+                raise TransportError(
+                    f"a record for {r.topic!r} has {size} bytes; at most "
+                    f"{self.max_record_bytes} are allowed (KafkaSettings.max_request_size)"
+                )
             if r.topic not in counts:
-                counts[r.topic] = len(await producer.partitions_for(r.topic))
+                counts[r.topic] = await self._partitions(r.topic)
             n = counts[r.topic]
             if r.partition is not None:
                 if not 0 <= r.partition < n:
@@ -316,7 +341,7 @@ class KafkaTransport:
                     key=r.key, value=r.value, timestamp=None, headers=list(r.headers)
                 )
             if appended is None:  # no batch yet for this partition, or it is full
-                builder = open_batches[(r.topic, partition)] = producer.create_batch()
+                builder = open_batches[(r.topic, partition)] = self._new_batch(size)
                 numbers[id(builder)] = len(batches)
                 batches.append((r.topic, partition, builder))
                 sizes.append(0)
@@ -324,10 +349,7 @@ class KafkaTransport:
                     key=r.key, value=r.value, timestamp=None, headers=list(r.headers)
                 )
                 if appended is None:
-                    raise TransportError(
-                        f"a record for {r.topic!r} is larger than the producer's batch size "
-                        f"({self.settings.max_batch_size} bytes)"
-                    )
+                    raise TransportError(f"a record for {r.topic!r} does not fit a record batch")
             number = numbers[id(builder)]
             placed.append((number, sizes[number]))
             sizes[number] += 1
@@ -343,6 +365,30 @@ class KafkaTransport:
             Delivered(batches[number][0], batches[number][1], bases[number].offset + index)
             for number, index in placed
         ]
+
+    def _new_batch(self, record_bytes: int) -> Any:
+        if record_bytes + _BATCH_OVERHEAD <= self.settings.max_batch_size:
+            return self._require_producer().create_batch()
+        return BatchBuilder(record_bytes + _BATCH_OVERHEAD, 0, is_transactional=False)
+
+    async def _partitions(self, topic: str) -> int:
+        """The partition count of an existing topic; never creates one.
+
+        A metadata request for an unknown topic makes Tansu (and Kafka with
+        auto.create.topics.enable) create it, and aiokafka waits for it for the whole
+        request timeout otherwise: a send to a topic nobody created is an error at once.
+        """
+        producer = self._require_producer()
+        known = producer.client.cluster.partitions_for_topic(topic)
+        if not known:
+            if topic not in await self._topic_names():
+                raise TransportError(f"topic {topic!r} does not exist; create it first")
+            known = await producer.partitions_for(topic)
+        return len(known)
+
+    async def _topic_names(self) -> frozenset[str]:
+        async with self._admin() as admin:
+            return frozenset(await admin.list_topics())
 
     # consume ------------------------------------------------------------
     def _consumer(self, group_id: str | None, **extra: Any) -> AIOKafkaConsumer:
@@ -380,6 +426,40 @@ class KafkaTransport:
             raise TransportError(f"cannot join group {group_id!r}: {exc!r}") from exc
         try:
             yield sub
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+                await consumer.stop()
+
+    async def group_lag(
+        self, group_id: str, topics: Sequence[str], *, timeout: float = 10.0
+    ) -> dict[TopicPartition, int]:
+        """Records of `topics` the group has not committed yet, per partition.
+
+        Read without joining the group: its committed offsets, and each partition's
+        high-watermark from a fetch response (never ``end_offsets``, which some brokers
+        get wrong after multi-record batches).
+        """
+        counts = {t: await self._partitions(t) for t in topics}
+        tps = [KafkaTP(t, p) for t, n in counts.items() for p in range(n)]
+        consumer = self._consumer(group_id)
+        try:
+            await consumer.start()
+            consumer.assign(tps)
+            committed = {}
+            for tp in tps:
+                committed[tp] = await consumer.committed(tp) or 0
+                consumer.seek(tp, committed[tp])
+            with anyio.fail_after(timeout):
+                while any(consumer.highwater(tp) is None for tp in tps):
+                    await consumer.getmany(*tps, timeout_ms=50, max_records=1)
+            return {
+                TopicPartition(tp.topic, tp.partition): max(
+                    0, consumer.highwater(tp) - committed[tp]
+                )
+                for tp in tps
+            }
+        except (KafkaError, TimeoutError) as exc:
+            raise TransportError(f"reading the lag of group {group_id!r} failed: {exc!r}") from exc
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(10):
                 await consumer.stop()

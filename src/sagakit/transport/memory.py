@@ -19,6 +19,7 @@ import anyio
 
 from .._errors import PartitionsLost, TopicMismatch, TransportError
 from ._base import (
+    MAX_RECORD_BYTES,
     Delivered,
     OutgoingRecord,
     RebalanceListener,
@@ -26,6 +27,7 @@ from ._base import (
     Subscription,
     TopicPartition,
     partition_for,
+    record_size,
 )
 
 
@@ -78,16 +80,17 @@ class MemoryBroker:
     def append(self, records: Sequence[OutgoingRecord]) -> list[Delivered]:
         delivered = []
         now = int(self._clock() * 1000)
-        for rec in records:
+        for rec in records:  # all or nothing, as one produce request of a batch per partition
             parts = self._topics.get(rec.topic)
             if parts is None:
                 raise TransportError(f"cannot send to topic {rec.topic!r}: it does not exist")
+            if rec.partition is not None and not 0 <= rec.partition < len(parts):
+                raise TransportError(
+                    f"topic {rec.topic!r} has no partition {rec.partition} (it has {len(parts)})"
+                )
+        for rec in records:
+            parts = self._topics[rec.topic]
             if rec.partition is not None:
-                if not 0 <= rec.partition < len(parts):
-                    raise TransportError(
-                        f"topic {rec.topic!r} has no partition {rec.partition} "
-                        f"(it has {len(parts)})"
-                    )
                 p = rec.partition
             elif rec.key is not None:
                 p = partition_for(rec.key, len(parts))
@@ -270,8 +273,11 @@ class MemorySubscription:
 class MemoryTransport:
     """`Transport` over a `MemoryBroker`; several transports may share one broker."""
 
-    def __init__(self, broker: MemoryBroker | None = None) -> None:
+    def __init__(
+        self, broker: MemoryBroker | None = None, *, max_record_bytes: int = MAX_RECORD_BYTES
+    ) -> None:
         self.broker = broker if broker is not None else MemoryBroker()
+        self.max_record_bytes = max_record_bytes
 
     async def start(self) -> None:
         await anyio.lowlevel.checkpoint()
@@ -301,6 +307,13 @@ class MemoryTransport:
 
     async def send(self, records: Sequence[OutgoingRecord]) -> list[Delivered]:
         await anyio.lowlevel.checkpoint()
+        for r in records:
+            size = record_size(r)
+            if size > self.max_record_bytes:
+                raise TransportError(
+                    f"a record for {r.topic!r} has {size} bytes; at most "
+                    f"{self.max_record_bytes} are allowed"
+                )
         return self.broker.append(records)
 
     @asynccontextmanager
