@@ -31,3 +31,8 @@ def test_chaos_kills_processes_and_every_invariant_still_holds() -> None:
     assert result["consistent"] is True and result["violations"] == []
     assert result["journal_anomalies"] == 0
     assert sum(result["outcomes"].values()) == 60
+    # checked once the journal shows every saga settled and no group has records left
+    assert result["unsettled_in_journal"] == 0 and result["lag"] == 0
+    assert sum(result["reasons"].values()) == 60
+    assert result["reasons"].get("completed", 0) == result["outcomes"].get("APPROVED", 0)
+    assert all(r == "completed" or r.startswith("compensated: ") for r in result["reasons"])
