@@ -13,19 +13,19 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/sagakit demo
+	$(BIN)/sagakit demo services.scenario:place_order
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check src services tests bench
-	$(BIN)/ruff format --check src services tests bench
-	$(BIN)/mypy src services bench
+	$(BIN)/ruff check src services examples tests
+	$(BIN)/ruff format --check src services examples tests
+	$(BIN)/mypy src services examples
 
 # Benchmarks (not tests): e.g. make bench BENCH_ARGS="--mode open --style orchestration"
 bench: $(STAMP)
-	$(BIN)/sagakit bench $(BENCH_ARGS)
+	$(BIN)/sagakit bench services.scenario:bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

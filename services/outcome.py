@@ -40,7 +40,7 @@ Outcome.ALREADY_UNDONE = Outcome("undone")
 
 def assemble(
     name: str,
-    store: SqliteStore,
+    store: SqliteStore | None,
     schema: str,
     orchestrated: Callable[[Service[sqlite3.Connection]], None],
     choreographed: Callable[[Service[sqlite3.Connection]], None],
@@ -50,8 +50,10 @@ def assemble(
     style: Style = "orchestration",
     tracing: Tracing | None = None,
 ) -> Service[sqlite3.Connection]:
-    """A sample service on its store, with the handlers of the chosen style."""
-    store.connection.executescript(schema)
+    """A sample service on its store (default: ``NAME.sqlite3`` in the data directory),
+    with the handlers of the chosen style."""
+    store = store if store is not None else SqliteStore(f"{name}.sqlite3")
+    store.add_schema(schema)
     service = Service(name, store, partitions=partitions, namespace=namespace, tracing=tracing)
     (orchestrated if style == "orchestration" else choreographed)(service)
     return service

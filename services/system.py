@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sagakit import Service, SqliteStore
+from sagakit import App, Service, SqliteStore
 from sagakit.tracing import Tracing
 
 from .inventory import service as inventory
@@ -24,28 +24,34 @@ POOR_CREDIT = 10
 PLENTY = 1_000_000
 BLOCKED_REGION = "Atlantis"
 FAILURE_KINDS = ("credit", "stock", "shipping")
-#: The prefix of the reference data `sagakit service run --demo-data` seeds (and the load
+#: The prefix of the reference data PLACE_ORDER_DEMO_DATA=1 seeds (and the load
 #: generator's orders use).
 DEMO_RUN = "demo"
 
 
 @dataclass
 class SampleSystem:
+    """The four services of one style, and their stores (SQLite connections)."""
+
     orders: OrdersApp
     payments: Service[sqlite3.Connection]
     inventory: Service[sqlite3.Connection]
     shipping: Service[sqlite3.Connection]
-    stores: dict[str, SqliteStore]
 
     def services(self) -> list[Service[sqlite3.Connection]]:
         return [self.orders.service, self.payments, self.inventory, self.shipping]
 
     def db(self, name: str) -> sqlite3.Connection:
-        return self.stores[name].connection
+        service = next(s for s in self.services() if s.name == name)
+        store = service.store
+        assert isinstance(store, SqliteStore)
+        return store.connection
 
     def close(self) -> None:
-        for store in self.stores.values():
-            store.close()
+        for service in self.services():
+            store = service.store
+            if isinstance(store, SqliteStore):
+                store.close()
 
 
 def build_system(
@@ -62,66 +68,31 @@ def build_system(
     def store(name: str) -> SqliteStore:
         return SqliteStore(db_dir / f"{name}.sqlite3" if db_dir is not None else ":memory:")
 
-    stores = {name: store(name) for name in ("orders", "payments", "inventory", "shipping")}
     options: dict[str, Any] = {"partitions": partitions, "namespace": namespace, "style": style}
     traced = tracing or (lambda _name: Tracing.disabled())
     return SampleSystem(
         orders=OrdersApp(
-            stores["orders"],
+            store("orders"),
             partitions=partitions,
             namespace=namespace,
             style=style,
             on_ended=on_ended,
             tracing=traced("orders"),
         ),
-        payments=payments.build(stores["payments"], tracing=traced("payments"), **options),
-        inventory=inventory.build(stores["inventory"], tracing=traced("inventory"), **options),
-        shipping=shipping.build(stores["shipping"], tracing=traced("shipping"), **options),
-        stores=stores,
+        payments=payments.build(store("payments"), tracing=traced("payments"), **options),
+        inventory=inventory.build(store("inventory"), tracing=traced("inventory"), **options),
+        shipping=shipping.build(store("shipping"), tracing=traced("shipping"), **options),
     )
 
 
-def build_service(
-    name: str,
-    db: Path,
-    *,
-    partitions: int = 8,
-    namespace: str = "",
-    style: Style = "orchestration",
-) -> Service[sqlite3.Connection]:
-    """One service on its SQLite file, as `sagakit service run` runs it."""
-    return build_app(name, db, partitions=partitions, namespace=namespace, style=style)[0]
-
-
-def build_app(
-    name: str,
-    db: Path,
-    *,
-    partitions: int = 8,
-    namespace: str = "",
-    style: Style = "orchestration",
-    tracing: Tracing | None = None,
-    demo_data: bool = False,
-) -> tuple[Service[sqlite3.Connection], OrdersApp | None]:
-    """(service, the orders app when `name` is orders) on its SQLite file; with
-    `demo_data`, the reference data of the demo (`DEMO_RUN`) is seeded first."""
-    store = SqliteStore(db)
-    if name == "orders":
-        app = OrdersApp(
-            store, partitions=partitions, namespace=namespace, style=style, tracing=tracing
-        )
-        return app.service, app
-    builders = {
-        "payments": payments.build,
-        "inventory": inventory.build,
-        "shipping": shipping.build,
-    }
-    service = builders[name](
-        store, partitions=partitions, namespace=namespace, style=style, tracing=tracing
+def system_of(app: App, orders: OrdersApp) -> SampleSystem:
+    """The sample system an app runs (`orders` is its orders service's app)."""
+    return SampleSystem(
+        orders=orders,
+        payments=app.service("payments"),
+        inventory=app.service("inventory"),
+        shipping=app.service("shipping"),
     )
-    if demo_data:
-        seed_reference(name, store.connection, DEMO_RUN)
-    return service, None
 
 
 DEFAULT_MIX = {"credit": 0.1, "stock": 0.1, "shipping": 0.1}

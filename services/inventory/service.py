@@ -176,7 +176,7 @@ def _choreographed(service: Service[sqlite3.Connection]) -> None:
 
 
 def build(
-    store: SqliteStore,
+    store: SqliteStore | None = None,
     *,
     partitions: int = 8,
     namespace: str = "",

@@ -11,7 +11,6 @@ from aiohttp import web
 from pydantic import BaseModel, Field, ValidationError
 
 from sagakit import Transport
-from sagakit._http import ORDERS_PATH, Route, json_error
 
 from .service import NewOrder, OrdersApp
 
@@ -25,18 +24,22 @@ class OrderRequest(BaseModel):
     address: str
 
 
-def orders_routes(app: OrdersApp, transport: Transport) -> list[Route]:
-    async def place(request: web.Request) -> web.Response:
-        try:
-            body: Any = await request.json()
-        except json.JSONDecodeError as exc:
-            return json_error(400, f"body is not JSON: {exc}")
-        items = body.get("orders", [body]) if isinstance(body, dict) else body
-        try:
-            orders = [OrderRequest.model_validate(item) for item in items]
-        except (ValidationError, TypeError) as exc:
-            return json_error(400, f"not an order: {exc}")
-        await app.place(transport, [NewOrder(**o.model_dump()) for o in orders])
-        return web.json_response({"order_ids": [o.order_id for o in orders]}, status=202)
+def json_error(status: int, message: str) -> web.Response:
+    return web.Response(
+        status=status, text=json.dumps({"error": message}), content_type="application/json"
+    )
 
-    return [("POST", ORDERS_PATH, place)]
+
+async def place_request(app: OrdersApp, transport: Transport, request: web.Request) -> web.Response:
+    """POST /orders: one order (an object), or several (``{"orders": [...]}`` or a list)."""
+    try:
+        body: Any = await request.json()
+    except json.JSONDecodeError as exc:
+        return json_error(400, f"body is not JSON: {exc}")
+    items = body.get("orders", [body]) if isinstance(body, dict) else body
+    try:
+        orders = [OrderRequest.model_validate(item) for item in items]
+    except (ValidationError, TypeError) as exc:
+        return json_error(400, f"not an order: {exc}")
+    await app.place(transport, [NewOrder(**o.model_dump()) for o in orders])
+    return web.json_response({"order_ids": [o.order_id for o in orders]}, status=202)

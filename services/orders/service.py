@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
@@ -18,6 +19,7 @@ from services.payments import events as payments_events
 from services.shipping import events as shipping_events
 
 from . import events
+from .api import ORDERS_PATH
 from .events import OrderInfo
 from .messages import ApproveOrder, OrderApproved, OrderRejected, RejectOrder
 from .saga import OrderState, place_order
@@ -191,28 +193,49 @@ class OrdersApp:
 
     def __init__(
         self,
-        store: SqliteStore,
+        store: SqliteStore | None = None,
         *,
         partitions: int = 8,
         namespace: str = "",
         style: Style = "orchestration",
         on_ended: Callable[[str, str], None] | None = None,
         tracing: Tracing | None = None,
+        order_deadline_s: float = 60.0,
     ) -> None:
-        store.connection.executescript(SCHEMA)
-        self.tracing = tracing if tracing is not None else Tracing.disabled()
-        self.store = store
-        self.repository = OrderRepository(store.connection)
+        self.store = store if store is not None else SqliteStore("orders.sqlite3")
+        self.store.add_schema(SCHEMA)
         self.on_ended = on_ended
-        self.namespace = namespace
         self.style = style
+        self.order_deadline_s = order_deadline_s
         self.service: Service[sqlite3.Connection] = Service(
-            "orders", store, partitions=partitions, namespace=namespace, tracing=self.tracing
+            "orders", self.store, partitions=partitions, namespace=namespace, tracing=tracing
         )
+        self.service.route("POST", ORDERS_PATH)(self._place_request)
         if style == "orchestration":
             self._orchestrated()
         else:
             self._choreographed()
+            self.service.task(self._run_deadlines)
+
+    @property
+    def repository(self) -> OrderRepository:
+        return OrderRepository(self.store.connection)
+
+    @property
+    def namespace(self) -> str:
+        return self.service.namespace
+
+    @property
+    def tracing(self) -> Tracing:
+        return self.service.tracing
+
+    async def _place_request(self, request: Any, transport: Transport) -> Any:
+        from .http import place_request
+
+        return await place_request(self, transport, request)
+
+    async def _run_deadlines(self, transport: Transport) -> None:
+        await self.run_deadlines(transport, self.order_deadline_s)
 
     def _end(self, db: sqlite3.Connection, order_id: str, status: str, reason: str | None) -> bool:
         ended = OrderRepository(db).end(order_id, status, reason)

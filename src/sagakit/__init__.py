@@ -1,5 +1,6 @@
 """sagakit: sagas over Kafka for asyncio, orchestrated or choreographed."""
 
+from ._app import App, AppRunner
 from ._client import SagaClient
 from ._codec import Codec, Incoming, JsonCodec
 from ._definition import RetryPolicy, Saga, SagaInfo, Step
@@ -29,6 +30,7 @@ from ._messages import Command, Envelope, Event, Header, Message, Reply, StartSa
 from ._orchestrator import Orchestrator
 from ._participant import HandlerContext, Service
 from .eventlog import EventLog, KafkaEventLog, MemoryEventLog
+from .scenario import Ended, Scenario, Start, World
 from .transport import (
     KafkaSettings,
     KafkaTransport,
@@ -43,6 +45,8 @@ from .transport import (
 __version__ = "0.1.0"
 
 __all__ = (
+    "App",
+    "AppRunner",
     "BrokerError",
     "BusinessFailure",
     "Codec",
@@ -50,6 +54,7 @@ __all__ = (
     "Decision",
     "DecodeError",
     "DefinitionError",
+    "Ended",
     "Envelope",
     "Event",
     "EventLog",
@@ -80,8 +85,10 @@ __all__ = (
     "SagaInfo",
     "SagaInstance",
     "SagaStatus",
+    "Scenario",
     "Service",
     "SqliteStore",
+    "Start",
     "StartSaga",
     "Step",
     "StoredReply",
@@ -90,6 +97,7 @@ __all__ = (
     "Transition",
     "Transport",
     "TransportError",
+    "World",
     "decide",
     "evolve",
     "replay",

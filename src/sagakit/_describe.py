@@ -10,9 +10,7 @@ written on the steps. One statement per line, so the output diffs well.
 from __future__ import annotations
 
 from itertools import pairwise
-from typing import Annotated, Any
-
-import typer
+from typing import Any
 
 from ._definition import RetryPolicy, Saga, _ResolvedStep
 
@@ -185,28 +183,6 @@ def text(saga: Saga[Any]) -> str:
     for step in saga.resolved():
         out.append(f"  {step.index + 1}. " + _label(saga, step).replace("<br/>", "\n     "))
     return "\n".join(out).replace("#quot;", '"')
-
-
-def describe(
-    saga: Annotated[
-        str,
-        typer.Argument(
-            metavar="MODULE:ATTR",
-            help="The saga definition, e.g. services.orders.saga:place_order.",
-        ),
-    ],
-    mermaid: Annotated[
-        bool,
-        typer.Option(
-            "--mermaid/--text", help="A Mermaid flowchart (paste it into Markdown), or text."
-        ),
-    ] = True,
-) -> None:
-    """Print a saga definition: its steps, failures, compensations, retries and pivot."""
-    from ._cli_run import load_saga
-
-    definition = load_saga(saga)
-    typer.echo(render(definition, as_mermaid=mermaid))
 
 
 def render(saga: Saga[Any], *, as_mermaid: bool) -> str:

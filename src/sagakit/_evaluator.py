@@ -68,6 +68,11 @@ class PendingCommand:
     budget_from: int = 1
     uncertain: bool = False
 
+    @property
+    def command_type(self) -> str:
+        """The command's message type (also for a command read back without its model)."""
+        return self.command.message_type or getattr(self.command, "journaled_type", "")
+
 
 @dataclass(frozen=True, slots=True)
 class NextAttempt:

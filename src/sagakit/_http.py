@@ -5,14 +5,13 @@ The contract deployments rely on (docker-compose.yml, deploy/):
     GET  /healthz  200 while the process runs (liveness)
     GET  /readyz   200 once connected, with partitions assigned and restored; else 503
     GET  /metrics  Prometheus text format
-    POST /orders   the orders service only: place orders (the load generator's entry)
+    ...            the routes of the services the process runs (`Service.route`)
 
 served on port 8080 unless `--http-port` (or SAGAKIT_HTTP_PORT) says otherwise.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -26,10 +25,6 @@ DEFAULT_HTTP_PORT = 8080
 HEALTH_PATH = "/healthz"
 READY_PATH = "/readyz"
 METRICS_PATH = "/metrics"
-ORDERS_PATH = "/orders"
-
-#: OpenTelemetry `service.name` of each component of the sample system.
-COMPONENTS = ("saga-orchestrator", "orders", "payments", "inventory", "shipping")
 
 
 # -- the server ----------------------------------------------------------------------------
@@ -98,9 +93,3 @@ class HttpEndpoints:
         finally:
             with anyio.CancelScope(shield=True):
                 await runner.cleanup()
-
-
-def json_error(status: int, message: str) -> web.Response:
-    return web.Response(
-        status=status, text=json.dumps({"error": message}), content_type="application/json"
-    )

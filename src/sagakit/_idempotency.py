@@ -8,6 +8,7 @@ failure reply); the transaction commits before the replies are sent.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -98,27 +99,67 @@ class SqliteStore:
     """Replies in a SQLite table next to the service's own tables, in one transaction.
 
     Handlers get the connection as ``ctx.db`` and write their business state through
-    it; the reply row and those writes commit together.
+    it; the reply row and those writes commit together. `schema` (SQL statements) is run
+    when the database is opened, to create the service's own tables::
+
+        payments = Service("payments", SqliteStore("payments.sqlite3", schema='''
+            CREATE TABLE IF NOT EXISTS customers (id TEXT PRIMARY KEY, held INTEGER NOT NULL)
+        '''))
+
+    The file is opened on first use, so defining a store costs nothing at import. A
+    relative path is taken in the directory ``SAGAKIT_DATA_DIR`` names (``sagakit run
+    --data-dir``), else in the current directory; ``:memory:`` keeps it in memory.
     """
 
-    def __init__(self, path: str | Path = ":memory:") -> None:
+    def __init__(self, path: str | Path = ":memory:", *, schema: str | None = None) -> None:
         self.path = str(path)
-        # Another process may hold the write lock for a moment (e.g. a client placing
-        # orders in the same file): wait for it rather than fail.
-        self.connection = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=30
-        )
-        if self.path != ":memory:":
-            self.connection.execute("PRAGMA journal_mode=WAL")
-            self.connection.execute("PRAGMA synchronous=NORMAL")
-        self.connection.execute(_SCHEMA)
+        self.schema = schema
+        self._connection: sqlite3.Connection | None = None
+
+    @property
+    def location(self) -> str:
+        """The file this store opens (``:memory:`` for none)."""
+        if self.path == ":memory:" or Path(self.path).is_absolute():
+            return self.path
+        return str(Path(os.environ.get("SAGAKIT_DATA_DIR") or ".") / self.path)
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The open connection (opened, and the schemas created, on first use)."""
+        if self._connection is None:
+            location = self.location
+            if location != ":memory:":
+                Path(location).parent.mkdir(parents=True, exist_ok=True)
+            # Another process may hold the write lock for a moment (e.g. a client placing
+            # orders in the same file): wait for it rather than fail.
+            connection = sqlite3.connect(
+                location, isolation_level=None, check_same_thread=False, timeout=30
+            )
+            if location != ":memory:":
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.execute("PRAGMA synchronous=NORMAL")
+            connection.execute(_SCHEMA)
+            if self.schema:
+                connection.executescript(self.schema)
+            self._connection = connection
+        return self._connection
+
+    def add_schema(self, schema: str) -> None:
+        """Also run `schema` when the database opens (at once, if it is open)."""
+        self.schema = f"{self.schema}\n{schema}" if self.schema else schema
+        if self._connection is not None:
+            self._connection.executescript(schema)
 
     def begin(self) -> _SqliteBatch:
         self.connection.execute("BEGIN IMMEDIATE")
         return _SqliteBatch(self.connection)
 
     def close(self) -> None:
-        self.connection.close()
+        """Close the connection; the next use opens the file again (where the data
+        directory says then)."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close()
 
     def reply_count(self) -> int:
         row = self.connection.execute("SELECT count(*) FROM sagakit_replies").fetchone()

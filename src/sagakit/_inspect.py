@@ -170,17 +170,22 @@ class ReplayOutcome:
 
 
 async def replay_dead_letters(
-    transport: Transport, topic: str, message_ids: Sequence[str] | None, namespace: str = ""
+    transport: Transport,
+    topic: str,
+    message_ids: Sequence[str] | None,
+    namespace: str = "",
+    *,
+    allowed: frozenset[str] | None = None,
 ) -> ReplayOutcome:
     """Produce dead letters of `topic` again to the topic they came from.
 
-    Only to the topic the DLQ belongs to, only if it is one an app consumes (never a
-    journal or another DLQ), and only records kept whole; the others are refused with
-    the reason.
+    Only to the topic the DLQ belongs to, only if it is one of `allowed` (default: the
+    inboxes, commands and events topics of `namespace`; never a journal or another DLQ),
+    and only records kept whole; the others are refused with the reason.
     """
     name = dlq_name(topic)
-    existing = await transport.existing_topics()
-    allowed = consumed_topics(existing, namespace)
+    if allowed is None:
+        allowed = consumed_topics(await transport.existing_topics(), namespace)
     wanted = None if message_ids is None else set(message_ids)
     outcome = ReplayOutcome()
     records = []

@@ -104,6 +104,7 @@ class RawCommand(Command):
     """A journaled command whose type is not registered in this process."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
+    journaled_type: str = ""
 
 
 def decode_transition(data: bytes, saga: Saga[Any] | None) -> Transition:
@@ -122,7 +123,7 @@ def decode_transition(data: bytes, saga: Saga[Any] | None) -> Transition:
             if model is not None and issubclass(model, Command):
                 command = model.model_validate(p["command"])
             elif saga is None:
-                command = RawCommand.model_validate(p["command"])
+                command = RawCommand.model_validate({**p["command"], "journaled_type": p["type"]})
             else:
                 raise DecodeError(f"journal names unknown command type {p['type']!r}")
             pending = PendingCommand(

@@ -79,6 +79,7 @@ class Metrics:
         )
         self._unknown_types: set[str] = set()
         self._before_render: list[Callable[[], Awaitable[None]]] = []
+        self._lag_sources: list[Callable[[], Subscription | None]] = []
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
     def _child(self, metric: Any, labels: tuple[str, ...]) -> Any:
@@ -90,16 +91,19 @@ class Metrics:
         return child
 
     def watch_lag(self, subscription: Callable[[], Subscription | None]) -> None:
-        """Report the lag of whatever subscription `subscription()` returns, at each scrape."""
+        """Report the lag of whatever `subscription()` returns, at each scrape (several
+        components of one process may share these metrics: each adds its own)."""
+        if not self._lag_sources:
+            self.before_render(self._refresh_lag)
+        self._lag_sources.append(subscription)
 
-        async def refresh() -> None:
-            self.lag.clear()
-            sub = subscription()
+    async def _refresh_lag(self) -> None:
+        self.lag.clear()
+        for source in self._lag_sources:
+            sub = source()
             if sub is not None:
                 for tp, lag in (await sub.lag()).items():
                     self.lag.labels(tp.topic, str(tp.partition)).set(lag)
-
-        self.before_render(refresh)
 
     def before_render(self, refresh: Callable[[], Awaitable[None]]) -> None:
         """Run `refresh` before each scrape (for values read on demand, like lag)."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -76,6 +76,10 @@ class HandlerContext(Generic[TxT]):
 
 Handler = Callable[[C, HandlerContext[TxT]], Reply | Awaitable[Reply]]
 Reaction = Callable[[E, HandlerContext[TxT]], Event | Awaitable[Event | None] | None]
+#: A coroutine that runs beside a service while it runs (`Service.task`).
+Task = Callable[[Transport], Coroutine[Any, Any, None]]
+#: An HTTP handler a service adds to its process's server (`Service.route`).
+RouteHandler = Callable[[Any, Transport], Awaitable[Any]]
 
 
 def events_topic(message_type: str, namespace: str = "") -> str:
@@ -144,6 +148,8 @@ class Service(Generic[TxT]):
         self.stats = ServiceStats()
         self._handlers: dict[str, Callable[[Any, HandlerContext[TxT]], Any]] = {}
         self._reactions: dict[str, Callable[[Any, HandlerContext[TxT]], Any]] = {}
+        self.tasks: list[Task] = []
+        self.routes: list[tuple[str, str, RouteHandler]] = []
         self.shutdown_grace_s = shutdown_grace_s
         self._assignment: frozenset[TopicPartition] = frozenset()
         self._changed = anyio.Event()
@@ -197,6 +203,66 @@ class Service(Generic[TxT]):
             return fn
 
         return register
+
+    def task(self, fn: Task) -> Task:
+        """Run the decorated coroutine beside the service while it runs (cancelled with it).
+
+        It gets the transport, e.g. to publish events on a timer::
+
+            @orders.task
+            async def expire_overdue(transport: Transport) -> None:
+                while True:
+                    ...
+                    await anyio.sleep(1)
+        """
+        self.tasks.append(fn)
+        return fn
+
+    def route(self, method: str, path: str) -> Callable[[RouteHandler], RouteHandler]:
+        """Serve the decorated aiohttp handler at `path` in the process running this service.
+
+        It gets the request and the transport (to start sagas, say)::
+
+            @orders.route("POST", "/orders")
+            async def place(request: web.Request, transport: Transport) -> web.Response: ...
+        """
+
+        def register(fn: RouteHandler) -> RouteHandler:
+            self.routes.append((method.upper(), path, fn))
+            return fn
+
+        return register
+
+    def configure(
+        self,
+        *,
+        namespace: str | None = None,
+        partitions: int | None = None,
+        tracing: Tracing | None = None,
+        metrics: Metrics | None = None,
+        shutdown_grace_s: float | None = None,
+    ) -> None:
+        """Settings of a run, given by whatever runs the service (`App`, `sagakit run`)."""
+        if namespace is not None:
+            self.namespace = namespace
+        if partitions is not None:
+            self.partitions = partitions
+        if tracing is not None:
+            self.tracing = tracing
+        if metrics is not None and metrics is not self.metrics:
+            self.metrics = metrics
+            metrics.watch_lag(lambda: self._sub)
+        if shutdown_grace_s is not None:
+            self.shutdown_grace_s = shutdown_grace_s
+
+    @property
+    def ready(self) -> bool:
+        """True once the consumer group has given this instance some partitions."""
+        return bool(self._assignment)
+
+    async def wait_ready(self) -> None:
+        """Wait until `ready`."""
+        await self.wait_assigned()
 
     def subscribed_topics(self) -> list[str]:
         """The topics this service reads: its commands, and the events it reacts to."""
@@ -297,6 +363,14 @@ class Service(Generic[TxT]):
     def handled_types(self) -> frozenset[str]:
         return frozenset(self._handlers) | frozenset(self._reactions)
 
+    def command_types(self) -> frozenset[str]:
+        """The command types this service handles (orchestration)."""
+        return frozenset(self._handlers)
+
+    def event_types(self) -> frozenset[str]:
+        """The event types this service reacts to (choreography)."""
+        return frozenset(self._reactions)
+
     async def ensure_topics(self, transport: Transport) -> None:
         """Create (or check) what this service reads and writes, and their DLQs."""
         topics = {t: self.partitions for t in self.subscribed_topics()}
@@ -323,6 +397,8 @@ class Service(Generic[TxT]):
             anyio.create_task_group() as tg,
         ):
             self._sub = sub
+            for task in self.tasks:
+                tg.start_soon(task, transport)
             task_status.started()
             try:
                 while True:

@@ -305,3 +305,27 @@ _NO_SPAN = nullcontext(_NO_HANDLE)
 
 def disabled() -> Tracing:
     return _DISABLED
+
+
+class ComponentTracings:
+    """One `Tracing` per component of a process, as the OTEL_* variables say.
+
+    Components sharing a process still report their own ``service.name`` (the
+    variable OTEL_SERVICE_NAME is honoured only when there is one component).
+    """
+
+    def __init__(self, env: Mapping[str, str] | None = None, *, shared: bool = True) -> None:
+        source = dict(os.environ if env is None else env)
+        if shared:
+            source.pop("OTEL_SERVICE_NAME", None)
+        self._env = source
+        self._made: dict[str, Tracing] = {}
+
+    def __call__(self, component: str) -> Tracing:
+        if component not in self._made:
+            self._made[component] = Tracing.from_env(component, env=self._env)
+        return self._made[component]
+
+    def shutdown(self) -> None:
+        for tracing in self._made.values():
+            tracing.shutdown()

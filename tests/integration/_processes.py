@@ -1,4 +1,4 @@
-"""Helpers for tests that run the sample system as OS processes on the embedded broker."""
+"""Helpers for tests that run the sample app as OS processes on the embedded broker."""
 
 from __future__ import annotations
 
@@ -6,20 +6,52 @@ from pathlib import Path
 
 import anyio
 
-from sagakit import KafkaTransport, Orchestrator
-from services.chaos import audit, duplicated_effects
-from services.orders.saga import place_order
+from sagakit import KafkaTransport, SagaStatus
+from sagakit._chaos import dead_letters, journal_instances
+from sagakit._processes import ProcessSystem
+from services.app import app, choreography
 from services.system import SampleSystem, build_system, check_consistency, seed_orders
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def sample_processes(
+    bootstrap: str,
+    data_dir: Path,
+    *,
+    namespace: str,
+    orchestrators: int = 2,
+    style: str = "orchestration",
+    **options: object,
+) -> ProcessSystem:
+    """The sample app's components as processes (`sagakit run services.app:...`)."""
+    chosen, spec = (
+        (app, "services.app:app")
+        if style == "orchestration"
+        else (
+            choreography,
+            "services.app:choreography",
+        )
+    )
+    return ProcessSystem(
+        chosen,
+        spec,
+        bootstrap,
+        data_dir,
+        app_dir=ROOT,
+        namespace=namespace,
+        orchestrators=orchestrators,
+        **options,  # type: ignore[arg-type]
+    )
 
 
 async def prepare(
     transport: KafkaTransport, db_dir: Path, namespace: str, orders: int, seed: int = 1
 ) -> tuple[SampleSystem, list]:  # type: ignore[type-arg]
+    """The sample system on `db_dir` (the files the processes use), seeded, topics made."""
     system = build_system(db_dir=db_dir, namespace=namespace)
     new_orders = seed_orders(system, orders, seed=seed, run=namespace.rstrip("."))
-    await Orchestrator(place_order, transport, namespace=namespace).ensure_topics()
-    for service in system.services():
-        await service.ensure_topics(transport)
+    await app.runner(transport, namespace=namespace).ensure_topics()
     return system, new_orders
 
 
@@ -30,16 +62,46 @@ async def wait_all_ended(system: SampleSystem, timeout: float = 90.0) -> None:
             await anyio.sleep(0.2)
 
 
+def duplicated_effects(system: SampleSystem) -> int:
+    """Orders with a business effect applied more than once."""
+    from services.inventory.service import StockRepository
+    from services.payments.service import CreditRepository
+    from services.shipping.service import ShipmentRepository
+
+    counts = [
+        CreditRepository(system.db("payments")).reservations_per_order(),
+        StockRepository(system.db("inventory")).reservations_per_order(),
+        ShipmentRepository(system.db("shipping")).shipments_per_order(),
+    ]
+    return sum(1 for per_order in counts for n in per_order.values() if n > 1)
+
+
 async def assert_invariants(
     transport: KafkaTransport, system: SampleSystem, namespace: str, orders: int
 ) -> None:
-    """Every order ended, consistent, no effect twice, journal agrees and has no gap."""
+    """Every order ended, consistent, no effect twice, the journal (if orchestrated)
+    agrees and has no gap, and nothing was dead-lettered."""
     counts = system.orders.repository.count_by_status()
     assert sum(counts.values()) == orders
     assert set(counts) <= {"APPROVED", "REJECTED"}, counts
     assert check_consistency(system) == []
     assert duplicated_effects(system) == 0
-    violations, anomalies, dlq = await audit(transport, system, namespace)
-    assert violations == []
-    assert anomalies == 0
-    assert dlq == {}
+    dlq, reasonless = await dead_letters(transport, namespace)
+    assert dlq == {} and reasonless == []
+    if system.orders.style == "choreography":
+        return
+    expected = {"APPROVED": SagaStatus.COMPLETED, "REJECTED": SagaStatus.COMPENSATED}
+    with anyio.fail_after(30):
+        while True:  # the orchestrator records the last replies after the orders ended
+            instances, anomalies = await journal_instances(transport, app, namespace)
+            wrong = [
+                f"{o.order_id}: journal {getattr(instances.get(o.order_id), 'status', None)}, "
+                f"order {o.status}"
+                for o in system.orders.repository.all()
+                if o.order_id not in instances
+                or instances[o.order_id].status is not expected[o.status]
+            ]
+            if not wrong:
+                break
+            await anyio.sleep(0.5)
+    assert anomalies == []

@@ -21,6 +21,7 @@ def test_bench_reports_every_figure_consistently() -> None:
         [
             SAGAKIT,
             "bench",
+            "services.scenario:bench",
             "--style",
             "orchestration",
             "--mode",

@@ -12,12 +12,12 @@ import anyio
 import pytest
 
 from sagakit import KafkaTransport
+from sagakit._flows import run_flow
 from sagakit.broker import EmbeddedBroker
-from services.demo import run_flow
-from services.processes import ProcessSystem
+from services.scenario import PlaceOrder
 from services.system import build_system, seed_orders
 
-from ._processes import assert_invariants, wait_all_ended
+from ._processes import assert_invariants, sample_processes, wait_all_ended
 
 pytestmark = [pytest.mark.anyio, pytest.mark.kafka]
 
@@ -28,7 +28,12 @@ async def test_200_choreographed_orders_end_consistently(
     kafka_transport: KafkaTransport, unique: str
 ) -> None:
     result = await run_flow(
-        kafka_transport, style="choreography", orders=200, seed=4, namespace=f"{unique}."
+        PlaceOrder(),
+        kafka_transport,
+        style="choreography",
+        count=200,
+        seed=4,
+        namespace=f"{unique}.",
     )
     assert result.unfinished == 0, result.outcomes
     assert result.violations == []
@@ -45,12 +50,8 @@ async def test_a_service_killed_mid_run_resumes_its_reactions_and_does_nothing_t
     orders = seed_orders(system, 60, seed=6, run=unique)
     for service in system.services():
         await service.ensure_topics(kafka_transport)
-    async with ProcessSystem(
-        kafka_broker.bootstrap_servers,
-        tmp_path,
-        namespace=ns,
-        orchestrators=0,
-        style="choreography",
+    async with sample_processes(
+        kafka_broker.bootstrap_servers, tmp_path, namespace=ns, style="choreography"
     ) as processes:
         await processes.start_all()
         await system.orders.place(kafka_transport, orders[:30])
@@ -65,7 +66,16 @@ async def test_a_service_killed_mid_run_resumes_its_reactions_and_does_nothing_t
 
 def test_compare_runs_both_styles_to_the_same_outcome() -> None:
     proc = subprocess.run(
-        [SAGAKIT, "compare", "--orders", "60", "--seed", "5", "--json"],
+        [
+            SAGAKIT,
+            "compare",
+            "services.scenario:place_order",
+            "--count",
+            "60",
+            "--seed",
+            "5",
+            "--json",
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -74,7 +84,7 @@ def test_compare_runs_both_styles_to_the_same_outcome() -> None:
     results = json.loads(proc.stdout)
     assert set(results) == {"orchestration", "choreography"}
     orchestration, choreography = results["orchestration"], results["choreography"]
-    assert orchestration["outcomes_by_order_digest"] == choreography["outcomes_by_order_digest"]
+    assert orchestration["outcomes_digest"] == choreography["outcomes_digest"]
     for r in (orchestration, choreography):
         assert r["consistent"] is True and r["unfinished"] == 0
         assert r["throughput_per_s"] > 0
@@ -83,9 +93,9 @@ def test_compare_runs_both_styles_to_the_same_outcome() -> None:
     # the orchestrator knows every participant and they know nobody; in choreography
     # each service knows the services whose events it reacts to
     coupling = orchestration["coupling"]
-    assert len(coupling["saga-orchestrator"]["knows"]) == 4
-    assert all(c["knows"] == [] for n, c in coupling.items() if n != "saga-orchestrator")
-    assert "saga-orchestrator" not in choreography["coupling"]
+    assert len(coupling["place-order orchestrator"]["knows"]) == 4
+    assert all(c["knows"] == [] for n, c in coupling.items() if n != "place-order orchestrator")
+    assert "place-order orchestrator" not in choreography["coupling"]
     assert all(c["knows"] for c in choreography["coupling"].values())
     # the journal is part of the orchestrated traffic, events are all of the choreographed
     assert orchestration["messages_by_topic_kind"]["journal"] > 0
@@ -97,12 +107,13 @@ async def test_sagas_show_rebuilds_a_choreographed_order_from_its_events(
 ) -> None:
     ns = f"{unique}."
     await run_flow(
+        PlaceOrder(),
         kafka_transport,
         style="choreography",
-        orders=3,
+        count=3,
         seed=1,
         namespace=ns,
-        run_id=unique,
+        run=unique,
     )
     shipping_failure = f"{unique}-order-000002"
     proc = await anyio.run_process(

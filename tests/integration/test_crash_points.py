@@ -10,9 +10,8 @@ import pytest
 
 from sagakit import KafkaTransport
 from sagakit.broker import EmbeddedBroker
-from services.processes import ProcessSystem
 
-from ._processes import assert_invariants, prepare, wait_all_ended
+from ._processes import assert_invariants, prepare, sample_processes, wait_all_ended
 
 pytestmark = [pytest.mark.anyio, pytest.mark.kafka, pytest.mark.slow]
 
@@ -38,7 +37,7 @@ async def test_crash_at_a_boundary_then_restart_loses_nothing(
 ) -> None:
     ns = f"{unique}."
     system, orders = await prepare(kafka_transport, tmp_path, ns, ORDERS)
-    async with ProcessSystem(
+    async with sample_processes(
         kafka_broker.bootstrap_servers, tmp_path, namespace=ns, orchestrators=1
     ) as processes:
         for name in processes.members:

@@ -13,12 +13,14 @@ import aiohttp
 import anyio
 import pytest
 
-from sagakit import KafkaTransport, Orchestrator
-from sagakit._http import HEALTH_PATH, METRICS_PATH, ORDERS_PATH, READY_PATH
+from sagakit import KafkaTransport
+from sagakit._http import HEALTH_PATH, METRICS_PATH, READY_PATH
 from sagakit.broker import EmbeddedBroker
-from services.orders.saga import place_order
-from services.processes import ProcessSystem
+from services.app import app
+from services.orders.api import ORDERS_PATH
 from services.system import DEMO_RUN, SampleSystem, build_system, make_orders
+
+from ._processes import ROOT, sample_processes
 
 pytestmark = [pytest.mark.anyio, pytest.mark.kafka, pytest.mark.slow]
 
@@ -48,12 +50,13 @@ async def test_probes_metrics_and_the_orders_api_of_a_running_system(
 ) -> None:
     ns = f"{unique}."
     system = build_system(db_dir=tmp_path, namespace=ns)
-    await Orchestrator(place_order, kafka_transport, namespace=ns).ensure_topics()
-    for service in system.services():
-        await service.ensure_topics(kafka_transport)
+    await app.runner(kafka_transport, namespace=ns).ensure_topics()
     async with (
-        ProcessSystem(
-            kafka_broker.bootstrap_servers, tmp_path, namespace=ns, demo_data=True
+        sample_processes(
+            kafka_broker.bootstrap_servers,
+            tmp_path,
+            namespace=ns,
+            env={"PLACE_ORDER_DEMO_DATA": "1"},
         ) as processes,
         aiohttp.ClientSession() as http,
     ):
@@ -65,7 +68,7 @@ async def test_probes_metrics_and_the_orders_api_of_a_running_system(
             async with http.get(url[name] + READY_PATH) as r:
                 assert r.status == 200, name
 
-        # place orders through the orders service's HTTP API, then with `sagakit load`
+        # place orders through the orders service's HTTP API, then with the load generator
         orders = make_orders(12, seed=3, run=DEMO_RUN)
         body = {"orders": [asdict(o) for o in orders]}
         async with http.post(url["orders"] + ORDERS_PATH, json=body) as r:
@@ -75,8 +78,9 @@ async def test_probes_metrics_and_the_orders_api_of_a_running_system(
             assert r.status == 400
         loaded = await anyio.run_process(
             [
-                SAGAKIT,
-                "load",
+                sys.executable,
+                "-m",
+                "services.load",
                 "--orders-url",
                 url["orders"] + ORDERS_PATH,
                 "--rate",
@@ -85,6 +89,7 @@ async def test_probes_metrics_and_the_orders_api_of_a_running_system(
                 "8",
             ],
             check=False,
+            cwd=ROOT,
         )
         assert loaded.returncode == 0, loaded.stderr
         with anyio.fail_after(60):

@@ -6,8 +6,9 @@ import anyio
 import pytest
 
 from sagakit import KafkaTransport, Orchestrator, SagaStatus, Transition
-from services.demo import run_orchestration
+from sagakit._flows import run_flow
 from services.orders.saga import place_order
+from services.scenario import PlaceOrder
 from services.system import build_system, check_consistency, seed_orders
 
 pytestmark = [pytest.mark.anyio, pytest.mark.kafka]
@@ -16,13 +17,13 @@ pytestmark = [pytest.mark.anyio, pytest.mark.kafka]
 async def test_300_orders_all_end_and_state_is_consistent(
     kafka_transport: KafkaTransport, unique: str
 ) -> None:
-    result = await run_orchestration(
-        kafka_transport, orders=300, seed=11, timeout_s=90, namespace=f"{unique}."
+    result = await run_flow(
+        PlaceOrder(), kafka_transport, count=300, seed=11, timeout_s=90, namespace=f"{unique}."
     )
 
     assert result.unfinished == 0, result.outcomes
     assert result.violations == []
-    assert result.orders == 300
+    assert result.count == 300
     assert sum(result.outcomes.values()) == 300
     # every failure path happened, and each rejected order's saga was compensated
     assert result.outcomes["REJECTED"] >= 3

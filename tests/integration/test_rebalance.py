@@ -15,9 +15,8 @@ from sagakit._inspect import read_journal
 from sagakit._journal import CLAIM
 from sagakit.broker import EmbeddedBroker
 from services.orders.saga import place_order
-from services.processes import ProcessSystem
 
-from ._processes import assert_invariants, prepare, wait_all_ended
+from ._processes import assert_invariants, prepare, sample_processes, wait_all_ended
 
 pytestmark = [pytest.mark.anyio, pytest.mark.kafka, pytest.mark.slow]
 
@@ -47,7 +46,9 @@ async def test_a_killed_orchestrator_is_taken_over_and_its_sagas_finish(
 ) -> None:
     ns = f"{unique}."
     system, orders = await prepare(kafka_transport, tmp_path, ns, ORDERS)
-    async with ProcessSystem(kafka_broker.bootstrap_servers, tmp_path, namespace=ns) as processes:
+    async with sample_processes(
+        kafka_broker.bootstrap_servers, tmp_path, namespace=ns
+    ) as processes:
         await processes.start_all()
         await system.orders.place(kafka_transport, orders)
         await processes.kill("orchestrator-2")
@@ -67,7 +68,9 @@ async def test_a_zombie_orchestrators_late_writes_are_fenced(
     ns = f"{unique}."
     journal = f"{ns}{place_order.journal_topic}"
     system, orders = await prepare(kafka_transport, tmp_path, ns, ORDERS)
-    async with ProcessSystem(kafka_broker.bootstrap_servers, tmp_path, namespace=ns) as processes:
+    async with sample_processes(
+        kafka_broker.bootstrap_servers, tmp_path, namespace=ns
+    ) as processes:
         await processes.start("orchestrator-1")
         # orchestrator-2 stops itself holding its second decided batch, before the append
         zombie = await processes.start(

@@ -8,9 +8,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from sagakit import KafkaTransport
+from sagakit import KafkaTransport, World
+from sagakit._flows import run_flow
 from sagakit.tracing import Tracing
-from services.demo import run_flow
+from services.scenario import PlaceOrder
 
 from .otlp_receiver import OtlpReceiver
 
@@ -38,16 +39,20 @@ async def traced_run(
         return made[component]
 
     statuses: dict[str, str] = {}
+
+    class Kept(PlaceOrder):
+        def check(self, world: World, starts: object) -> list[str]:
+            statuses.update({o.order_id: o.status for o in self.orders_app(world).repository.all()})
+            return super().check(world, starts)  # type: ignore[arg-type]
+
     result = await run_flow(
+        Kept(),
         transport,
         style=style,  # type: ignore[arg-type]
-        orders=ORDERS,
+        count=ORDERS,
         seed=8,
         namespace=namespace,
         tracing=tracing,
-        keep=lambda system: statuses.update(
-            {o.order_id: o.status for o in system.orders.repository.all()}
-        ),
     )
     for t in made.values():
         t.shutdown()  # flush

@@ -1,13 +1,15 @@
 """The deployment artefacts agree with the code.
 
 Dockerfile, docker-compose.yml and deploy/ (kustomize) are checked against what the code
-says: the HTTP contract of `sagakit._http`, the topics the orchestrator and services
-create (and their partition counts), the CLI's real subcommands and options, the
-OpenTelemetry component names and the orchestrator's replica count.
+says: the HTTP contract of `sagakit._http` (and the orders service's POST /orders), the
+topics the sample apps create (and their partition counts), the real subcommands and
+options of the CLI and of the sample's load generator, the components of the apps the
+containers run, the OpenTelemetry component names and the orchestrator's replica count.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -18,32 +20,53 @@ import sys
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
-import anyio
 import pytest
 import yaml
 
-from sagakit import MemoryBroker, MemoryTransport, Orchestrator
-from sagakit._cli_run import SERVICES, load_saga
-from sagakit._http import (
-    COMPONENTS,
-    DEFAULT_HTTP_PORT,
-    HEALTH_PATH,
-    ORDERS_PATH,
-    READY_PATH,
-)
-from services.outcome import STYLES
-from services.system import build_system
+from sagakit import App, SqliteStore
+from sagakit._http import DEFAULT_HTTP_PORT, HEALTH_PATH, READY_PATH
+from sagakit._loader import load_as, load_object
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 COMPOSE = ROOT / "docker-compose.yml"
+#: The OpenTelemetry service name of every orchestrator (a service's is its name).
 ORCHESTRATOR = "saga-orchestrator"
+#: The app each compose profile (a style of the sample) runs.
+PROFILE_APPS = {
+    "orchestration": "services.app:app",
+    "choreography": "services.app:choreography",
+}
+#: What runs a container: the image's ENTRYPOINT, or the sample's load generator.
+SAGAKIT = ("sagakit",)
+LOAD = ("python", "-m", "services.load")
+PROGRAMS = {SAGAKIT: "sagakit", LOAD: "services.load"}
 
-# -- the CLI as the installed entry point builds it ------------------------------------------
+# -- the sample app, imported from the repository (the image copies services/ as is) ----------
+
+
+@functools.cache
+def sample(spec: str) -> Any:
+    """`MODULE:ATTR` of the sample app, imported the way `sagakit run` imports it."""
+    return load_object(spec, directory=ROOT)
+
+
+@functools.cache
+def sample_app(spec: str) -> App:
+    return load_as(spec, App, directory=ROOT)
+
+
+def otel_name(component: str) -> str:
+    """The OpenTelemetry service name of a component (``orchestrator:x``, ``service:y``)."""
+    kind, _, name = component.partition(":")
+    return ORCHESTRATOR if kind == "orchestrator" else name
+
+
+# -- the CLIs as the installed entry point and `python -m services.load` build them -----------
 
 _DUMP_CLI = r"""
 import contextlib, enum, io, json, sys
@@ -80,6 +103,7 @@ def walk(cmd, path, out):
             "opts": [*p.opts, *p.secondary_opts],
             "negative": list(p.secondary_opts),
             "flag": bool(getattr(p, "is_flag", False)),
+            "multiple": bool(getattr(p, "multiple", False)),
             "required": bool(p.required),
             "envvars": [e for e in envvar if e],
             "choices": choices(p),
@@ -89,14 +113,21 @@ def walk(cmd, path, out):
     for name, sub in getattr(cmd, "commands", {}).items():
         walk(sub, [*path, name], out)
 
-tree = {}
-walk(typer.main.get_command(cli.app), [], tree)
-print(json.dumps(tree))
+trees = {"sagakit": {}, "services.load": {}}
+walk(typer.main.get_command(cli.app), [], trees["sagakit"])
+
+# `python -m services.load` is `typer.run(load)`: one command of its own, no group
+from services.load import load
+loader = typer.Typer(add_completion=False)
+loader.command()(load)
+walk(typer.main.get_command(loader), [], trees["services.load"])
+print(json.dumps(trees))
 """
 
 
 @dataclass(frozen=True)
 class Cli:
+    prog: str  # "sagakit", "services.load"
     commands: dict[str, dict[str, Any]]
 
     def all_envvars(self) -> set[str]:
@@ -104,24 +135,37 @@ class Cli:
 
 
 @pytest.fixture(scope="module")
-def cli() -> Cli:
+def clis() -> dict[tuple[str, ...], Cli]:
+    """The command trees of every program a container runs, by its argv prefix."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # as the image's PYTHONPATH=/app
     done = subprocess.run(
-        [sys.executable, "-c", _DUMP_CLI], cwd=ROOT, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", _DUMP_CLI],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    return Cli(json.loads(done.stdout.strip().splitlines()[-1]))
+    trees = json.loads(done.stdout.strip().splitlines()[-1])
+    return {program: Cli(prog, trees[prog]) for program, prog in PROGRAMS.items()}
+
+
+def all_envvars(clis: dict[tuple[str, ...], Cli]) -> set[str]:
+    return {e for c in clis.values() for e in c.all_envvars()}
 
 
 @dataclass
 class Parsed:
-    command: str  # "service run"
+    prog: str  # "sagakit", "services.load"
+    command: str  # "run", "sagas list"; "" for a program that is one command
     options: dict[str, Any] = field(default_factory=dict)  # param name -> value
     arguments: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
 
 def parse_argv(cli: Cli, argv: list[str], env: dict[str, str], where: str) -> Parsed:
-    """Parse `sagakit ARGV` the way the real CLI would, reporting what it would reject."""
+    """Parse `PROG ARGV` the way the real CLI would, reporting what it would reject."""
     path: list[str] = []
     rest = list(argv)
     while rest and cli.commands.get(" ".join(path), {}).get("group"):
@@ -129,12 +173,13 @@ def parse_argv(cli: Cli, argv: list[str], env: dict[str, str], where: str) -> Pa
         if candidate not in cli.commands:
             break
         path.append(rest.pop(0))
-    parsed = Parsed(" ".join(path))
+    parsed = Parsed(cli.prog, " ".join(path))
+    said = f"`{shlex.join([cli.prog, *path])}`"
     if rest == ["--help"]:
         return parsed
     command = cli.commands.get(parsed.command)
     if command is None or command["group"]:
-        parsed.errors.append(f"{where}: `sagakit {shlex.join(argv)}` names no command")
+        parsed.errors.append(f"{where}: `{shlex.join([cli.prog, *argv])}` names no command")
         return parsed
     by_opt = {o: p for p in command["params"] if p["option"] for o in p["opts"]}
     while rest:
@@ -145,7 +190,7 @@ def parse_argv(cli: Cli, argv: list[str], env: dict[str, str], where: str) -> Pa
         opt, eq, value = token.partition("=")
         param = by_opt.get(opt)
         if param is None:
-            parsed.errors.append(f"{where}: `sagakit {parsed.command}` has no option {opt}")
+            parsed.errors.append(f"{where}: {said} has no option {opt}")
             continue
         if param["flag"]:
             parsed.options[param["name"]] = opt not in param["negative"]
@@ -157,12 +202,14 @@ def parse_argv(cli: Cli, argv: list[str], env: dict[str, str], where: str) -> Pa
             value = rest.pop(0)
         if param["choices"] is not None and value not in param["choices"]:
             parsed.errors.append(f"{where}: {opt} {value!r} is not one of {param['choices']}")
-        parsed.options[param["name"]] = value
+        if param["multiple"]:
+            parsed.options.setdefault(param["name"], []).append(value)
+        else:
+            parsed.options[param["name"]] = value
     arguments = [p for p in command["params"] if not p["option"]]
     if len(parsed.arguments) != len(arguments):
         parsed.errors.append(
-            f"{where}: `sagakit {parsed.command}` takes {len(arguments)} argument(s), "
-            f"got {parsed.arguments}"
+            f"{where}: {said} takes {len(arguments)} argument(s), got {parsed.arguments}"
         )
     for p in command["params"]:
         if not p["option"] or p["name"] in parsed.options:
@@ -172,12 +219,70 @@ def parse_argv(cli: Cli, argv: list[str], env: dict[str, str], where: str) -> Pa
             value = env[from_env[0]]
             if p["choices"] is not None and value not in p["choices"]:
                 parsed.errors.append(f"{where}: {from_env[0]}={value!r} not in {p['choices']}")
-            parsed.options[p["name"]] = value
+            parsed.options[p["name"]] = value.split() if p["multiple"] else value
         elif p["required"]:
-            parsed.errors.append(f"{where}: `sagakit {parsed.command}` needs {p['opts'][0]}")
+            parsed.errors.append(f"{where}: {said} needs {p['opts'][0]}")
         else:
-            parsed.options[p["name"]] = p["default"]
+            default = p["default"]
+            parsed.options[p["name"]] = [] if p["multiple"] and default is None else default
     return parsed
+
+
+# -- the image -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Image:
+    """What ./Dockerfile says about the final image (and the stage building the wheel)."""
+
+    stages: list[list[str]]  # the instructions of each stage, comments dropped
+    env: dict[str, str]  # ENV of the final stage
+    copies: list[tuple[str, str]]  # COPY SOURCE DEST (not --from) of the final stage
+    entrypoint: tuple[str, ...]
+    workdir: str
+
+    def copied_to(self, directory: str, package: str) -> bool:
+        """Does the image hold the repository's `package` directory under `directory`?"""
+        dest = PurePosixPath(directory) / package
+        return any(
+            PurePosixPath(src) == PurePosixPath(package) and PurePosixPath(dst) == dest
+            for src, dst in self.copies
+        )
+
+
+def instructions(stage: list[str], name: str) -> list[str]:
+    return [line.split(None, 1)[1] for line in stage if line.split()[0] == name]
+
+
+@pytest.fixture(scope="module")
+def image() -> Image:
+    lines = [
+        line.strip()
+        for line in (ROOT / "Dockerfile").read_text().replace("\\\n", " ").splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    stages: list[list[str]] = []
+    for line in lines:
+        if line.startswith("FROM "):
+            stages.append([])
+        if stages:
+            stages[-1].append(line)
+    final = stages[-1]
+    env: dict[str, str] = {}
+    for spec in instructions(final, "ENV"):
+        for item in shlex.split(spec):
+            name, _, value = item.partition("=")
+            env[name] = value
+    copies = [
+        (src, words[-1])
+        for words in (spec.split() for spec in instructions(final, "COPY"))
+        if not any(w.startswith("--from") for w in words)
+        for src in words[:-1]
+        if not src.startswith("--")
+    ]
+    (entrypoint,) = instructions(final, "ENTRYPOINT")
+    workdirs = instructions(final, "WORKDIR")
+    return Image(stages, env, copies, tuple(json.loads(entrypoint)), workdirs[-1])
 
 
 # -- the artefacts -----------------------------------------------------------------------------
@@ -188,8 +293,9 @@ class Container:
     """One sagakit container, from docker-compose.yml or from a Deployment."""
 
     where: str
-    argv: list[str]
-    env: dict[str, str]
+    program: tuple[str, ...]  # the entrypoint: ("sagakit",), or the load generator's
+    argv: list[str]  # what follows it
+    env: dict[str, str]  # the image's ENV, overridden by the container's
     spec: dict[str, Any]  # the compose service, or the Deployment
 
 
@@ -212,10 +318,16 @@ def compose_builder(compose: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def compose_containers(compose: dict[str, Any]) -> list[Container]:
+def compose_containers(compose: dict[str, Any], image: Image) -> list[Container]:
     builder, built = compose_builder(compose)
     found = [
-        Container(f"docker-compose.yml:{name}", list(s["command"]), s["environment"], s)
+        Container(
+            f"docker-compose.yml:{name}",
+            tuple(s.get("entrypoint", image.entrypoint)),
+            list(s["command"]),
+            {**image.env, **s["environment"]},
+            s,
+        )
         for name, s in compose["services"].items()
         if s.get("image") == built["image"] and name != builder
     ]
@@ -252,19 +364,22 @@ def named(manifests: list[dict[str, Any]], kind: str, name: str) -> dict[str, An
 
 
 @pytest.fixture(scope="module")
-def k8s_containers(manifests: list[dict[str, Any]]) -> list[Container]:
+def k8s_containers(manifests: list[dict[str, Any]], image: Image) -> list[Container]:
     configmaps = {c["metadata"]["name"]: c.get("data", {}) for c in of_kind(manifests, "ConfigMap")}
     found = []
     for d in of_kind(manifests, "Deployment"):
         for c in d["spec"]["template"]["spec"]["containers"]:
             if not c["image"].split(":")[0].endswith("sagakit"):
                 continue
-            assert "command" not in c, "the image's ENTRYPOINT is sagakit: use args"
-            env: dict[str, str] = {}
+            # the image's ENTRYPOINT is sagakit: a container says only its args, unless it
+            # runs the load generator instead
+            program = tuple(c.get("command", image.entrypoint))
+            env: dict[str, str] = dict(image.env)
             for source in c.get("envFrom", []):
                 env.update(configmaps[source["configMapRef"]["name"]])
             env.update({e["name"]: e["value"] for e in c.get("env", []) if "value" in e})
-            found.append(Container(f"deploy/{d['metadata']['name']}", list(c["args"]), env, d))
+            where = f"deploy/{d['metadata']['name']}"
+            found.append(Container(where, program, list(c["args"]), env, d))
     assert found
     return found
 
@@ -275,44 +390,78 @@ def the_container(deployment: dict[str, Any]) -> dict[str, Any]:
     return container
 
 
-def parse_all(cli: Cli, containers: list[Container]) -> Iterator[tuple[Container, Parsed]]:
+def parse(clis: dict[tuple[str, ...], Cli], c: Container) -> Parsed:
+    cli = clis.get(c.program)
+    if cli is None:
+        return Parsed(shlex.join(c.program), "", errors=[f"{c.where}: runs {c.program}"])
+    return parse_argv(cli, c.argv, c.env, c.where)
+
+
+def parse_all(
+    clis: dict[tuple[str, ...], Cli], containers: list[Container]
+) -> Iterator[tuple[Container, Parsed]]:
     for c in containers:
-        yield c, parse_argv(cli, c.argv, c.env, c.where)
+        yield c, parse(clis, c)
+
+
+def is_run(p: Parsed) -> bool:
+    """`sagakit run MODULE:ATTR ...`: components of an app (not the load generator)."""
+    return (p.prog, p.command) == ("sagakit", "run")
+
+
+def is_load(p: Parsed) -> bool:
+    return (p.prog, p.command) == ("services.load", "")
+
+
+def components_of(p: Parsed) -> list[str]:
+    return list(p.options["component"]) if is_run(p) else []
+
+
+def app_of(p: Parsed) -> App:
+    (spec,) = p.arguments
+    return sample_app(spec)
+
+
+def component_of(p: Parsed) -> str | None:
+    """The one component a command runs (None: it is not one, e.g. the load generator)."""
+    if not is_run(p):
+        return None
+    (component,) = components_of(p)
+    return component
+
+
+def service_of(p: Parsed) -> Any:
+    """The `Service` a container runs (None for an orchestrator or the load generator)."""
+    component = component_of(p)
+    if component is None or not component.startswith("service:"):
+        return None
+    return app_of(p).service(component.partition(":")[2])
 
 
 # -- topics --------------------------------------------------------------------------------
 
 
-def code_topics(saga_spec: str, partitions: int, namespace: str) -> dict[str, int]:
-    """Every topic the orchestrator and the services create, in either style."""
-
-    async def collect() -> dict[str, int]:
-        transport = MemoryTransport(MemoryBroker())
-        saga = load_saga(saga_spec)
-        orchestrator = Orchestrator(saga, transport, partitions=partitions, namespace=namespace)
-        await orchestrator.ensure_topics()
-        for style in STYLES:
-            system = build_system(partitions=partitions, namespace=namespace, style=style)
-            try:
-                for service in system.services():
-                    await service.ensure_topics(transport)
-            finally:
-                system.close()
-        return await transport.existing_topics()
-
-    return anyio.run(collect)
+def code_topics(namespace: str) -> dict[str, int]:
+    """Every topic the sample creates in either style, with its partition count."""
+    topics: dict[str, int] = {}
+    for spec in PROFILE_APPS.values():
+        for name, partitions in sample_app(spec).topics(namespace=namespace).items():
+            assert topics.setdefault(name, partitions) == partitions, name
+    return topics
 
 
-def expected_topics(cli: Cli, containers: list[Container]) -> dict[str, int]:
-    """The topics of the saga and partition count the containers really run with."""
-    runs = [
-        p for _, p in parse_all(cli, containers) if p.command in ("orchestrator run", "service run")
-    ]
-    (saga,) = {p.options["saga"] for p in runs if p.command == "orchestrator run"}
-    (partitions,) = {int(p.options["partitions"]) for p in runs}
-    (namespace,) = {p.options["namespace"] for p in runs}
-    topics = code_topics(saga, partitions, namespace)
-    assert topics[f"{namespace}place-order.inbox"] == partitions
+def expected_topics(
+    clis: dict[tuple[str, ...], Cli], containers: list[Container]
+) -> dict[str, int]:
+    """The topics of the apps and partition counts the containers really run with."""
+    runs = [p for _, p in parse_all(clis, containers) if is_run(p)]
+    assert {spec for p in runs for spec in p.arguments} <= set(PROFILE_APPS.values())
+    for p in runs:  # App.topics() counts the app's partitions: nothing may override them
+        assert p.options["partitions"] in (None, str(app_of(p).partitions)), p.arguments
+    (namespace,) = {p.options["namespace"] or app_of(p).namespace for p in runs}
+    topics = code_topics(namespace)
+    app = sample_app(PROFILE_APPS["orchestration"])
+    assert topics[f"{namespace}place-order.inbox"] == app.partitions
     return topics
 
 
@@ -321,9 +470,11 @@ def is_state_kept_for_ever(topic: str) -> bool:
 
 
 def test_every_topic_the_code_creates_is_a_kafka_topic_with_its_partitions(
-    cli: Cli, manifests: list[dict[str, Any]], k8s_containers: list[Container]
+    clis: dict[tuple[str, ...], Cli],
+    manifests: list[dict[str, Any]],
+    k8s_containers: list[Container],
 ) -> None:
-    wanted = expected_topics(cli, k8s_containers)
+    wanted = expected_topics(clis, k8s_containers)
     (kafka,) = of_kind(manifests, "Kafka")
     topics = of_kind(manifests, "KafkaTopic")
     declared = {t["spec"].get("topicName", t["metadata"]["name"]): t for t in topics}
@@ -350,9 +501,11 @@ def compose_topic_specs(compose: dict[str, Any]) -> list[tuple[str, int, str]]:
 
 
 def test_compose_creates_the_same_topics(
-    cli: Cli, compose: dict[str, Any], compose_containers: list[Container]
+    clis: dict[tuple[str, ...], Cli],
+    compose: dict[str, Any],
+    compose_containers: list[Container],
 ) -> None:
-    wanted = expected_topics(cli, compose_containers)
+    wanted = expected_topics(clis, compose_containers)
     specs = compose_topic_specs(compose)
     assert len(specs) == len({n for n, _, _ in specs})
     assert {n: p for n, p, _ in specs} == wanted
@@ -360,8 +513,8 @@ def test_compose_creates_the_same_topics(
         assert (config == "retention.ms=-1") == is_state_kept_for_ever(name), name
     kafka = compose["services"]["kafka"]["environment"]
     assert kafka["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
-    for c in compose_containers:
-        if c.argv[0] not in ("orchestrator", "service"):
+    for c, p in parse_all(clis, compose_containers):
+        if not is_run(p):
             continue  # the load generator speaks HTTP to the orders service only
         assert "kafka-init" in c.spec["depends_on"], c.where
         assert c.spec["depends_on"]["kafka-init"]["condition"] == "service_completed_successfully"
@@ -410,12 +563,32 @@ def test_the_compose_topic_job_creates_each_missing_topic_once(
 # -- the HTTP contract ---------------------------------------------------------------------
 
 
+def serves_http(clis: dict[tuple[str, ...], Cli], p: Parsed) -> bool:
+    """Commands with an --http-port serve the contract of sagakit._http."""
+    (cli,) = [c for c in clis.values() if c.prog == p.prog]
+    return any(param["name"] == "http_port" for param in cli.commands[p.command]["params"])
+
+
+def routes_of(p: Parsed) -> set[tuple[str, str]]:
+    """The extra routes (``POST /orders``) the service a container runs serves."""
+    service = service_of(p)
+    return set() if service is None else {(m, path) for m, path, _ in service.routes}
+
+
+def orders_path() -> str:
+    path = sample("services.orders.api:ORDERS_PATH")
+    assert isinstance(path, str)
+    return path
+
+
 def test_deployments_probe_and_expose_the_http_contract(
-    cli: Cli, manifests: list[dict[str, Any]], k8s_containers: list[Container]
+    clis: dict[tuple[str, ...], Cli],
+    manifests: list[dict[str, Any]],
+    k8s_containers: list[Container],
 ) -> None:
     services = of_kind(manifests, "Service")
     serving = 0
-    for c in k8s_containers:
+    for c, p in parse_all(clis, k8s_containers):
         container = the_container(c.spec)
         resources = container["resources"]
         assert set(resources["requests"]) == set(resources["limits"]) == {"cpu", "memory"}
@@ -426,7 +599,7 @@ def test_deployments_probe_and_expose_the_http_contract(
             "readinessProbe": READY_PATH,
             "startupProbe": HEALTH_PATH,
         }
-        if not serves_http(cli, parse_argv(cli, c.argv, c.env, c.where)):
+        if not serves_http(clis, p):
             # nothing listens: a probe would only restart it for ever
             assert not {"ports", *probes} & set(container), c.where
             assert selecting == [], c.where
@@ -441,15 +614,15 @@ def test_deployments_probe_and_expose_the_http_contract(
         assert service["spec"]["ports"] == [
             {"name": "http", "port": DEFAULT_HTTP_PORT, "targetPort": "http"}
         ], c.where
-    assert serving == 1 + len(SERVICES)
+    assert serving == len(sample_app(PROFILE_APPS["orchestration"]).components)
 
 
 def test_compose_healthchecks_use_the_http_contract(
-    cli: Cli, compose_containers: list[Container]
+    clis: dict[tuple[str, ...], Cli], compose_containers: list[Container]
 ) -> None:
     serving = 0
-    for c in compose_containers:
-        if not serves_http(cli, parse_argv(cli, c.argv, c.env, c.where)):
+    for c, p in parse_all(clis, compose_containers):
+        if not serves_http(clis, p):
             assert c.spec["healthcheck"] == {"disable": True}, c.where
             continue
         serving += 1
@@ -459,42 +632,52 @@ def test_compose_healthchecks_use_the_http_contract(
         parts = urlsplit(url)
         assert (parts.port, parts.path) == (DEFAULT_HTTP_PORT, HEALTH_PATH), c.where
         assert c.env["SAGAKIT_HTTP_PORT"] == str(DEFAULT_HTTP_PORT)
-    assert serving == 1 + 2 * len(SERVICES)  # the orchestrator, the services in both styles
-    orders = [c for c in compose_containers if c.argv[:3] == ["service", "run", "orders"]]
-    assert len(orders) == 2
-    for c in orders:  # POST /orders from the host
+    # the orchestrator and the services of the orchestration style, the choreography's
+    assert serving == sum(len(sample_app(spec).components) for spec in PROFILE_APPS.values())
+    with_routes = [
+        c for c, p in parse_all(clis, compose_containers) if ("POST", orders_path()) in routes_of(p)
+    ]
+    assert len(with_routes) == len(PROFILE_APPS)  # the orders service of each style
+    for c in with_routes:  # POST /orders from the host
         assert f"{DEFAULT_HTTP_PORT}:{DEFAULT_HTTP_PORT}" in c.spec["ports"]
 
 
 def test_the_load_generator_posts_to_the_orders_service(
+    clis: dict[tuple[str, ...], Cli],
     compose: dict[str, Any],
     compose_containers: list[Container],
     manifests: list[dict[str, Any]],
     k8s_containers: list[Container],
 ) -> None:
-    def orders_url(c: Container) -> Any:
-        assert c.argv[0] == "load", c.where
-        return urlsplit(c.argv[c.argv.index("--orders-url") + 1])
+    def orders_url(p: Parsed, where: str) -> Any:
+        assert is_load(p), where
+        return urlsplit(p.options["orders_url"])
 
-    loads = [c for c in compose_containers if c.argv[0] == "load"]
-    assert {tuple(c.spec["profiles"]) for c in loads} == {("orchestration",), ("choreography",)}
-    for c in loads:
-        url = orders_url(c)
-        target = compose["services"][url.hostname]
-        assert target["command"][:3] == ["service", "run", "orders"]
-        assert target["profiles"] == c.spec["profiles"], "the orders service of the same style"
-        assert (url.port, url.path) == (DEFAULT_HTTP_PORT, ORDERS_PATH)
+    both = [*compose_containers, *k8s_containers]
+    parsed = {c.where: (c, p) for c, p in parse_all(clis, both)}
+    loads = [(c, p) for c, p in parsed.values() if is_load(p)]
+    assert {c.program for c, _ in loads} == {LOAD}
+    compose_loads = [(c, p) for c, p in loads if c.where.startswith("docker-compose.yml")]
+    assert {tuple(c.spec["profiles"]) for c, _ in compose_loads} == {(s,) for s in PROFILE_APPS}
+    for c, p in compose_loads:
+        url = orders_url(p, c.where)
+        target, orders = parsed[f"docker-compose.yml:{url.hostname}"]
+        assert ("POST", url.path) in routes_of(orders), c.where
+        assert target.spec["profiles"] == c.spec["profiles"], "the orders service of its style"
+        assert (url.port, url.path) == (DEFAULT_HTTP_PORT, orders_path())
         assert c.spec["depends_on"][url.hostname]["condition"] == "service_healthy"
-    (load,) = [c for c in k8s_containers if c.argv[0] == "load"]
-    url = orders_url(load)
+    ((load, p),) = [(c, p) for c, p in loads if c.where.startswith("deploy/")]
+    url = orders_url(p, load.where)
     service = named(manifests, "Service", str(url.hostname))
-    orders = named(manifests, "Deployment", "orders")
-    assert (
-        service["spec"]["selector"].items()
-        <= orders["spec"]["template"]["metadata"]["labels"].items()
-    )
-    assert the_container(orders)["args"][:3] == ["service", "run", "orders"]
-    assert (url.port, url.path) == (DEFAULT_HTTP_PORT, ORDERS_PATH)
+    (deployment,) = [
+        d
+        for d in of_kind(manifests, "Deployment")
+        if service["spec"]["selector"].items()
+        <= d["spec"]["template"]["metadata"]["labels"].items()
+    ]
+    _, orders = parsed[f"deploy/{deployment['metadata']['name']}"]
+    assert ("POST", url.path) in routes_of(orders), load.where
+    assert (url.port, url.path) == (DEFAULT_HTTP_PORT, orders_path())
     assert load.spec["spec"]["replicas"] == 1
 
 
@@ -503,46 +686,72 @@ def test_the_load_generator_posts_to_the_orders_service(
 
 @pytest.fixture(scope="module")
 def cli_uses(
-    cli: Cli, compose_containers: list[Container], k8s_containers: list[Container]
+    clis: dict[tuple[str, ...], Cli],
+    compose_containers: list[Container],
+    k8s_containers: list[Container],
 ) -> list[tuple[Container, Parsed]]:
-    return list(parse_all(cli, [*compose_containers, *k8s_containers]))
+    return list(parse_all(clis, [*compose_containers, *k8s_containers]))
 
 
 def test_container_commands_use_real_cli_commands_and_options(
-    cli: Cli, compose: dict[str, Any], cli_uses: list[tuple[Container, Parsed]]
+    clis: dict[tuple[str, ...], Cli],
+    compose: dict[str, Any],
+    image: Image,
+    cli_uses: list[tuple[Container, Parsed]],
 ) -> None:
     errors = [e for _, p in cli_uses for e in p.errors]
     builder, built = compose_builder(compose)
-    errors += parse_argv(cli, built.get("command", []), {}, builder).errors
+    errors += parse_argv(clis[SAGAKIT], built.get("command", []), {}, builder).errors
     assert errors == []
+    known = all_envvars(clis)
     for c, p in cli_uses:
-        unknown = {k for k in c.env if k.startswith("SAGAKIT_") and k not in cli.all_envvars()}
+        unknown = {k for k in c.env if k.startswith("SAGAKIT_") and k not in known}
         assert unknown == set(), f"{c.where}: no CLI option reads {unknown}"
-        if p.command == "service run":
-            (name,) = p.arguments
-            assert name in SERVICES
-            assert p.options["style"] in STYLES
-            assert p.options["db"].startswith("/data/")
-        if p.command == "orchestrator run":
-            assert load_saga(p.options["saga"]).name == "place-order"
-        if p.command in ("orchestrator run", "service run"):
+        if is_run(p):
+            (spec,) = p.arguments
+            app = app_of(p)  # imports as `sagakit run` would
+            chosen = components_of(p)
+            assert len(chosen) == 1, f"{c.where}: one component, so OTEL_SERVICE_NAME is its"
+            assert set(chosen) <= set(app.components), f"{c.where}: {app!r}"
             assert p.options["bootstrap"] and p.options["profile"] == "kafka"
-    commands = {p.command for _, p in cli_uses}
-    assert {"orchestrator run", "service run", "load"} <= commands
+            assert not p.options["embedded"], c.where
+            # MODULE is imported from --app-dir (SAGAKIT_APP_DIR), else the cwd
+            where = p.options["app_dir"] or image.workdir
+            package = spec.partition(":")[0].split(".")[0]
+            assert image.copied_to(where, package), f"{c.where}: no {package}/ in {where}"
+        elif is_load(p):
+            package = c.program[-1].split(".")[0]
+            path = c.env.get("PYTHONPATH", "").split(":")
+            assert any(image.copied_to(d, package) for d in path if d), c.where
+        else:
+            pytest.fail(f"{c.where}: runs neither `sagakit run` nor the load generator")
+    programs = {(p.prog, p.command) for _, p in cli_uses}
+    assert programs == {("sagakit", "run"), ("services.load", "")}
 
 
-def component_of(p: Parsed) -> str | None:
-    """The component a command runs (None: it is not one, e.g. the load generator)."""
-    if p.command == "orchestrator run":
-        return ORCHESTRATOR
-    if p.command == "service run":
-        return p.arguments[0]
-    return None
+def reference_data_seeded(service: Any) -> int:
+    """How many rows PLACE_ORDER_DEMO_DATA=1 makes the service seed."""
+    store = SqliteStore(":memory:", schema=getattr(service.store, "schema", None))
+    try:
+        db = store.connection
+        before = db.total_changes
+        sample("services.system:seed_reference")(service.name, db, sample("services.app:DEMO_RUN"))
+        return db.total_changes - before
+    finally:
+        store.close()
 
 
-def serves_http(cli: Cli, p: Parsed) -> bool:
-    """Commands with an --http-port serve the contract of sagakit._http."""
-    return any(param["name"] == "http_port" for param in cli.commands[p.command]["params"])
+def test_the_services_with_reference_data_seed_it(
+    cli_uses: list[tuple[Container, Parsed]],
+) -> None:
+    """What `--demo-data` did: the orders the load generator places need it."""
+    seeding: set[str] = set()
+    for c, p in cli_uses:
+        service = service_of(p)
+        if service is not None and reference_data_seeded(service):
+            assert c.env.get("PLACE_ORDER_DEMO_DATA") == "1", c.where
+            seeding.add(service.name)
+    assert seeding == {"payments", "inventory", "shipping"}
 
 
 def test_otel_names_are_the_components_and_traces_go_to_jaeger(
@@ -557,13 +766,15 @@ def test_otel_names_are_the_components_and_traces_go_to_jaeger(
             assert "OTEL_SERVICE_NAME" not in c.env, c.where
             continue
         name = c.env["OTEL_SERVICE_NAME"]
-        assert name == component and name in COMPONENTS, c.where
+        assert name == otel_name(component), c.where
         names[c.where.split(":")[0].split("/")[0]].add(name)
         assert c.env["OTEL_TRACES_EXPORTER"] == "otlp"
         assert c.env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "http/protobuf"
         endpoint = urlsplit(c.env["OTEL_EXPORTER_OTLP_ENDPOINT"])
         assert (endpoint.scheme, endpoint.hostname, endpoint.port) == ("http", "jaeger", 4318)
-    assert names == {"docker-compose.yml": set(COMPONENTS), "deploy": set(COMPONENTS)}
+    components = {otel_name(c) for c in sample_app(PROFILE_APPS["orchestration"]).components}
+    assert components == {ORCHESTRATOR, "orders", "payments", "inventory", "shipping"}
+    assert names == {"docker-compose.yml": components, "deploy": components}
 
     jaeger = compose["services"]["jaeger"]
     assert jaeger["image"].startswith("jaegertracing/all-in-one:")
@@ -582,7 +793,7 @@ def test_two_orchestrators(
     manifests: list[dict[str, Any]],
     cli_uses: list[tuple[Container, Parsed]],
 ) -> None:
-    orchestrators = [c for c, p in cli_uses if p.command == "orchestrator run"]
+    orchestrators = [c for c, p in cli_uses if (component_of(p) or "").startswith("orchestrator:")]
     assert {c.where for c in orchestrators} == {
         "docker-compose.yml:orchestrator",
         "deploy/orchestrator",
@@ -600,37 +811,46 @@ def test_both_styles_run_every_service_once(
         if line and not line.startswith("#")
     )
     assert env_file["COMPOSE_PROFILES"] == "orchestration"  # what `docker compose up` runs
-    runs: dict[str, list[tuple[str, str]]] = {style: [] for style in STYLES}
+    assert tuple(PROFILE_APPS) == sample("services.outcome:STYLES")  # a profile a style
+    assert sample_app(PROFILE_APPS["choreography"]).sagas == ()  # no orchestrator
+    runs: dict[str, list[str]] = {style: [] for style in PROFILE_APPS}
+    loads = dict.fromkeys(PROFILE_APPS, 0)
     for c, p in cli_uses:
         if not c.where.startswith("docker-compose.yml"):
             continue
         (profile,) = c.spec["profiles"]
-        assert profile in STYLES
-        if p.command == "service run":
-            assert p.options["style"] == profile, c.where
-        runs[profile].append((p.command, p.arguments[0] if p.arguments else ""))
-    for style, commands in runs.items():
-        services = sorted(a for cmd, a in commands if cmd == "service run")
-        assert services == sorted(SERVICES), style
-        assert commands.count(("load", "")) == 1
-    assert ("orchestrator run", "") in runs["orchestration"]
-    assert ("orchestrator run", "") not in runs["choreography"]
+        assert profile in PROFILE_APPS
+        if is_load(p):
+            loads[profile] += 1
+            continue
+        assert p.arguments == [PROFILE_APPS[profile]], c.where
+        runs[profile] += components_of(p)
+    for style, components in runs.items():
+        assert sorted(components) == sorted(sample_app(PROFILE_APPS[style]).components), style
+        assert loads[style] == 1
     unprofiled = {n for n, s in compose["services"].items() if "profiles" not in s}
     assert unprofiled == {"sagakit-image", "kafka", "kafka-init", "jaeger"}
-    k8s = [p for c, p in cli_uses if c.where.startswith("deploy/") and p.command == "service run"]
-    assert sorted(p.arguments[0] for p in k8s) == sorted(SERVICES)
+    k8s = [p for c, p in cli_uses if c.where.startswith("deploy/") and is_run(p)]
+    app = sample_app(PROFILE_APPS["orchestration"])
+    assert {spec for p in k8s for spec in p.arguments} == {PROFILE_APPS["orchestration"]}
+    assert sorted(c for p in k8s for c in components_of(p)) == sorted(app.components)
 
 
 def test_the_services_sqlite_files_are_on_volumes(
     compose: dict[str, Any],
     manifests: list[dict[str, Any]],
     cli_uses: list[tuple[Container, Parsed]],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     seen: set[tuple[str, str]] = set()
     for c, p in cli_uses:
-        if p.command != "service run":
+        service = service_of(p)
+        if service is None:
             continue
-        db = Path(p.options["db"])
+        assert p.options["data_dir"] == "/data", c.where
+        monkeypatch.setenv("SAGAKIT_DATA_DIR", p.options["data_dir"])  # as `sagakit run` does
+        db = Path(service.store.location)  # where the service opens its SQLite file
+        assert db.name == f"{service.name}.sqlite3", c.where
         if c.where.startswith("docker-compose.yml"):
             mounts = dict(v.split(":")[::-1] for v in c.spec["volumes"])
             volume = mounts[str(db.parent)]
@@ -664,12 +884,14 @@ def test_bootstrap_points_at_the_kafka_of_the_artefact(
     (pool,) = of_kind(manifests, "KafkaNodePool")
     assert pool["metadata"]["labels"]["strimzi.io/cluster"] == kafka["metadata"]["name"]
     assert set(pool["spec"]["roles"]) == {"controller", "broker"}
-    for c, _ in cli_uses:
+    for c, p in cli_uses:
+        if not is_run(p):
+            continue  # the load generator talks HTTP only
         if c.where.startswith("docker-compose.yml"):
-            assert c.env["SAGAKIT_BOOTSTRAP"] == "kafka:9092", c.where
+            assert p.options["bootstrap"] == "kafka:9092", c.where
         else:
-            assert c.env["SAGAKIT_BOOTSTRAP"] in k8s_bootstrap, c.where
-        assert c.env["SAGAKIT_PROFILE"] == "kafka"
+            assert p.options["bootstrap"] in k8s_bootstrap, c.where
+        assert p.options["profile"] == "kafka"
 
 
 # -- the image -----------------------------------------------------------------------------
@@ -680,43 +902,85 @@ def pyproject() -> dict[str, Any]:
         return tomllib.load(f)
 
 
-def test_the_dockerfile_installs_the_project_as_a_non_root_sagakit_entrypoint() -> None:
-    lines = [
-        line.strip()
-        for line in (ROOT / "Dockerfile").read_text().replace("\\\n", " ").splitlines()
-        if line.strip() and not line.lstrip().startswith("#")
-    ]
-    froms = [line.split()[1] for line in lines if line.startswith("FROM ")]
-    assert froms and all(f == "python:3.11-slim" for f in froms)
+def dockerignored(path: str, patterns: list[str]) -> bool:
+    """Does .dockerignore keep `path` (or a directory above it) out of the context?"""
+    ignored = False
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        regex = re.escape(pattern.removeprefix("!").strip("/"))
+        regex = regex.replace(r"\*\*/", "(?:.*/)?").replace(r"\*\*", ".*")
+        regex = regex.replace(r"\*", "[^/]*").replace(r"\?", "[^/]")
+        parts = path.split("/")
+        if any(re.fullmatch(regex, "/".join(parts[:n])) for n in range(1, len(parts) + 1)):
+            ignored = not negated
+    return ignored
+
+
+def test_the_dockerfile_installs_the_project_as_a_non_root_sagakit_entrypoint(
+    image: Image,
+) -> None:
+    build, final = image.stages[0], image.stages[-1]
+    froms = [stage[0].split()[1] for stage in image.stages]
+    assert len(froms) == 2 and all(f == "python:3.11-slim" for f in froms)
     project = pyproject()
     assert project["project"]["requires-python"] == ">=3.11"
-    installs = [line for line in lines if "pip install" in line]
+    installs = [line for line in build if "pip install" in line]
     assert installs and all(re.search(r"pip install \.(\s|$)", i) for i in installs), installs
     assert not any("[" in i or "calfkit" in i for i in installs), "runtime dependencies only"
-    (user,) = [line.split()[1] for line in lines if line.startswith("USER ")][-1:]
-    assert user.split(":")[0] not in ("root", "0")
-    (entrypoint,) = [line for line in lines if line.startswith("ENTRYPOINT ")]
-    command = json.loads(entrypoint.removeprefix("ENTRYPOINT "))
-    assert command == ["sagakit"] and "sagakit" in project["project"]["scripts"]
-    copied = {
-        p
-        for line in lines
-        if line.startswith("COPY ") and "--from" not in line
-        for p in line.split()[1:-1]
-    }
+    assert not any("pip install" in line for line in final), "the wheel is built once"
+    # the build stage copies what the wheel is built from (the library alone), no more
+    packages = project["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"]
+    assert packages == ["src/sagakit"], "the wheel holds sagakit only: services/ is the sample"
+    assert all((ROOT / p).is_dir() for p in packages), packages
+    copied = {p for spec in instructions(build, "COPY") for p in spec.split()[:-1] if p[:2] != "--"}
     needed = {"pyproject.toml", project["project"]["readme"]}
-    needed |= {
-        p.split("/")[0] for p in project["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"]
-    }
-    assert needed <= copied
-    ignored = {
+    needed |= {p.split("/")[0] for p in packages}
+    assert copied == needed
+    # the final stage: the sample app, importable by `sagakit run` and `python -m`
+    assert image.copied_to("/app", "services")
+    assert image.env["SAGAKIT_APP_DIR"] == "/app"
+    assert "/app" in image.env["PYTHONPATH"].split(":")
+    assert image.env["SAGAKIT_DATA_DIR"] == image.workdir == "/data"
+    (user,) = instructions(final, "USER")[-1:]
+    assert user.split(":")[0] not in ("root", "0")
+    assert image.entrypoint == SAGAKIT and "sagakit" in project["project"]["scripts"]
+    assert [json.loads(c) for c in instructions(final, "CMD")] == [["--help"]]
+    assert instructions(final, "EXPOSE") == [str(DEFAULT_HTTP_PORT)]
+    patterns = [
         line.strip()
         for line in (ROOT / ".dockerignore").read_text().splitlines()
         if line.strip() and not line.startswith("#")
-    }
-    assert not needed & ignored
-    assert {".git", ".venv"} <= ignored
-    assert re.search(rf"EXPOSE {DEFAULT_HTTP_PORT}$", "\n".join(lines), re.MULTILINE)
+    ]
+    listed = subprocess.run(
+        [
+            "git",
+            "ls-files",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+            "--",
+            *needed,
+            "services",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr
+    sources = [f for f in listed.stdout.splitlines() if (ROOT / f).exists()]
+    assert {f.split("/")[0] for f in sources} == {*needed, "services"}
+    assert [f for f in sources if dockerignored(f, patterns)] == []
+    for junk in (
+        ".git/HEAD",
+        ".venv/bin/python",
+        "services/orders/__pycache__/api.cpython-311.pyc",
+        "services/payments.sqlite3",
+        "src/sagakit/__pycache__/cli.cpython-311.pyc",
+        "tests/unit/test_deploy.py",
+        ".env",
+    ):
+        assert dockerignored(junk, patterns), junk
 
 
 def test_the_image_tag_is_the_project_version(
@@ -765,7 +1029,7 @@ def docker_compose_works() -> str | None:
     return None
 
 
-@pytest.mark.parametrize("profile", STYLES)
+@pytest.mark.parametrize("profile", PROFILE_APPS)
 def test_docker_compose_config_accepts_the_file(profile: str) -> None:
     reason = docker_compose_works()
     if reason is not None:

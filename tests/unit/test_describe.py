@@ -249,4 +249,36 @@ def test_the_cli_prints_text_and_rejects_what_is_not_a_saga() -> None:
     assert all(f". {s.name}\n" in done.stdout for s in place_order.steps)
     bad = run_cli("describe", "services.orders.saga:OrderState")
     assert bad.returncode == 2
-    assert "'services.orders.saga:OrderState' is ModelMetaclass, not a Saga" in bad.stderr
+    assert "'services.orders.saga:OrderState' is a ModelMetaclass, not a Saga or an App" in (
+        bad.stderr
+    )
+    missing = run_cli("describe", "nosuchmodule:saga")
+    assert missing.returncode == 2
+    assert "no module 'nosuchmodule'" in missing.stderr and "--app-dir" in missing.stderr
+
+
+def test_describe_finds_a_users_module_in_the_current_directory(tmp_path: Path) -> None:
+    # `sagakit describe myapp:checkout` works from the directory that holds myapp.py,
+    # with no PYTHONPATH, as uvicorn and faststream run do; an app means all its sagas
+    (tmp_path / "myshop.py").write_text(
+        "from pydantic import BaseModel\n"
+        "from sagakit import App, Command, Reply, Saga, Step\n"
+        "class Pay(Command, type='shoppay.Pay'):\n    order: str\n"
+        "class Paid(Reply, type='shoppay.Paid'):\n    pass\n"
+        "class Order(BaseModel):\n    order: str\n"
+        "pay = Step('pay', invoke=Pay, on_reply={Paid: None})\n"
+        "checkout = Saga('checkout', state=Order, steps=[pay])\n"
+        "app = App('shop', sagas=[checkout])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    for target in ("myshop:checkout", "myshop:app", "myshop"):
+        done = subprocess.run(
+            [sys.executable, "-m", "sagakit", "describe", target, "--text"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith("saga checkout v1 (1 steps)")

@@ -1,4 +1,4 @@
-"""The `sagakit` command line."""
+"""The `sagakit` command line: every command is registered when this package is imported."""
 
 from __future__ import annotations
 
@@ -8,12 +8,19 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from ._errors import SagaError
-from .broker import EmbeddedBroker
+from .._errors import SagaError
+from ..broker import EmbeddedBroker
+from ._bench import bench
+from ._chaos import chaos
+from ._describe import describe
+from ._flows import compare, demo
+from ._ops import dlq_app, sagas_app
+from ._run import run
 
 app = typer.Typer(
     name="sagakit",
-    help="Sagas over Kafka: run the embedded broker and the sample place-order flow.",
+    help="Sagas over Kafka: run your app's orchestrators and services, look into and act on "
+    "running sagas, and drive an app through a scenario (demo, compare, chaos, bench).",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -52,25 +59,18 @@ def broker(
     raise typer.Exit(status)
 
 
-def main() -> None:
-    from ._cli_bench import bench
-    from ._cli_flows import compare, demo
-    from ._cli_ops import dlq_app, sagas_app
-    from ._cli_run import chaos, load, orchestrator_app, service_app
-    from ._describe import describe
+app.command()(run)
+app.add_typer(sagas_app, name="sagas")
+app.add_typer(dlq_app, name="dlq")
+app.command()(describe)
+app.command()(demo)
+app.command()(compare)
+app.command()(chaos)
+app.command()(bench)
 
-    app.add_typer(sagas_app, name="sagas")
-    app.add_typer(dlq_app, name="dlq")
-    app.add_typer(orchestrator_app, name="orchestrator")
-    app.add_typer(service_app, name="service")
-    app.command()(demo)
-    app.command()(compare)
-    app.command()(chaos)
-    app.command()(load)
-    app.command()(describe)
-    app.command()(bench)
+
+def main() -> None:
     app()
 
 
-if __name__ == "__main__":
-    main()
+__all__ = ["app", "main"]

@@ -13,8 +13,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from sagakit import StartSaga, Transport
-from sagakit._inspect import header, read_topic
+from .._inspect import header, read_topic
+from .._messages import StartSaga
+from ..transport._base import Transport
 
 KINDS = (".inbox", ".commands", ".events")
 

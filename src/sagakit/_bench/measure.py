@@ -13,25 +13,25 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from sagakit import KafkaSettings, MemoryTransport, Transport
-from sagakit.broker import EmbeddedBroker
-from services.compare import Traffic, measure_traffic
-from services.demo import percentiles
-from services.outcome import Style
-
+from .._flows import Traffic, measure_traffic, percentiles
+from ..broker import EmbeddedBroker
+from ..scenario import Style
+from ..transport._base import Transport
+from ..transport.kafka import KafkaSettings
+from ..transport.memory import MemoryTransport
 from .baseline import Baseline, measure_baseline
 from .cpu import children_named
 from .hops import hop_latencies
 from .load import Window, closed_loop, open_loop
 from .rig import Rig, RigSetup, kafka_rig, memory_rig
 
+if TYPE_CHECKING:
+    from ..scenario import Scenario
+
 ProgressFn = Callable[[str, float, float], None]
 
-#: Steps of the place-order saga: create order, reserve credit, reserve stock, schedule
-#: shipment, approve order (every order of the benchmark succeeds).
-STEPS_PER_SAGA = 5
 #: The latency the design asks for at 70 % of peak load (p99, ms).
 P99_TARGET_MS = 75.0
 
@@ -60,6 +60,21 @@ class Plan:
     def describe(self) -> str:
         load = f"{self.concurrency} in flight" if self.mode == "closed" else f"{self.rate:.0f}/s"
         return f"{self.style}, {self.transport}, {self.mode} {load}"
+
+
+@dataclass(frozen=True)
+class Target:
+    """What is measured: a scenario, how other processes import its app (per style:
+    ``MODULE:ATTR``), and the steps of its saga (what CPU per step divides by)."""
+
+    scenario: Scenario
+    app_specs: Mapping[str, str]
+    app_dir: Path | None = None
+
+    @property
+    def steps_per_saga(self) -> int:
+        sagas = self.scenario.app.sagas
+        return max(1, len(sagas[0].steps)) if sagas else 1
 
 
 @dataclass
@@ -171,6 +186,7 @@ def memory_traffic(transport: MemoryTransport, namespace: str) -> Traffic:
 
 def summarize(
     plan: Plan,
+    steps_per_saga: int,
     namespace: str,
     window: Window,
     rows: list[tuple[float, float | None]],
@@ -191,7 +207,7 @@ def summarize(
                 latencies.append(ended - created)
     seconds = window.seconds
     sagas_per_s = completed / seconds if seconds > 0 else 0.0
-    steps = completed * STEPS_PER_SAGA
+    steps = completed * steps_per_saga
     used = window.cpu_used()
     orchestrators = [n for n in used if n.startswith("orchestrator-")]
     if orchestrators:
@@ -209,7 +225,7 @@ def summarize(
         censored=censored,
         window_s=round(seconds, 3),
         sagas_per_s=round(sagas_per_s, 1),
-        steps_per_s=round(sagas_per_s * STEPS_PER_SAGA, 1),
+        steps_per_s=round(sagas_per_s * steps_per_saga, 1),
         arrival_per_s=round(window.placed / seconds, 1) if seconds > 0 else 0.0,
         latency_ms=percentiles(latencies),
         cpu_us_per_step={n: round(v / steps * 1e6, 1) if steps else 0.0 for n, v in used.items()},
@@ -243,6 +259,7 @@ def ratios(m: Measurement, baseline: Baseline) -> dict[str, float]:
 
 async def measure(
     plan: Plan,
+    target: Target,
     *,
     otlp_endpoint: str | None = None,
     baseline: Baseline | None = None,
@@ -281,12 +298,14 @@ async def measure(
 
     with environ(env):
         if plan.transport == "memory":
-            async with memory_rig(setup) as mrig:
+            async with memory_rig(target.scenario, setup) as mrig:
                 window = await drive(mrig)
                 traffic = memory_traffic(mrig.transport, namespace)
                 hops = await hops_of(mrig.transport, namespace, window, traffic)
                 rows = mrig.rows()
-            result = summarize(plan, namespace, window, rows, traffic, baseline)
+            result = summarize(
+                plan, target.steps_per_saga, namespace, window, rows, traffic, baseline
+            )
             result.hops, result.revision = hops, revision
             return result
         async with broker_for(plan) as (settings, broker_pid):
@@ -299,14 +318,22 @@ async def measure(
                 progress=report,
             )
             report("starting processes", 0, 1)
-            async with kafka_rig(setup, settings, broker_pid=broker_pid, progress=report) as krig:
+            async with kafka_rig(
+                target.scenario,
+                target.app_specs[plan.style],
+                setup,
+                settings,
+                app_dir=target.app_dir,
+                broker_pid=broker_pid,
+                progress=report,
+            ) as krig:
                 window = await drive(krig)
                 report("counting messages", 0, 1)
                 traffic = await measure_traffic(krig.transport, namespace)
                 report("timing hops", 0, 1)
                 hops = await hops_of(krig.transport, namespace, window, traffic)
                 rows = krig.rows()
-        result = summarize(plan, namespace, window, rows, traffic, own)
+        result = summarize(plan, target.steps_per_saga, namespace, window, rows, traffic, own)
         result.hops, result.revision = hops, revision
         return result
 

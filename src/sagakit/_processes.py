@@ -1,5 +1,5 @@
-"""The sample system as separate OS processes (`sagakit orchestrator run`, `sagakit service
-run`), each one killable and restartable: what `sagakit chaos` and the crash tests drive."""
+"""An app's components as separate OS processes (`sagakit run MODULE:ATTR --component ...`),
+each one killable and restartable: what `sagakit chaos`, `bench` and the crash tests drive."""
 
 from __future__ import annotations
 
@@ -15,9 +15,8 @@ from types import TracebackType
 import anyio
 from anyio.abc import Process, TaskGroup
 
-from sagakit.broker import free_port
-
-SERVICE_NAMES = ("orders", "payments", "inventory", "shipping")
+from ._app import ORCHESTRATOR, App
+from .broker import free_port
 
 
 @dataclass
@@ -41,47 +40,60 @@ class Member:
 
 
 class ProcessSystem:
-    """Orchestrator instances and the four services as child processes."""
+    """The components of an app as child processes: `orchestrators` processes for each
+    saga type (sharing its partitions) and one per service.
+
+    Members are named by what they run: a service by its name, an orchestrator
+    ``orchestrator-N`` (``orchestrator-SAGA-N`` when the app has several sagas).
+    `app_spec` is how the children import the app (``MODULE:ATTR``, from `app_dir`).
+    """
 
     def __init__(
         self,
+        app: App,
+        app_spec: str,
         bootstrap: str,
-        db_dir: Path,
+        data_dir: Path,
         *,
+        app_dir: Path | None = None,
         namespace: str = "",
         partitions: int = 8,
         orchestrators: int = 2,
         profile: str = "embedded",
-        style: str = "orchestration",
         log_dir: Path | None = None,
-        demo_data: bool = False,
         env: Mapping[str, str] | None = None,
     ) -> None:
-        """`demo_data` seeds each service's demo reference data; `env` is added to every
-        member's environment (OTEL_* variables, say)."""
+        """`env` is added to every member's environment (OTEL_* variables, say)."""
+        self.app = app
         self.bootstrap = bootstrap
-        self.db_dir = db_dir
-        self.log_dir = log_dir or db_dir / "logs"
+        self.data_dir = data_dir
+        self.log_dir = log_dir or data_dir / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
         common = ["--bootstrap", bootstrap, "--profile", profile, "--namespace", namespace]
-        common += ["--partitions", str(partitions)]
-        base = [sys.executable, "-m", "sagakit"]
+        common += ["--partitions", str(partitions), "--data-dir", str(data_dir)]
+        if app_dir is not None:
+            common += ["--app-dir", str(app_dir)]
+        base = [sys.executable, "-m", "sagakit", "run", app_spec]
         self.members: dict[str, Member] = {}
         self.http_ports: dict[str, int] = {}
-        names = [f"orchestrator-{i}" for i in range(1, orchestrators + 1)] + list(SERVICE_NAMES)
-        for name in names:
-            port = self.http_ports[name] = free_port()
-            http = ["--http-port", str(port)]
-            if name.startswith("orchestrator"):
-                argv = [*base, "orchestrator", "run", *common, *http]
+        self.services: list[str] = [s.name for s in app.services]
+        for component in app.components:
+            kind, _, name = component.partition(":")
+            if kind == ORCHESTRATOR:
+                prefix = "orchestrator" if len(app.sagas) == 1 else f"orchestrator-{name}"
+                names = [f"{prefix}-{i}" for i in range(1, orchestrators + 1)]
             else:
-                db = str(db_dir / f"{name}.sqlite3")
-                argv = [*base, "service", "run", name, "--db", db, "--style", style, *common, *http]
-                if demo_data:
-                    argv.append("--demo-data")
-            self.members[name] = Member(name, argv)
+                names = [name]
+            for member in names:
+                port = self.http_ports[member] = free_port()
+                argv = [*base, "--component", component, *common, "--http-port", str(port)]
+                self.members[member] = Member(member, argv)
         self.env = dict(env or {})
         self._tg: TaskGroup | None = None
+
+    @property
+    def orchestrators(self) -> list[str]:
+        return [n for n in self.members if n not in self.services]
 
     async def __aenter__(self) -> ProcessSystem:
         self._tg = anyio.create_task_group()
@@ -127,11 +139,10 @@ class ProcessSystem:
 
     async def start_all(self, wait_ready: float = 60.0) -> None:
         """Orchestrators one after another (one group), then the services together."""
-        for name in self.members:
-            if name.startswith("orchestrator"):
-                await self.start(name, wait_ready=wait_ready)
+        for name in self.orchestrators:
+            await self.start(name, wait_ready=wait_ready)
         async with anyio.create_task_group() as tg:
-            for name in SERVICE_NAMES:
+            for name in self.services:
                 tg.start_soon(lambda n: self.start(n, wait_ready=wait_ready), name)
 
     async def _watch(self, member: Member, process: Process) -> None:

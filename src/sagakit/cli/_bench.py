@@ -1,5 +1,5 @@
-"""`sagakit bench`: throughput, latency and CPU of the place-order saga, as ratios to a raw
-aiokafka baseline on the same broker. The harness itself is the repository's `bench/`."""
+"""`sagakit bench MODULE:ATTR`: throughput, latency and CPU of a scenario's sagas, as ratios
+to a raw aiokafka baseline measured on the same broker in the same run."""
 
 from __future__ import annotations
 
@@ -8,14 +8,18 @@ import logging
 import os
 import sys
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-from ._errors import SagaError
-from ._loop import run as run_loop
+from .._errors import SagaError
+from .._loader import LoadError, spec_of
+from .._loop import run as run_loop
+from ._common import AppDir, fail
+from ._flows import Options, ScenarioArg, scenario_of
 
 
 class BenchMode(StrEnum):
@@ -35,6 +39,7 @@ class BenchTransport(StrEnum):
 
 
 def bench(
+    scenario_spec: ScenarioArg,
     mode: Annotated[
         BenchMode,
         typer.Option(
@@ -87,12 +92,30 @@ def bench(
     uvloop: Annotated[
         bool, typer.Option("--uvloop", help="Run every process on uvloop's event loop.")
     ] = False,
+    option: Options = None,
+    app_dir: AppDir = None,
 ) -> None:
     """Measure sagas/s, steps/s, latency percentiles, CPU per step of every process and
     messages per saga, next to raw aiokafka figures measured on the same broker."""
-    from bench.measure import Plan
-    from bench.report import print_report, to_markdown
-    from bench.run import Options, run_bench
+    from .._bench.measure import Plan, Target
+    from .._bench.report import print_report, to_markdown
+    from .._bench.run import Options as BenchOptions
+    from .._bench.run import run_bench
+
+    scenario = scenario_of(scenario_spec, option, app_dir)
+    apps = {"orchestration": scenario.app, "choreography": scenario.choreography}
+    if style is BenchStyle.both and scenario.choreography is None:
+        style = BenchStyle.orchestration  # nothing else to measure
+    try:
+        target = Target(
+            scenario,
+            {s: spec_of(a, near=scenario_spec) for s, a in apps.items() if a is not None},
+            Path(app_dir).resolve() if app_dir else Path.cwd(),
+        )
+    except LoadError as exc:
+        raise fail(str(exc)) from None
+    if style is BenchStyle.choreography and scenario.choreography is None:
+        raise fail(f"{type(scenario).__name__} has no choreography app")
 
     if uvloop:
         os.environ["SAGAKIT_UVLOOP"] = "1"  # this process and every component it starts
@@ -103,7 +126,7 @@ def bench(
     styles: tuple[Any, ...] = (
         ("orchestration", "choreography") if style is BenchStyle.both else (style.value,)
     )
-    options = Options(
+    options = BenchOptions(
         mode="open" if mode is BenchMode.open else "closed",
         styles=styles,
         concurrency=concurrency,
@@ -141,7 +164,7 @@ def bench(
 
     try:
         with bar:
-            report = run_loop(lambda: run_bench(options, progress))
+            report = run_loop(lambda: run_bench(options, target, progress))
     except SagaError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None

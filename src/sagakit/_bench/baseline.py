@@ -22,8 +22,8 @@ import anyio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
-from sagakit import KafkaSettings, KafkaTransport
-from services.demo import percentiles
+from .._flows import percentiles
+from ..transport.kafka import KafkaSettings, KafkaTransport
 
 ProgressFn = Callable[[str, float, float], None]
 

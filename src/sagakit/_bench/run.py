@@ -20,10 +20,9 @@ import anyio
 import anyio.to_thread
 import orjson
 
-from services.outcome import Style
-
+from ..scenario import Style
 from .baseline import Baseline, measure_baseline
-from .measure import Measurement, Mode, Plan, broker_for, git_revision, measure
+from .measure import Measurement, Mode, Plan, Target, broker_for, git_revision, measure
 from .sweep import CONCURRENCY_STEPS, FRACTIONS, closed_series, open_series
 
 ProgressFn = Callable[[str, float, float], None]
@@ -61,7 +60,9 @@ class Sink:
 @asynccontextmanager
 async def sink_process() -> AsyncIterator[Sink]:
     process = await anyio.open_process(
-        [sys.executable, "-m", "bench.sink"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        [sys.executable, "-m", "sagakit._bench.sink"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
     )
     try:
         assert process.stdout is not None
@@ -117,7 +118,9 @@ def baseline_spread(measurements: list[dict[str, Any]]) -> dict[str, list[float]
     return {k: [min(v), max(v)] for k, v in figures.items()}
 
 
-async def run_bench(options: Options, progress: ProgressFn | None = None) -> dict[str, Any]:
+async def run_bench(
+    options: Options, target: Target, progress: ProgressFn | None = None
+) -> dict[str, Any]:
     """Measure as `options` say; returns the report (see docs/benchmarks.md)."""
     measurements: list[dict[str, Any]] = []
     plan = options.plan
@@ -140,6 +143,7 @@ async def run_bench(options: Options, progress: ProgressFn | None = None) -> dic
             before = await sink.stats() if sink and p.trace_sample > 0 else None
             m = await measure(
                 p,
+                target,
                 otlp_endpoint=sink.endpoint if sink else None,
                 baseline=run_baseline,
                 progress=progress,
@@ -179,6 +183,8 @@ async def run_bench(options: Options, progress: ProgressFn | None = None) -> dic
         first = next((m["baseline"] for m in measurements if m.get("baseline")), None)
         return {
             "config": {
+                "scenario": type(target.scenario).__name__,
+                "apps": dict(target.app_specs),
                 "mode": options.mode,
                 "styles": list(options.styles),
                 "concurrency": options.concurrency,

@@ -1,0 +1,1 @@
+"""Money transfers between accounts: a small sagakit app (three services, one saga)."""

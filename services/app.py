@@ -1,0 +1,61 @@
+"""The place-order sample as apps: what `sagakit run services.app:app` runs.
+
+    app           orchestrated: the place-order saga, and the four services
+    choreography  the same flow with no orchestrator: services reacting to events
+
+Each service keeps its SQLite file (``orders.sqlite3``, ...) in the data directory
+(``sagakit run --data-dir``, default: the current one). PLACE_ORDER_DEMO_DATA=1 seeds
+the reference data the load generator's orders use (customers, products, regions);
+PLACE_ORDER_DEADLINE_S sets when a choreographed order with no outcome expires.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from typing import Any
+
+from sagakit import App, Service, Transport
+
+from .inventory import service as inventory
+from .orders.saga import place_order
+from .orders.service import OrdersApp
+from .outcome import Style
+from .payments import service as payments
+from .shipping import service as shipping
+
+DEMO_DATA = os.environ.get("PLACE_ORDER_DEMO_DATA", "").strip().lower() in ("1", "true", "yes")
+ORDER_DEADLINE_S = float(os.environ.get("PLACE_ORDER_DEADLINE_S", "60"))
+#: The prefix of the reference data PLACE_ORDER_DEMO_DATA seeds (the load generator's).
+DEMO_RUN = "demo"
+
+
+def services(style: Style) -> tuple[OrdersApp, list[Service[sqlite3.Connection]]]:
+    """The orders app and the four services of `style`, each on its SQLite file."""
+    orders = OrdersApp(style=style, order_deadline_s=ORDER_DEADLINE_S)
+    built = [
+        orders.service,
+        payments.build(style=style),
+        inventory.build(style=style),
+        shipping.build(style=style),
+    ]
+    if DEMO_DATA:
+        for service in built:
+            service.task(_seeder(service))
+    return orders, built
+
+
+def _seeder(service: Service[Any]) -> Any:
+    async def seed(transport: Transport) -> None:
+        from .system import seed_reference
+
+        seed_reference(service.name, service.store.connection, DEMO_RUN)  # type: ignore[attr-defined]
+
+    return seed
+
+
+orders, _orchestrated = services("orchestration")
+app = App("place-order", sagas=[place_order], services=_orchestrated)
+
+choreographed_orders, _choreographed = services("choreography")
+choreography = App("place-order-choreography", services=_choreographed)

@@ -1,0 +1,294 @@
+"""An `App`: the sagas and services a team deploys together, and what runs them.
+
+    app = App("shop", sagas=[checkout], services=[carts, payments, mailer])
+
+    sagakit run shop:app --embedded                       # everything, one process
+    sagakit run shop:app --component service:mailer ...   # one component per process
+
+Every tool (`sagakit sagas`, `dlq`, `chaos`, `demo`, `compare`, `bench`) works on an
+app by the same ``MODULE:ATTR``. An app's components are ``orchestrator:<saga>`` (one
+orchestrator per saga type; start several processes of one to share its partitions)
+and ``service:<name>``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from anyio.abc import TaskStatus
+
+from ._definition import Saga
+from ._dlq import dlq_topic
+from ._errors import DefinitionError, SagaError
+from ._evaluator import SagaInstance, Transition
+from ._metrics import Metrics
+from ._orchestrator import Orchestrator
+from ._participant import Service
+from .tracing import Tracing
+from .transport._base import Transport
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+ORCHESTRATOR = "orchestrator"
+SERVICE = "service"
+
+
+class App:
+    """The sagas (each run by its orchestrator) and the services of one deployable app.
+
+    `namespace` prefixes every topic and consumer group (several apps, or several runs,
+    can share a cluster); `partitions` is the count of the topics the app creates.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        sagas: Sequence[Saga[Any]] = (),
+        services: Sequence[Service[Any]] = (),
+        namespace: str = "",
+        partitions: int = 8,
+    ) -> None:
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise DefinitionError(
+                f"app name {name!r} must be lower-case letters, digits, '.', '_' or '-'"
+            )
+        self.name = name
+        self.sagas: tuple[Saga[Any], ...] = tuple(sagas)
+        self.services: tuple[Service[Any], ...] = tuple(services)
+        self.namespace = namespace
+        self.partitions = partitions
+        for saga in self.sagas:
+            if not isinstance(saga, Saga):
+                raise DefinitionError(f"app {name!r}: {saga!r} in sagas is not a Saga")
+        for service in self.services:
+            if not isinstance(service, Service):
+                raise DefinitionError(f"app {name!r}: {service!r} in services is not a Service")
+        _unique(name, "saga", [s.name for s in self.sagas])
+        _unique(name, "service", [s.name for s in self.services])
+        if not self.sagas and not self.services:
+            raise DefinitionError(f"app {name!r} has neither sagas nor services")
+
+    def __repr__(self) -> str:
+        return f"App({self.name!r}, components={list(self.components)})"
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        """``orchestrator:<saga>`` for every saga, ``service:<name>`` for every service."""
+        return (
+            *(f"{ORCHESTRATOR}:{s.name}" for s in self.sagas),
+            *(f"{SERVICE}:{s.name}" for s in self.services),
+        )
+
+    def saga(self, name: str) -> Saga[Any]:
+        for saga in self.sagas:
+            if saga.name == name:
+                return saga
+        raise SagaError(
+            f"app {self.name!r} has no saga {name!r}; its sagas: "
+            f"{', '.join(s.name for s in self.sagas) or 'none'}"
+        )
+
+    def service(self, name: str) -> Service[Any]:
+        for service in self.services:
+            if service.name == name:
+                return service
+        raise SagaError(
+            f"app {self.name!r} has no service {name!r}; its services: "
+            f"{', '.join(s.name for s in self.services) or 'none'}"
+        )
+
+    def select(self, components: Iterable[str] | None) -> tuple[str, ...]:
+        """The components named (``KIND:NAME``, ``KIND:*`` or ``KIND``), checked; all if None."""
+        if components is None:
+            return self.components
+        chosen: list[str] = []
+        for spec in components:
+            kind, _, name = spec.partition(":")
+            if kind not in (ORCHESTRATOR, SERVICE):
+                raise SagaError(
+                    f"component {spec!r}: the kind is 'orchestrator' or 'service' "
+                    f"(e.g. {self.components[0] if self.components else 'service:NAME'})"
+                )
+            matches = [
+                c
+                for c in self.components
+                if c.startswith(f"{kind}:") and name in ("", "*", c.partition(":")[2])
+            ]
+            if not matches:
+                raise SagaError(
+                    f"app {self.name!r} has no component {spec!r}; it has "
+                    f"{', '.join(self.components)}"
+                )
+            chosen.extend(c for c in matches if c not in chosen)
+        return tuple(chosen)
+
+    # -- topics -----------------------------------------------------------------------------
+    def topics(self, namespace: str | None = None) -> dict[str, int]:
+        """Every topic the app creates (under `namespace`), with its partition count."""
+        ns = self.namespace if namespace is None else namespace
+        topics: dict[str, int] = {}
+        for saga in self.sagas:
+            inbox = ns + saga.inbox_topic
+            topics[inbox] = self.partitions
+            topics[ns + saga.journal_topic] = self.partitions
+            topics[dlq_topic(inbox)] = 1
+            for topic in saga.command_topics():
+                topics.setdefault(ns + topic, self.partitions)
+        for service in self.services:
+            service.namespace, saved = ns, service.namespace
+            try:
+                for topic in (service.commands_topic, service.events_topic):
+                    topics.setdefault(topic, self.partitions)
+                    topics[dlq_topic(topic)] = 1
+                for topic in service.subscribed_topics():
+                    topics.setdefault(topic, self.partitions)
+                    topics[dlq_topic(topic)] = 1
+            finally:
+                service.namespace = saved
+        return topics
+
+    def consumed_topics(self, namespace: str | None = None) -> frozenset[str]:
+        """The topics the app's components read (what `dlq replay` may produce to)."""
+        ns = self.namespace if namespace is None else namespace
+        topics = {ns + saga.inbox_topic for saga in self.sagas}
+        for service in self.services:
+            service.namespace, saved = ns, service.namespace
+            try:
+                topics.update(service.subscribed_topics() or [service.commands_topic])
+            finally:
+                service.namespace = saved
+        return frozenset(topics)
+
+    def runner(self, transport: Transport, **options: Any) -> AppRunner:
+        """What runs (some of) this app's components on `transport`; see `AppRunner`."""
+        return AppRunner(self, transport, **options)
+
+    async def run(
+        self,
+        transport: Transport,
+        *,
+        components: Iterable[str] | None = None,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+        **options: Any,
+    ) -> None:
+        """Run the app's components (all, or those named) until cancelled."""
+        await self.runner(transport, components=components, **options).run(task_status=task_status)
+
+
+def _unique(app: str, what: str, names: list[str]) -> None:
+    seen: set[str] = set()
+    for n in names:
+        if n in seen:
+            raise DefinitionError(f"app {app!r} has two {what}s named {n!r}")
+        seen.add(n)
+
+
+@dataclass(frozen=True, slots=True)
+class Component:
+    """One running component: its name (``orchestrator:checkout``) and what runs it."""
+
+    name: str
+    role: Orchestrator | Service[Any]
+
+    @property
+    def ready(self) -> bool:
+        return self.role.ready
+
+
+class AppRunner:
+    """Runs the chosen components of an app in this process, on one transport.
+
+    `tracing` makes each component's `Tracing` (by its OpenTelemetry service name: the
+    service's name, or ``saga-orchestrator``); all components share `metrics`.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        transport: Transport,
+        *,
+        components: Iterable[str] | None = None,
+        namespace: str | None = None,
+        partitions: int | None = None,
+        tracing: Callable[[str], Tracing] | None = None,
+        metrics: Metrics | None = None,
+        on_transition: Callable[[Transition], None] | None = None,
+        shutdown_grace_s: float = 30.0,
+    ) -> None:
+        self.app = app
+        self.transport = transport
+        self.namespace = app.namespace if namespace is None else namespace
+        self.partitions = app.partitions if partitions is None else partitions
+        self.metrics = metrics if metrics is not None else Metrics(app.name)
+        traced = tracing or (lambda _component: Tracing.disabled())
+        self.selected = app.select(components)
+        self.orchestrators: dict[str, Orchestrator] = {}
+        self.services: dict[str, Service[Any]] = {}
+        for name in self.selected:
+            kind, _, which = name.partition(":")
+            if kind == ORCHESTRATOR:
+                self.orchestrators[which] = Orchestrator(
+                    app.saga(which),
+                    transport,
+                    partitions=self.partitions,
+                    namespace=self.namespace,
+                    on_transition=on_transition,
+                    shutdown_grace_s=shutdown_grace_s,
+                    tracing=traced("saga-orchestrator"),
+                    metrics=self.metrics,
+                )
+            else:
+                service = app.service(which)
+                service.configure(
+                    namespace=self.namespace,
+                    partitions=self.partitions,
+                    tracing=traced(service.name),
+                    metrics=self.metrics,
+                    shutdown_grace_s=shutdown_grace_s,
+                )
+                self.services[which] = service
+
+    @property
+    def components(self) -> list[Component]:
+        return [
+            *(Component(f"{ORCHESTRATOR}:{n}", o) for n, o in self.orchestrators.items()),
+            *(Component(f"{SERVICE}:{n}", s) for n, s in self.services.items()),
+        ]
+
+    @property
+    def ready(self) -> bool:
+        """Every component ready: orchestrators restored, services assigned partitions."""
+        return all(c.ready for c in self.components)
+
+    async def wait_ready(self) -> None:
+        for component in self.components:
+            await component.role.wait_ready()
+
+    def instance(self, saga_id: str) -> SagaInstance | None:
+        """A saga's instance, if one of this process's orchestrators holds it."""
+        for orchestrator in self.orchestrators.values():
+            found = orchestrator.instance(saga_id)
+            if found is not None:
+                return found
+        return None
+
+    async def ensure_topics(self) -> None:
+        for orchestrator in self.orchestrators.values():
+            await orchestrator.ensure_topics()
+        for service in self.services.values():
+            await service.ensure_topics(self.transport)
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run every chosen component until cancelled; started once all have joined."""
+        await self.ensure_topics()
+        async with anyio.create_task_group() as tg:
+            for orchestrator in self.orchestrators.values():
+                await tg.start(orchestrator.run)
+            for service in self.services.values():
+                await tg.start(service.run, self.transport)
+            task_status.started()

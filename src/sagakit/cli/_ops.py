@@ -1,0 +1,480 @@
+"""`sagakit sagas ...` and `sagakit dlq ...`: look into and act on a running system."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+import anyio
+import typer
+
+from .._app import App
+from .._client import SagaClient
+from .._dlq import DeadLetter
+from .._errors import SagaError, TransportError
+from .._evaluator import SagaInstance, SagaStatus, Transition
+from .._inspect import (
+    consumed_topics,
+    dlq_name,
+    event_history,
+    find_saga,
+    header,
+    journal_topics,
+    read_journal,
+    read_topic,
+    replay_dead_letters,
+    saga_type_of,
+)
+from ..transport._base import Record
+from ..transport.kafka import KafkaTransport
+from ._common import (
+    AppDir,
+    AppSpec,
+    Bootstrap,
+    JsonOpt,
+    Namespace,
+    err,
+    maybe_app,
+    namespace_of,
+    out,
+    print_json,
+    print_table,
+    run_with,
+)
+
+sagas_app = typer.Typer(help="List, inspect, resume and resolve sagas of a running system.")
+dlq_app = typer.Typer(help="Inspect and replay dead letters.")
+
+SagaType = Annotated[str | None, typer.Option(help="Saga type, to search one journal.")]
+
+
+def _when(ms: int | float | None) -> str:
+    if ms is None:
+        return ""
+    return datetime.datetime.fromtimestamp(ms / 1000).isoformat(sep=" ", timespec="milliseconds")
+
+
+def _iso(ms: int | float | None) -> str | None:
+    if ms is None:
+        return None
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).isoformat(
+        timespec="milliseconds"
+    )
+
+
+def _saga_types(app: App | None, saga_type: str | None) -> set[str] | None:
+    if saga_type is not None:
+        return {saga_type}
+    return {s.name for s in app.sagas} if app is not None else None
+
+
+def _at(instance: SagaInstance) -> str:
+    if instance.pending is not None:
+        return instance.pending.step
+    return instance.next.step if instance.next is not None else ""
+
+
+def instance_json(i: SagaInstance) -> dict[str, Any]:
+    return {
+        "saga_id": i.saga_id,
+        "saga_type": i.saga_type,
+        "version": i.version,
+        "status": i.status.value,
+        "step": _at(i) or None,
+        "failure": i.failure,
+        "started": _iso(i.started_ms),
+        "updated": _iso(i.updated_ms),
+        "seq": i.seq,
+    }
+
+
+@sagas_app.command("list")
+def sagas_list(
+    bootstrap: Bootstrap,
+    app_spec: AppSpec = None,
+    state: Annotated[
+        SagaStatus | None, typer.Option("--state", help="Only sagas in this state.")
+    ] = None,
+    saga_type: Annotated[str | None, typer.Option(help="Only sagas of this type.")] = None,
+    version: Annotated[int | None, typer.Option(help="Only sagas of this version.")] = None,
+    namespace: Namespace = None,
+    limit: Annotated[int, typer.Option(help="Show at most this many (0: all).")] = 200,
+    json_output: JsonOpt = False,
+    app_dir: AppDir = None,
+) -> None:
+    """Every saga found in the journals, with its state (read-only), newest first."""
+    app = maybe_app(app_spec, app_dir)
+    ns = namespace_of(app, namespace)
+    types = _saga_types(app, saga_type)
+
+    async def action(transport: KafkaTransport) -> list[SagaInstance]:
+        rows: list[SagaInstance] = []
+        for topic, partitions in sorted((await journal_topics(transport, ns)).items()):
+            if types is not None and saga_type_of(topic, ns) not in types:
+                continue
+            view = await read_journal(transport, topic, partitions)
+            rows.extend(view.instances.values())
+            if view.foreign:
+                err.print(
+                    f"warning: {topic} holds {view.foreign} record(s) that are not journal "
+                    "entries of an orchestrator; they were skipped (only orchestrators may "
+                    "write to journal topics: restrict it with ACLs)"
+                )
+        return rows
+
+    instances = run_with(bootstrap, action)
+    if state is not None:
+        instances = [i for i in instances if i.status is state]
+    if version is not None:
+        instances = [i for i in instances if i.version == version]
+    instances.sort(key=lambda i: i.updated_ms, reverse=True)
+    shown = instances[:limit] if limit else instances
+    if json_output:
+        print_json([instance_json(i) for i in shown])
+        return
+    print_table(
+        ["saga id", "type", "version", "state", "at step", "failure", "updated"],
+        [
+            [
+                i.saga_id,
+                i.saga_type,
+                str(i.version),
+                i.status.value,
+                _at(i),
+                i.failure or "",
+                _when(i.updated_ms),
+            ]
+            for i in shown
+        ],
+        title=f"{len(instances)} saga(s)"
+        + (f", {len(shown)} shown" if len(shown) < len(instances) else ""),
+    )
+
+
+def _sent(t: Transition) -> str:
+    if t.next is not None and t.next.due_ms is not None:
+        return f"retry {t.next.step} attempt {t.next.attempt} at {_when(t.next.due_ms)}"
+    if t.pending is not None:
+        return f"{t.pending.command_type} ({t.pending.message_id})"
+    return ""
+
+
+def transition_json(t: Transition) -> dict[str, Any]:
+    return {
+        "seq": t.seq,
+        "at": _iso(t.at_ms),
+        "event": t.event,
+        "step": t.step,
+        "status": t.status.value,
+        "caused_by": t.cause_type,
+        "cause": t.cause,
+        "sent": None
+        if t.pending is None
+        else {"type": t.pending.command_type, "message_id": t.pending.message_id},
+        "failure": t.failure,
+        "note": t.note,
+    }
+
+
+def _print_history(saga_type: str, history: list[Transition], json_output: bool) -> None:
+    last = history[-1]
+    if json_output:
+        print_json(
+            {
+                "saga_id": last.saga_id,
+                "saga_type": saga_type,
+                "version": last.version,
+                "status": last.status.value,
+                "failure": last.failure,
+                "timeline": [transition_json(t) for t in history],
+            }
+        )
+        return
+    out.print(f"[bold]{last.saga_id}[/bold] ({saga_type} v{last.version}): {last.status.value}")
+    if last.failure:
+        out.print(f"failure: {last.failure}")
+    print_table(
+        ["#", "time", "event", "step", "state", "caused by", "sent"],
+        [
+            [
+                str(t.seq),
+                _when(t.at_ms),
+                t.event + (f" — {t.note}" if t.note else ""),
+                t.step or "",
+                t.status.value,
+                t.cause_type,
+                _sent(t),
+            ]
+            for t in history
+        ],
+    )
+
+
+@sagas_app.command("show")
+def sagas_show(
+    saga_id: str,
+    bootstrap: Bootstrap,
+    app_spec: AppSpec = None,
+    saga_type: SagaType = None,
+    namespace: Namespace = None,
+    json_output: JsonOpt = False,
+    app_dir: AppDir = None,
+) -> None:
+    """The timeline of one saga: from its journal (orchestration), or rebuilt from the
+    domain events that carry its id (choreography)."""
+    app = maybe_app(app_spec, app_dir)
+    ns = namespace_of(app, namespace)
+
+    async def action(transport: KafkaTransport) -> tuple[str, list[Transition]] | list[Record]:
+        try:
+            return await _find(transport, saga_id, ns, app, saga_type)
+        except TransportError:
+            events = await event_history(transport, saga_id, ns)
+            if not events:
+                raise
+            return events
+
+    found = run_with(bootstrap, action)
+    if isinstance(found, tuple):
+        _print_history(*found, json_output)
+    else:
+        _print_events(saga_id, found, json_output)
+
+
+async def _find(
+    transport: KafkaTransport, saga_id: str, ns: str, app: App | None, saga_type: str | None
+) -> tuple[str, list[Transition]]:
+    types = _saga_types(app, saga_type)
+    if types is None or len(types) != 1:
+        found_type, history = await find_saga(transport, saga_id, ns, None)
+        if types is not None and found_type not in types:
+            raise TransportError(f"no saga {saga_id!r} in the journals of {', '.join(types)}")
+        return found_type, history
+    return await find_saga(transport, saga_id, ns, next(iter(types)))
+
+
+def _print_events(saga_id: str, events: list[Record], json_output: bool) -> None:
+    rows: list[dict[str, str]] = [
+        {
+            "at": _iso(r.timestamp_ms) or "",
+            "by": r.topic.rsplit(".", 2)[-2],
+            "event": header(r, "message-type") or "",
+            "message_id": header(r, "message-id") or "",
+            "caused_by": header(r, "causation-id") or "",
+        }
+        for r in events
+    ]
+    if json_output:
+        print_json({"saga_id": saga_id, "style": "choreography", "events": rows})
+        return
+    correlation = {header(r, "correlation-id") for r in events}
+    out.print(
+        f"[bold]{saga_id}[/bold] (choreography): {len(events)} event(s), "
+        f"correlation {', '.join(sorted(c or '?' for c in correlation))}"
+    )
+    print_table(
+        ["time", "by", "event", "message id", "caused by"],
+        [
+            [
+                _when(r.timestamp_ms),
+                row["by"],
+                row["event"].rsplit(".", 1)[-1],
+                row["message_id"],
+                row["caused_by"],
+            ]
+            for r, row in zip(events, rows, strict=True)
+        ],
+    )
+
+
+def _operator(
+    saga_id: str,
+    bootstrap: str,
+    app: App | None,
+    namespace: str,
+    saga_type: str | None,
+    wait_s: float,
+    send: Callable[[SagaClient, str], Awaitable[None]],
+    event: str,
+    json_output: bool,
+) -> None:
+    async def action(transport: KafkaTransport) -> tuple[str, list[Transition]]:
+        found_type, history = await _find(transport, saga_id, namespace, app, saga_type)
+        status = history[-1].status
+        if status is not SagaStatus.FAILED_NEEDS_ATTENTION:
+            raise SagaError(
+                f"saga {saga_id} is {status.value}; only FAILED_NEEDS_ATTENTION sagas "
+                "can be resumed or resolved"
+            )
+        seen = history[-1].seq
+        await send(SagaClient(transport, namespace=namespace), found_type)
+        with anyio.move_on_after(wait_s):
+            while not any(t.event == event for t in history if t.seq > seen):
+                await anyio.sleep(0.2)
+                _, history = await find_saga(transport, saga_id, namespace, found_type)
+        return found_type, [t for t in history if t.seq > seen]
+
+    found_type, recorded = run_with(bootstrap, action)
+    if not any(t.event == event for t in recorded):
+        err.print(f"request sent; the orchestrator has not recorded it within {wait_s}s")
+        raise typer.Exit(1)
+    _print_history(found_type, recorded, json_output)
+
+
+Note = Annotated[str, typer.Option(help="Why, for the journal.")]
+Wait = Annotated[float, typer.Option(help="Seconds to wait for the orchestrator.")]
+
+
+@sagas_app.command("resume")
+def sagas_resume(
+    saga_id: str,
+    bootstrap: Bootstrap,
+    app_spec: AppSpec = None,
+    note: Note = "",
+    saga_type: SagaType = None,
+    namespace: Namespace = None,
+    wait: Wait = 15.0,
+    json_output: JsonOpt = False,
+    app_dir: AppDir = None,
+) -> None:
+    """Retry a FAILED_NEEDS_ATTENTION saga from where it stopped (recorded in the journal)."""
+    app = maybe_app(app_spec, app_dir)
+    _operator(
+        saga_id,
+        bootstrap,
+        app,
+        namespace_of(app, namespace),
+        saga_type,
+        wait,
+        lambda client, kind: client.resume(kind, saga_id, note),
+        "resumed",
+        json_output,
+    )
+
+
+@sagas_app.command("resolve")
+def sagas_resolve(
+    saga_id: str,
+    bootstrap: Bootstrap,
+    note: Annotated[str, typer.Option(help="What was fixed by hand, for the journal.")],
+    app_spec: AppSpec = None,
+    saga_type: SagaType = None,
+    namespace: Namespace = None,
+    wait: Wait = 15.0,
+    json_output: JsonOpt = False,
+    app_dir: AppDir = None,
+) -> None:
+    """Mark a FAILED_NEEDS_ATTENTION saga fixed by hand; it ends as RESOLVED."""
+    app = maybe_app(app_spec, app_dir)
+    _operator(
+        saga_id,
+        bootstrap,
+        app,
+        namespace_of(app, namespace),
+        saga_type,
+        wait,
+        lambda client, kind: client.resolve(kind, saga_id, note),
+        "resolved",
+        json_output,
+    )
+
+
+def letter_json(letter: DeadLetter) -> dict[str, Any]:
+    return {
+        "offset": letter.record.offset,
+        "message_id": letter.message_id,
+        "message_type": letter.message_type,
+        "error_type": letter.error_type,
+        "error_message": letter.error_message,
+        "original_topic": letter.original_topic,
+        "original_partition": letter.original_partition,
+        "original_offset": letter.original_offset,
+        "failed_consumer": letter.consumer,
+        "truncated": list(letter.truncated),
+    }
+
+
+@dlq_app.command("list")
+def dlq_list(
+    topic: Annotated[str, typer.Argument(help="A topic (its .dlq is read) or a .dlq topic.")],
+    bootstrap: Bootstrap,
+    json_output: JsonOpt = False,
+) -> None:
+    """The dead letters of a topic, with the reason each could not be processed."""
+    name = dlq_name(topic)
+    letters = [DeadLetter.of(r) for r in run_with(bootstrap, lambda t: read_topic(t, name))]
+    if json_output:
+        print_json([letter_json(d) for d in letters])
+        return
+    rows = []
+    for d in letters:
+        origin = f"{d.original_topic}[{d.original_partition}]@{d.original_offset}"
+        if d.truncated:
+            origin += f" (truncated: {', '.join(d.truncated)})"
+        rows.append(
+            [
+                str(d.record.offset),
+                d.message_id,
+                d.message_type,
+                d.error_type,
+                d.error_message,
+                origin,
+            ]
+        )
+    print_table(
+        ["offset", "message id", "type", "error", "reason", "from"],
+        rows,
+        title=f"{name}: {len(letters)} dead letter(s)",
+    )
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    topic: Annotated[str, typer.Argument(help="A topic (its .dlq is read) or a .dlq topic.")],
+    bootstrap: Bootstrap,
+    message_id: Annotated[
+        list[str] | None, typer.Option("--id", help="Replay only this message id (repeatable).")
+    ] = None,
+    replay_all: Annotated[bool, typer.Option("--all", help="Replay every dead letter.")] = False,
+    app_spec: AppSpec = None,
+    namespace: Namespace = None,
+    json_output: JsonOpt = False,
+    app_dir: AppDir = None,
+) -> None:
+    """Produce dead letters again to the topic they came from (after fixing the cause).
+
+    Only to an inbox, commands or events topic (with --app: one the app consumes), and
+    never a dead letter that was truncated; each refusal is printed with its reason.
+    """
+    if not message_id and not replay_all:
+        err.print("say which: --id MESSAGE_ID (repeatable) or --all")
+        raise typer.Exit(2)
+    app = maybe_app(app_spec, app_dir)
+    ns = namespace_of(app, namespace)
+
+    async def action(transport: KafkaTransport) -> Any:
+        allowed = (
+            app.consumed_topics(ns)
+            if app is not None
+            else consumed_topics(await transport.existing_topics(), ns)
+        )
+        return await replay_dead_letters(
+            transport, topic, None if replay_all else message_id, allowed=allowed
+        )
+
+    outcome = run_with(bootstrap, action)
+    found = {letter.message_id for letter in outcome.replayed}
+    if json_output:
+        print_json(
+            {
+                "replayed": [letter_json(d) for d in outcome.replayed],
+                "refused": [{**letter_json(d), "why": why} for d, why in outcome.refused],
+            }
+        )
+    else:
+        for _, why in outcome.refused:
+            err.print(f"not replayed: {why}")
+        out.print(f"replayed {len(outcome.replayed)} record(s) from {dlq_name(topic)}")
+    if outcome.refused or (message_id and not replay_all and not set(message_id) <= found):
+        raise typer.Exit(1)

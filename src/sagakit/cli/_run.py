@@ -1,0 +1,175 @@
+"""`sagakit run MODULE:ATTR`: the components of an app, in this process, until SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+import typer
+from aiohttp import web
+
+from .._app import App, AppRunner
+from .._http import DEFAULT_HTTP_PORT, HttpEndpoints, Route
+from .._logging import configure_logging
+from ..broker import EmbeddedBroker
+from ..tracing import ComponentTracings
+from ..transport._base import Transport
+from ..transport.kafka import KafkaTransport
+from ._common import (
+    AppDir,
+    LogFormat,
+    LogFormatOpt,
+    Namespace,
+    Profile,
+    ProfileOpt,
+    fail,
+    load_app,
+    run_async,
+    settings,
+)
+
+HttpPort = Annotated[
+    int,
+    typer.Option(
+        envvar="SAGAKIT_HTTP_PORT",
+        help="Port of /healthz, /readyz and /metrics (0: no HTTP server).",
+    ),
+]
+
+
+def run(
+    app_spec: Annotated[
+        str, typer.Argument(metavar="MODULE:ATTR", help="The app, e.g. myapp:app.")
+    ],
+    component: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--component",
+            "-c",
+            envvar="SAGAKIT_COMPONENTS",
+            metavar="KIND:NAME",
+            help="What this process runs: orchestrator:SAGA or service:NAME (repeatable; "
+            "orchestrator or service alone: all of that kind). Default: everything.",
+        ),
+    ] = None,
+    bootstrap: Annotated[
+        str | None,
+        typer.Option(envvar="SAGAKIT_BOOTSTRAP", help="Kafka bootstrap servers."),
+    ] = None,
+    embedded: Annotated[
+        bool,
+        typer.Option(
+            "--embedded",
+            help="Start an embedded broker for this process (others join with the "
+            "--bootstrap it prints).",
+        ),
+    ] = False,
+    profile: ProfileOpt = Profile.kafka,
+    namespace: Namespace = None,
+    partitions: Annotated[
+        int | None,
+        typer.Option(envvar="SAGAKIT_PARTITIONS", min=1, help="Partitions of the topics created."),
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="SAGAKIT_DATA_DIR",
+            help="Where stores with a relative path keep their files (default: the cwd).",
+        ),
+    ] = None,
+    app_dir: AppDir = None,
+    http_port: HttpPort = DEFAULT_HTTP_PORT,
+    shutdown_grace: Annotated[
+        float,
+        typer.Option(min=0.0, help="Seconds a batch in hand may take to finish on SIGTERM."),
+    ] = 30.0,
+    log_format: LogFormatOpt = LogFormat.text,
+) -> None:
+    """Run the components of an app until SIGTERM or Ctrl-C (each batch in hand finishes).
+
+    Prints READY on stdout once every component is ready (orchestrators have restored
+    their partitions, services have partitions assigned).
+    """
+    import os
+
+    configure_logging(False, log_format.value)
+    if data_dir is not None:
+        os.environ["SAGAKIT_DATA_DIR"] = str(data_dir.resolve())
+    app = load_app(app_spec, app_dir)
+    try:
+        chosen = app.select(component)
+    except Exception as exc:
+        raise fail(str(exc)) from None
+    if embedded == (bootstrap is not None):
+        raise fail("say where Kafka is: --bootstrap HOST:PORT, or --embedded for a broker here")
+    tracings = ComponentTracings(shared=len(chosen) > 1)
+
+    async def main() -> None:
+        if embedded:
+            async with EmbeddedBroker() as broker:
+                print(f"embedded broker listening on {broker.bootstrap_servers} (memory only)")
+                print(f"use it with: --bootstrap {broker.bootstrap_servers}", flush=True)
+                await serve(app, chosen, broker.bootstrap_servers, Profile.embedded)
+        else:
+            assert bootstrap is not None
+            await serve(app, chosen, bootstrap, profile)
+
+    async def serve(app: App, chosen: tuple[str, ...], where: str, prof: Profile) -> None:
+        transport = KafkaTransport(settings(where, prof, f"{app.name}-{_client(chosen)}"))
+        runner = app.runner(
+            transport,
+            components=chosen,
+            namespace=namespace,
+            partitions=partitions,
+            tracing=tracings,
+            shutdown_grace_s=shutdown_grace,
+        )
+        async with transport, anyio.create_task_group() as tg:
+            tg.start_soon(_stop_on_signals, tg.cancel_scope)
+            if http_port:
+                http = HttpEndpoints(
+                    port=http_port,
+                    ready=lambda: runner.ready,
+                    metrics=[runner.metrics],
+                    routes=_routes(runner, transport),
+                )
+                await tg.start(http.run)
+            await tg.start(runner.run)
+            await runner.wait_ready()
+            print("READY", flush=True)
+
+    try:
+        run_async(main)
+    finally:
+        tracings.shutdown()  # flush the spans still queued
+        sys.stdout.flush()
+
+
+def _client(chosen: tuple[str, ...]) -> str:
+    return chosen[0].replace(":", "-") if len(chosen) == 1 else "all"
+
+
+def _routes(runner: AppRunner, transport: Transport) -> list[Route]:
+    routes: list[Route] = []
+    for service in runner.services.values():
+        for method, path, handler in service.routes:
+            routes.append((method, path, _bound(handler, transport)))
+    return routes
+
+
+def _bound(handler: Any, transport: Transport) -> Any:
+    async def serve(request: web.Request) -> web.StreamResponse:
+        response: web.StreamResponse = await handler(request, transport)
+        return response
+
+    return serve
+
+
+async def _stop_on_signals(scope: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for _ in signals:
+            scope.cancel()
+            return
