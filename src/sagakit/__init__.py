@@ -26,6 +26,7 @@ from ._evaluator import (
     replay,
 )
 from ._idempotency import IdempotencyStore, MemoryStore, SqliteStore, StoredReply
+from ._interceptors import Interceptor, Scope
 from ._messages import Command, Envelope, Event, Header, Message, Reply, StartSaga
 from ._orchestrator import Orchestrator
 from ._participant import HandlerContext, Service
@@ -62,6 +63,7 @@ __all__ = (
     "Header",
     "IdempotencyStore",
     "Incoming",
+    "Interceptor",
     "JsonCodec",
     "KafkaEventLog",
     "KafkaSettings",
@@ -86,6 +88,7 @@ __all__ = (
     "SagaInstance",
     "SagaStatus",
     "Scenario",
+    "Scope",
     "Service",
     "SqliteStore",
     "Start",

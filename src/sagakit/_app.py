@@ -25,6 +25,7 @@ from ._definition import Saga
 from ._dlq import dlq_topic
 from ._errors import DefinitionError, SagaError
 from ._evaluator import SagaInstance, Transition
+from ._interceptors import Interceptor
 from ._metrics import Metrics
 from ._orchestrator import Orchestrator
 from ._participant import Service
@@ -52,7 +53,10 @@ class App:
         services: Sequence[Service[Any]] = (),
         namespace: str = "",
         partitions: int = 8,
+        interceptors: Sequence[Interceptor] = (),
     ) -> None:
+        """`interceptors` are called by every component (after tracing, logs and
+        metrics): an audit log of every transition, say."""
         if not isinstance(name, str) or not _NAME.match(name):
             raise DefinitionError(
                 f"app name {name!r} must be lower-case letters, digits, '.', '_' or '-'"
@@ -62,6 +66,7 @@ class App:
         self.services: tuple[Service[Any], ...] = tuple(services)
         self.namespace = namespace
         self.partitions = partitions
+        self.interceptors: tuple[Interceptor, ...] = tuple(interceptors)
         for saga in self.sagas:
             if not isinstance(saga, Saga):
                 raise DefinitionError(f"app {name!r}: {saga!r} in sagas is not a Saga")
@@ -241,6 +246,7 @@ class AppRunner:
                     shutdown_grace_s=shutdown_grace_s,
                     tracing=traced("saga-orchestrator"),
                     metrics=self.metrics,
+                    interceptors=app.interceptors,
                 )
             else:
                 service = app.service(which)
@@ -250,6 +256,7 @@ class AppRunner:
                     tracing=traced(service.name),
                     metrics=self.metrics,
                     shutdown_grace_s=shutdown_grace_s,
+                    interceptors=(*service.interceptors_given, *app.interceptors),
                 )
                 self.services[which] = service
 

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from ._codec import DEFAULT_CODEC, Codec, encode_record
 from ._definition import Saga
+from ._evaluator import SagaInstance
 from ._messages import Envelope, Message, ResolveSaga, ResumeSaga, StartSaga
 from .tracing import Tracing
 from .transport._base import OutgoingRecord, Transport
@@ -21,7 +22,12 @@ def start_id(saga_id: str) -> str:
 
 
 class SagaClient:
-    """Sends start requests. A start re-sent for an existing saga id changes nothing."""
+    """Sends start requests (and operators' requests), and tells how a saga stands.
+
+    A start re-sent for an existing saga id with the same state changes nothing; with
+    another state it is refused (dead-lettered as ``StartConflict``). `status` reads the
+    saga's journal.
+    """
 
     def __init__(
         self,
@@ -80,6 +86,21 @@ class SagaClient:
         await self.transport.send(
             [self.start_record(saga, sid, state, parent=parents.get(sid)) for sid, state in items]
         )
+
+    async def status(self, saga: Saga[Any] | str, saga_id: str) -> SagaInstance | None:
+        """The saga's instance as its journal says now (None: it has not started).
+
+        Reads the saga's journal partition: meant for people and tools, not for every
+        request of a busy client.
+        """
+        from ._evaluator import replay
+        from ._inspect import saga_history
+
+        name = saga if isinstance(saga, str) else saga.name
+        topic = f"{self.namespace}{name}.journal"
+        partitions = await self.transport.partition_count(topic)
+        history = await saga_history(self.transport, topic, partitions, saga_id)
+        return replay(history).get(saga_id) if history else None
 
     def operator_record(self, saga_type: str, saga_id: str, request: Message) -> OutgoingRecord:
         """A person's request (resume, resolve) for one saga, on that saga's inbox partition."""

@@ -129,6 +129,9 @@ class Transition:
     deadline_ms: int | None = None
     note: str | None = None
     trace: str | None = None
+    #: A digest of the start request's state (on the start transition only): a second
+    #: start with another state conflicts.
+    start_digest: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +155,7 @@ class SagaInstance:
     next: NextAttempt | None = None
     deadline_ms: int | None = None
     trace: str | None = None
+    start_digest: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +163,8 @@ class Decision:
     """What to journal and send for one message.
 
     ``ignored`` says why a message changes nothing (a duplicate, a stale reply or
-    timer); ``rejected`` says why it cannot be processed at all (it belongs in a DLQ).
+    timer); ``rejected`` says why it cannot be processed at all (it belongs in a DLQ, as
+    error type ``rejected_as``).
     """
 
     records: tuple[Transition, ...] = ()
@@ -168,6 +173,7 @@ class Decision:
     instance: SagaInstance | None = None
     ignored: str | None = None
     rejected: str | None = None
+    rejected_as: str = "Rejected"
 
 
 def evolve(instance: SagaInstance | None, t: Transition) -> SagaInstance:
@@ -191,6 +197,9 @@ def evolve(instance: SagaInstance | None, t: Transition) -> SagaInstance:
         next=t.next,
         deadline_ms=t.deadline_ms,
         trace=t.trace if t.trace is not None else (instance.trace if instance else None),
+        start_digest=t.start_digest
+        if t.start_digest is not None
+        else (instance.start_digest if instance else None),
     )
 
 
@@ -276,7 +285,16 @@ def _start(
             rejected=f"initial state does not validate as {definition.state.__qualname__}: "
             f"{exc.error_count()} error(s): {exc.errors(include_url=False)[0]['msg']}"
         )
+    digest = state_digest(state)
     if instance is not None:
+        if instance.start_digest is not None and instance.start_digest != digest:
+            return Decision(
+                instance=instance,
+                rejected=f"saga {env.saga_id} was started with another state (it is "
+                f"{instance.status.value}); a start request for an existing saga id must "
+                "repeat its state, or use a new id",
+                rejected_as="StartConflict",
+            )
         if env.message_id in instance.applied:
             return Decision(instance=instance, ignored=f"duplicate message {env.message_id}")
         return Decision(instance=instance, ignored=f"saga {env.saga_id} already started")
@@ -299,8 +317,16 @@ def _start(
         correlation_id=env.correlation_id,
         started_ms=incoming.at_ms,
         deadline_ms=deadline,
+        start_digest=digest,
     )
     return draft.forward_from(0, "started", None)
+
+
+def state_digest(state: BaseModel) -> str:
+    """A short digest of a state's JSON: equal states, equal digests."""
+    import hashlib
+
+    return hashlib.sha256(state.__pydantic_serializer__.to_json(state)).hexdigest()[:32]
 
 
 # -- replies -------------------------------------------------------------------------------
@@ -466,6 +492,7 @@ class _Draft:
     next: NextAttempt | None = None
     deadline_ms: int | None = None
     note: str | None = None
+    start_digest: str | None = None
 
     @classmethod
     def from_instance(
@@ -657,6 +684,7 @@ class _Draft:
             next=self.next,
             deadline_ms=self.deadline_ms,
             note=self.note,
+            start_digest=self.start_digest,
         )
         instance = evolve(self.instance, record)
         return Decision(

@@ -89,6 +89,7 @@ def encode_transition(t: Transition) -> bytes:
             "deadline": t.deadline_ms,
             "note": t.note,
             "trace": t.trace,
+            **({"start_digest": t.start_digest} if t.start_digest is not None else {}),
         },
         default=_default,
     )
@@ -174,6 +175,7 @@ def decode_transition(data: bytes, saga: Saga[Any] | None) -> Transition:
             deadline_ms=d.get("deadline"),
             note=d.get("note"),
             trace=d.get("trace"),
+            start_digest=d.get("start_digest"),
         )
     except DecodeError:
         raise

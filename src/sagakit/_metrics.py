@@ -7,18 +7,24 @@ served as text on ``/metrics``.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from ._evaluator import Phase, SagaInstance, SagaStatus, Transition
-from .transport._base import Subscription
+from ._interceptors import Interceptor
+from ._messages import Envelope
+from .transport._base import OutgoingRecord, Subscription
+
+if TYPE_CHECKING:
+    from ._definition import Saga
 
 STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
-class Metrics:
-    """The metrics of one component; `render()` gives the Prometheus text."""
+class Metrics(Interceptor):
+    """The metrics of one component (or of every component of a process); `render()`
+    gives the Prometheus text. An `Interceptor`: counted as things happen."""
 
     def __init__(self, component: str) -> None:
         self.component = component
@@ -58,7 +64,7 @@ class Metrics:
             ["topic", "partition"],
             registry=r,
         )
-        self.handled = Counter(
+        self.handled_total = Counter(
             "sagakit_messages_handled",
             "Messages handled by a participant, by type and outcome.",
             ["service", "message_type", "outcome"],
@@ -116,7 +122,23 @@ class Metrics:
         return data
 
     # -- orchestrator -----------------------------------------------------------------------
-    def transition(self, previous: SagaInstance | None, t: Transition) -> None:
+    # -- as an interceptor ------------------------------------------------------------------
+    def transition(
+        self, saga: Saga[Any], previous: SagaInstance | None, transition: Transition
+    ) -> None:
+        self.count_transition(previous, transition)
+
+    def handled(self, service: str, envelope: Envelope, outcome: str) -> None:
+        self._child(self.handled_total, (service, envelope.message_type, outcome)).inc()
+
+    def dead_letter(self, component: str, record: OutgoingRecord, error_type: str) -> None:
+        self._child(self.dead_letters, (record.topic, error_type)).inc()
+
+    def unknown_type(self, component: str, topic: str, message_type: str) -> bool:
+        return self.count_unknown(topic, message_type)
+
+    # -- counting ---------------------------------------------------------------------------
+    def count_transition(self, previous: SagaInstance | None, t: Transition) -> None:
         labels = (t.saga_type, str(t.version))
         if previous is None:
             self._child(self.started, labels).inc()
@@ -142,10 +164,7 @@ class Metrics:
             if counter is not None:
                 self._child(counter, labels).inc()
 
-    def dead_letter(self, topic: str, error_type: str) -> None:
-        self.dead_letters.labels(topic, error_type).inc()
-
-    def unknown_type(self, topic: str, message_type: str) -> bool:
+    def count_unknown(self, topic: str, message_type: str) -> bool:
         """Count a record of an unregistered type; True the first time this type is seen.
 
         The type comes from a header anyone can write, so only the first 50 get a label

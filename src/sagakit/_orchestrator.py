@@ -16,19 +16,20 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
-from anyio.abc import TaskGroup, TaskStatus
+from anyio.abc import TaskStatus
 
 from ._codec import DEFAULT_CODEC, Codec, decode_record, encode_record
-from ._commits import BackgroundCommit
 from ._definition import Saga
 from ._dlq import dead_letter, dlq_topic
 from ._errors import DecodeError, PartitionsLost, TransportError
 from ._evaluator import PendingCommand, Phase, SagaInstance, Timer, Transition, decide, timers
 from ._faults import fault_point
+from ._interceptors import Interceptor, Interceptors
 from ._journal import decode_transition, encode_transition, journal_entries, restore_partition
-from ._logging import log_context, trace_id_of
 from ._messages import Envelope, TimerFired
 from ._metrics import Metrics
+from ._observed import Observed
+from ._runtime import ConsumeLoop, LoopSettings, first_offsets
 from ._timers import TimerSchedule
 from .eventlog._base import EventLog
 from .eventlog.kafka import KafkaEventLog
@@ -67,10 +68,12 @@ class _Batch:
     outgoing: list[OutgoingRecord] = field(default_factory=list)
     dead: int = 0
 
-    def dead_letter(self, record: OutgoingRecord, metrics: Metrics) -> None:
+    def dead_letter(
+        self, record: OutgoingRecord, interceptors: Interceptors, component: str, error_type: str
+    ) -> None:
         self.outgoing.append(record)
         self.dead += 1
-        metrics.dead_letter(record.topic, dict(record.headers).get("error-type", b"").decode())
+        interceptors.dead_letter(component, record, error_type)
 
 
 @dataclass
@@ -103,7 +106,7 @@ def command_envelope(
     )
 
 
-class Orchestrator:
+class Orchestrator(Observed):
     """Runs one saga definition. Several instances may share the work (one consumer group).
 
     The owner of inbox partition *p* is the only writer of journal partition *p*.
@@ -126,7 +129,10 @@ class Orchestrator:
         shutdown_grace_s: float = 30.0,
         tracing: Tracing | None = None,
         metrics: Metrics | None = None,
+        interceptors: Sequence[Interceptor] = (),
     ) -> None:
+        """`tracing` and `metrics` are interceptors too; `interceptors` are yours, called
+        after them (see `Interceptor`)."""
         self.saga = saga
         self.namespace = namespace
         self.inbox_topic = namespace + saga.inbox_topic
@@ -144,22 +150,26 @@ class Orchestrator:
         self.poll_timeout_s = poll_timeout_s
         self.stats = OrchestratorStats()
         self._owned: dict[TopicPartition, _Partition] = {}
-        self._lock = anyio.Lock()
-        self._sub: Subscription | None = None
-        self._tg: TaskGroup | None = None
+        self._loop: ConsumeLoop | None = None
         self._unhandled_assignment: frozenset[TopicPartition] = frozenset()
         self._changed = anyio.Event()
         self._timers = TimerSchedule()
-        self._commit = BackgroundCommit()
         self._clock = clock
         self.shutdown_grace_s = shutdown_grace_s
         self._max_record = getattr(transport, "max_record_bytes", MAX_RECORD_BYTES)
-        self.tracing = tracing if tracing is not None else Tracing.disabled()
+        self._own_interceptors = tuple(interceptors)
+        self._tracing = tracing if tracing is not None else Tracing.disabled()
         self.metrics = metrics if metrics is not None else Metrics("saga-orchestrator")
+        self._wire()
         self.metrics.in_flight.labels(saga.name, str(saga.version)).set_function(
             lambda: sum(1 for i in self.instances() if not i.status.settled)
         )
         self.metrics.watch_lag(lambda: self._sub)
+        self.name = f"orchestrator:{saga.name}"
+
+    @property
+    def _sub(self) -> Subscription | None:
+        return self._loop.sub if self._loop is not None else None
 
     # public -----------------------------------------------------------------------------
     async def ensure_topics(self) -> None:
@@ -201,49 +211,32 @@ class Orchestrator:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Consume until cancelled. Reports started once it has joined the group."""
         await self.ensure_topics()
-        async with (
-            self.transport.subscribe(
-                [self.inbox_topic], group_id=self.group_id, listener=self
-            ) as sub,
-            anyio.create_task_group() as tg,
-        ):
-            self._sub, self._tg = sub, tg
-            tg.start_soon(self._fire_timers)
-            if self._unhandled_assignment:
-                await self.on_assigned(self._unhandled_assignment)
-            task_status.started()
-            try:
-                while True:
-                    records = await sub.getmany(
-                        timeout=self.poll_timeout_s, max_records=self.max_records
-                    )
-                    if records:
-                        async with self._lock:
-                            # A cancelled run finishes its batch first (journal, sends,
-                            # commit): cancelling aiokafka mid-commit leaves its shielded
-                            # request failing unobserved once the connection closes.
-                            with (
-                                anyio.CancelScope(shield=True),
-                                anyio.move_on_after(self.shutdown_grace_s) as limit,
-                            ):
-                                await self._process(sub, records)
-                            if limit.cancelled_caught:
-                                self._batch_failed(
-                                    sub,
-                                    records,
-                                    f"it did not finish within {self.shutdown_grace_s}s",
-                                )
-            finally:
-                await self._commit.wait()
-                self._sub = self._tg = None
-                self._owned.clear()
-                self._unhandled_assignment = frozenset()
+        self._loop = ConsumeLoop(
+            self,
+            self.transport,
+            [self.inbox_topic],
+            self.group_id,
+            LoopSettings(self.max_records, self.poll_timeout_s, self.shutdown_grace_s),
+        )
+        await self._loop.run(task_status=task_status)
+
+    async def joined(self, loop: ConsumeLoop) -> None:
+        loop.tg.start_soon(self._fire_timers)
+        if self._unhandled_assignment:
+            await self.on_assigned(self._unhandled_assignment)
+
+    def left(self) -> None:
+        self._owned.clear()
+        self._unhandled_assignment = frozenset()
 
     # rebalance listener -----------------------------------------------------------------
     async def on_revoked(self, partitions: frozenset[TopicPartition]) -> None:
         self._unhandled_assignment -= partitions
-        async with self._lock:  # let the in-flight batch finish its append, sends and commit
-            await self._commit.wait()
+        loop = self._loop
+        if loop is None:
+            return
+        async with loop.lock:  # let the in-flight batch finish its append, sends and commit
+            await loop.commit.wait()
             for tp in partitions:
                 part = self._owned.pop(tp, None)
                 self._timers.drop_partition(tp)
@@ -252,15 +245,16 @@ class Orchestrator:
             self._notify()
 
     async def on_assigned(self, partitions: frozenset[TopicPartition]) -> None:
-        if self._sub is None or self._tg is None:  # assigned before run() took the subscription
-            self._unhandled_assignment = partitions
+        loop = self._loop
+        if loop is None or loop.sub is None or not loop.running:
+            self._unhandled_assignment = partitions  # assigned before the loop had joined
             return
         self._unhandled_assignment = frozenset()
-        self._sub.pause(partitions)
+        loop.sub.pause(partitions)
         for tp in partitions:
             part = _Partition()
             self._owned[tp] = part
-            self._tg.start_soon(self._restore, tp, part)
+            loop.tg.start_soon(self._restore, tp, part)
 
     def _command_record(
         self,
@@ -272,14 +266,14 @@ class Orchestrator:
     ) -> OutgoingRecord:
         topic = self.namespace + pending.topic
         envelope = command_envelope(self.saga, instance, pending, self.namespace)
-        if self.tracing.enabled:
+        if self.interceptors.sends:
             if pending.phase is Phase.COMPENSATE:
                 name = f"compensate {pending.step}"
             elif pending.attempt > 1:
                 name = f"retry {pending.step}"
             else:
                 name, reason = f"send {pending.step}", None
-            envelope = self.tracing.stamp(
+            envelope = self.interceptors.send(
                 envelope,
                 topic,
                 name=name,
@@ -346,10 +340,10 @@ class Orchestrator:
             )
 
     # the batch ------------------------------------------------------------------------------
-    async def _process(self, sub: Subscription, records: Sequence[Record]) -> None:
-        lost = await self._commit.wait()  # the previous batch's, overlapped with this fetch
-        if lost is not None:
-            self._drop_lost(sub, lost)
+    async def process(self, records: Sequence[Record]) -> dict[TopicPartition, int] | None:
+        """Decide, journal and send one batch; the inbox offsets to commit (None: failed)."""
+        sub = self._sub
+        assert sub is not None
         batch = _Batch()
         offsets: dict[TopicPartition, int] = {}
         rewind: dict[TopicPartition, int] = {}
@@ -386,8 +380,8 @@ class Orchestrator:
                 fault_point("orchestrator.before-send")
                 await self.transport.send(batch.outgoing)
         except TransportError as exc:
-            self._batch_failed(sub, records, str(exc))
-            return
+            self.batch_failed(records, str(exc))
+            return None
         for tp, saga_id, due in batch.scheduled:
             if tp in self._owned:
                 self._timers.set(tp, saga_id, due)
@@ -401,10 +395,9 @@ class Orchestrator:
                 self.on_transition(t)
         if offsets:
             fault_point("orchestrator.before-commit")
-            assert self._tg is not None
-            self._commit.start(self._tg, sub, offsets)
+        return offsets
 
-    def _batch_failed(self, sub: Subscription, records: Sequence[Record], why: str) -> None:
+    def batch_failed(self, records: Sequence[Record], why: str) -> None:
         """A batch's journal append or sends failed: nothing of it is committed.
 
         Its decisions may be in memory and partly in the journal, so each of its
@@ -413,9 +406,11 @@ class Orchestrator:
         holds is skipped as duplicates then.
         """
         self.stats.failed_batches += 1
-        firsts: dict[TopicPartition, int] = {}
-        for record in records:
-            firsts.setdefault(record.tp, record.offset)
+        firsts = first_offsets(records)
+        loop = self._loop
+        if loop is None or loop.sub is None:
+            return
+        sub = loop.sub
         log.error(
             "a batch of %d record(s) failed and is read again after a restore of its "
             "partitions %s: %s",
@@ -426,20 +421,21 @@ class Orchestrator:
         assigned = sub.assignment()
         for tp, offset in firsts.items():
             current = self._owned.get(tp)
-            if current is None or not current.ready or tp not in assigned or self._tg is None:
+            if current is None or not current.ready or tp not in assigned:
                 continue  # not ours any more, or being restored already
             part = _Partition()
             self._owned[tp] = part
             self._timers.drop_partition(tp)
             sub.pause([tp])
             sub.seek(tp, offset)
-            self._tg.start_soon(self._restore, tp, part)
+            loop.tg.start_soon(self._restore, tp, part)
         self._notify()
 
-    def _drop_lost(self, sub: Subscription, lost: PartitionsLost) -> None:
+    def partitions_lost(self, lost: PartitionsLost) -> None:
         """A commit was refused: the partitions no longer in the assignment are gone."""
         log.warning("commit refused, dropping lost partitions: %s", lost)
-        still = sub.assignment()
+        sub = self._sub
+        still = sub.assignment() if sub is not None else frozenset()
         for tp in list(self._owned):
             if tp not in still:
                 del self._owned[tp]
@@ -447,34 +443,36 @@ class Orchestrator:
 
     def _handle(self, record: Record, part: _Partition, batch: _Batch) -> None:
         """Decide one record, adding its journal records, commands and timers to `batch`."""
+        interceptors, name = self.interceptors, self.name
         try:
             incoming = decode_record(record, self.codec)
         except DecodeError as exc:
-            batch.dead_letter(dead_letter(record, "DecodeError", str(exc)), self.metrics)
-            with self.tracing.process(record) as span:
+            batch.dead_letter(
+                dead_letter(record, "DecodeError", str(exc)), interceptors, name, "DecodeError"
+            )
+            with interceptors.handle(name, record, None) as span:
                 span.error("DecodeError", str(exc))
             return
         env = incoming.envelope
-        with (
-            self.tracing.process(record, env) as span,
-            log_context(
-                saga_id=env.saga_id,
-                correlation_id=env.correlation_id,
-                trace_id=trace_id_of(self.tracing.current_traceparent()),
-            ),
-        ):
+        with interceptors.handle(name, record, env) as span:
             try:
                 decision = decide(self.saga, part.instances.get(env.saga_id), incoming)
             except Exception as exc:  # a state update or command builder of the definition raised
                 log.exception("deciding %s for saga %s failed", env.message_type, env.saga_id)
                 span.exception(exc)
+                kind = type(exc).__name__
                 batch.dead_letter(
-                    dead_letter(record, type(exc).__name__, f"decide failed: {exc}"), self.metrics
+                    dead_letter(record, kind, f"decide failed: {exc}"), interceptors, name, kind
                 )
                 return
             if decision.rejected is not None:
-                span.error("Rejected", decision.rejected)
-                batch.dead_letter(dead_letter(record, "Rejected", decision.rejected), self.metrics)
+                kind = decision.rejected_as
+                span.error(kind, decision.rejected)
+                if kind == "StartConflict":
+                    log.warning("%s", decision.rejected)
+                batch.dead_letter(
+                    dead_letter(record, kind, decision.rejected), interceptors, name, kind
+                )
                 return
             if decision.ignored is not None:
                 span.set(saga_ignored=decision.ignored)
@@ -483,8 +481,8 @@ class Orchestrator:
             instance = decision.instance
             assert instance is not None
             records = decision.records
-            if self.tracing.enabled:
-                trace = self.tracing.current_traceparent()
+            trace = interceptors.trace_context()
+            if trace is not None:
                 records = tuple(replace(t, trace=trace) for t in records)
                 instance = replace(instance, trace=trace)
             last = records[-1] if records else None
@@ -497,11 +495,13 @@ class Orchestrator:
             too_large = self._too_large(encoded, commands)
             if too_large is not None:
                 span.error("TooLarge", too_large)
-                batch.dead_letter(dead_letter(record, "TooLarge", too_large), self.metrics)
+                batch.dead_letter(
+                    dead_letter(record, "TooLarge", too_large), interceptors, name, "TooLarge"
+                )
                 return
             previous = part.instances.get(env.saga_id)
             for t in records:
-                self.metrics.transition(previous, t)
+                interceptors.transition(self.saga, previous, t)
             part.instances[env.saga_id] = instance
             span.set(
                 saga_type=self.saga.name,
@@ -579,7 +579,7 @@ class Orchestrator:
             saga_version=str(self.saga.version),
         )
         message = TimerFired(kind=timer.kind, ref=timer.ref)
-        envelope = self.tracing.stamp(
+        envelope = self.interceptors.send(
             envelope,
             self.inbox_topic,
             name=f"timer {timer.kind}",

@@ -26,18 +26,19 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import anyio
-from anyio.abc import TaskGroup, TaskStatus
+from anyio.abc import TaskStatus
 
 from ._codec import DEFAULT_CODEC, Codec, encode_record, envelope_of
-from ._commits import BackgroundCommit
 from ._dlq import dead_letter, dlq_topic
-from ._errors import BusinessFailure, DecodeError, DefinitionError, TransportError
+from ._errors import BusinessFailure, DecodeError, DefinitionError, PartitionsLost, TransportError
 from ._faults import fault_point
 from ._idempotency import IdempotencyStore, StoreBatch, StoredReply
-from ._logging import log_context, trace_id_of
+from ._interceptors import Interceptor, Scope
 from ._messages import Command, Envelope, Event, Message, Reply, is_registered, registered
 from ._metrics import Metrics
-from .tracing import SpanHandle, Tracing
+from ._observed import Observed
+from ._runtime import ConsumeLoop, LoopSettings, first_offsets
+from .tracing import Tracing
 from .transport._base import (
     MAX_RECORD_BYTES,
     OutgoingRecord,
@@ -107,7 +108,7 @@ def reaction_id(event_message_id: str, service: str) -> str:
     return f"{event_message_id}>{service}"
 
 
-class Service(Generic[TxT]):
+class Service(Observed, Generic[TxT]):
     """A participant: handlers for the commands on ``<name>.commands`` and reactions to
     events of other services (choreography)."""
 
@@ -126,17 +127,20 @@ class Service(Generic[TxT]):
         shutdown_grace_s: float = 30.0,
         tracing: Tracing | None = None,
         metrics: Metrics | None = None,
+        interceptors: Sequence[Interceptor] = (),
     ) -> None:
         """`handler_attempts`: runs of a handler that raises a non-business error before the
         command goes to the DLQ (with `handler_backoff_s`, doubling, between runs).
         `shutdown_grace_s`: how long a batch may take, and how long a cancelled run waits
         for the batch in hand."""
         self.name = name
-        self.tracing = tracing if tracing is not None else Tracing.disabled()
+        self._tracing = tracing if tracing is not None else Tracing.disabled()
         self.metrics = metrics if metrics is not None else Metrics(name)
         self.metrics.watch_lag(lambda: self._sub)
-        self._sub: Subscription | None = None
-        self._commit = BackgroundCommit()
+        self.interceptors_given: tuple[Interceptor, ...] = tuple(interceptors)
+        self._own_interceptors = self.interceptors_given
+        self._wire()
+        self._loop: ConsumeLoop | None = None
         self.handler_attempts = max(1, handler_attempts)
         self.handler_backoff_s = handler_backoff_s
         self.namespace = namespace
@@ -156,7 +160,6 @@ class Service(Generic[TxT]):
         self._inboxes: frozenset[str] = frozenset()  # saga inboxes known to exist
         self._transport: Transport | None = None
         self._inboxes_checked = -1e9
-        self._failing = 0  # batches failed in a row
 
     @property
     def commands_topic(self) -> str:
@@ -241,6 +244,7 @@ class Service(Generic[TxT]):
         tracing: Tracing | None = None,
         metrics: Metrics | None = None,
         shutdown_grace_s: float | None = None,
+        interceptors: Sequence[Interceptor] | None = None,
     ) -> None:
         """Settings of a run, given by whatever runs the service (`App`, `sagakit run`)."""
         if namespace is not None:
@@ -248,12 +252,15 @@ class Service(Generic[TxT]):
         if partitions is not None:
             self.partitions = partitions
         if tracing is not None:
-            self.tracing = tracing
+            self._tracing = tracing
         if metrics is not None and metrics is not self.metrics:
             self.metrics = metrics
             metrics.watch_lag(lambda: self._sub)
         if shutdown_grace_s is not None:
             self.shutdown_grace_s = shutdown_grace_s
+        if interceptors is not None:
+            self._own_interceptors = tuple(interceptors)
+        self._wire()
 
     @property
     def ready(self) -> bool:
@@ -296,7 +303,7 @@ class Service(Generic[TxT]):
             correlation_id=correlation_id or message_id,
             causation_id=causation_id or message_id,
         )
-        envelope = self.tracing.stamp(
+        envelope = self.interceptors.send(
             envelope, self.events_topic, name=f"send {event.message_type}", parent=parent
         )
         return encode_record(self.events_topic, envelope, event, codec=self.codec)
@@ -311,8 +318,15 @@ class Service(Generic[TxT]):
         while not self._assignment:
             await self._changed.wait()
 
+    @property
+    def _sub(self) -> Subscription | None:
+        return self._loop.sub if self._loop is not None else None
+
     async def on_revoked(self, partitions: frozenset[TopicPartition]) -> None:
-        await self._commit.wait()
+        loop = self._loop
+        if loop is not None:
+            async with loop.lock:  # let the batch in hand finish (store, replies, commit)
+                await loop.commit.wait()
         self._assignment = frozenset()
         self._notify()
 
@@ -392,50 +406,34 @@ class Service(Generic[TxT]):
         self._transport = transport
         group = group_id or f"{self.namespace}{self.name}.service"
         topics = self.subscribed_topics() or [self.commands_topic]
-        async with (
-            transport.subscribe(topics, group_id=group, listener=self) as sub,
-            anyio.create_task_group() as tg,
-        ):
-            self._sub = sub
-            for task in self.tasks:
-                tg.start_soon(task, transport)
-            task_status.started()
-            try:
-                while True:
-                    records = await sub.getmany(
-                        timeout=self.poll_timeout_s, max_records=self.max_records
-                    )
-                    if records:
-                        # a cancelled run finishes its batch (store, replies) first
-                        with (
-                            anyio.CancelScope(shield=True),
-                            anyio.move_on_after(self.shutdown_grace_s) as limit,
-                        ):
-                            await self._process(transport, sub, records, tg)
-                        if limit.cancelled_caught:
-                            self._batch_failed(
-                                sub, records, f"it did not finish in {self.shutdown_grace_s}s"
-                            )
-                        if self._failing:  # back off while sends keep failing
-                            await anyio.sleep(min(0.05 * 2 ** (self._failing - 1), 5.0))
-            finally:
-                await self._commit.wait()
-                self._sub = None
+        self._loop = ConsumeLoop(
+            self,
+            transport,
+            topics,
+            group,
+            LoopSettings(self.max_records, self.poll_timeout_s, self.shutdown_grace_s),
+        )
+        await self._loop.run(task_status=task_status)
 
-    async def _process(
-        self,
-        transport: Transport,
-        sub: Subscription,
-        records: Sequence[Record],
-        tg: TaskGroup,
-    ) -> None:
-        lost = await self._commit.wait()  # the previous batch's, overlapped with this fetch
-        if lost is not None:
-            log.warning(
-                "%s: commit refused (%s); the new owner answers from the stored replies",
-                self.name,
-                lost,
-            )
+    async def joined(self, loop: ConsumeLoop) -> None:
+        for task in self.tasks:
+            loop.tg.start_soon(task, loop.transport)
+
+    def left(self) -> None:
+        self._assignment = frozenset()
+
+    def partitions_lost(self, lost: PartitionsLost) -> None:
+        log.warning(
+            "%s: commit refused (%s); the new owner answers from the stored replies",
+            self.name,
+            lost,
+        )
+
+    async def process(self, records: Sequence[Record]) -> dict[TopicPartition, int] | None:
+        """Handle one batch in one store transaction, then send what it produced; the
+        offsets to commit (None: the sends failed, the batch is read again)."""
+        transport = self._transport
+        assert transport is not None
         outgoing: list[OutgoingRecord] = []
         offsets: dict[TopicPartition, int] = {}
         await self._refresh_inboxes(transport, records)
@@ -457,18 +455,17 @@ class Service(Generic[TxT]):
             except TransportError as exc:
                 # the effects are committed with their replies: the redelivered records
                 # are answered from the store
-                self._batch_failed(sub, records, str(exc))
-                return
-        self._failing = 0
-        self._commit.start(tg, sub, offsets)
+                self.batch_failed(records, str(exc))
+                return None
+        return offsets
 
-    def _batch_failed(self, sub: Subscription, records: Sequence[Record], why: str) -> None:
+    def batch_failed(self, records: Sequence[Record], why: str) -> None:
         """Nothing of a batch whose sends failed is committed: read it again, loudly."""
         self.stats.failed_batches += 1
-        self._failing += 1
-        firsts: dict[TopicPartition, int] = {}
-        for record in records:
-            firsts.setdefault(record.tp, record.offset)
+        firsts = first_offsets(records)
+        sub = self._sub
+        if sub is None:
+            return
         log.error(
             "%s: a batch of %d record(s) failed and is read again: %s",
             self.name,
@@ -515,21 +512,14 @@ class Service(Generic[TxT]):
             if registered(env.message_type) is None:
                 self._unknown(record, env)
             return None  # an event of another service this one does not react to
-        with (
-            self.tracing.process(record, env) as span,
-            log_context(
-                saga_id=env.saga_id,
-                correlation_id=env.correlation_id,
-                trace_id=trace_id_of(self.tracing.current_traceparent()),
-            ),
-        ):
+        with self.interceptors.handle(self.name, record, env) as span:
             out = await self._handle_traced(batch, record, env, span)
             if out is not None and out.topic.endswith(".dlq"):
                 span.error(dict(out.headers).get("error-type", b"").decode(), "dead-lettered")
             return out
 
     async def _handle_traced(
-        self, batch: StoreBatch[TxT], record: Record, env: Envelope, span: SpanHandle
+        self, batch: StoreBatch[TxT], record: Record, env: Envelope, span: Scope
     ) -> OutgoingRecord | None:
         on_events_topic = record.topic != self.commands_topic
         table = self._reactions if on_events_topic else self._handlers
@@ -603,7 +593,7 @@ class Service(Generic[TxT]):
             )
             assert env.reply_to is not None
             topic = env.reply_to
-        out_env = self.tracing.stamp(out_env, topic, name=f"send {stored.message_type}")
+        out_env = self.interceptors.send(out_env, topic, name=f"send {stored.message_type}")
         return OutgoingRecord(
             topic=topic,
             key=env.saga_id.encode(),
@@ -636,7 +626,7 @@ class Service(Generic[TxT]):
 
     def _unknown(self, record: Record, env: Envelope) -> None:
         self.stats.unknown_types += 1
-        if self.metrics.unknown_type(record.topic, env.message_type):
+        if self.interceptors.unknown_type(self.name, record.topic, env.message_type):
             log.warning(
                 "%s: skipping records of unknown message type %r on %s (first at offset %d of "
                 "partition %d); sagakit_unknown_messages_total counts them",
@@ -650,11 +640,11 @@ class Service(Generic[TxT]):
     def _dead(self, record: Record, error_type: str, message: str) -> OutgoingRecord:
         self.stats.dead_letters += 1
         out = dead_letter(record, error_type, message, consumer=self.name)
-        self.metrics.dead_letter(out.topic, error_type)
+        self.interceptors.dead_letter(self.name, out, error_type)
         return out
 
     def _count(self, env: Envelope, outcome: str) -> None:
-        self.metrics._child(self.metrics.handled, (self.name, env.message_type, outcome)).inc()
+        self.interceptors.handled(self.name, env, outcome)
 
 
 async def _call(

@@ -25,6 +25,7 @@ from ._definition import Saga
 from ._dlq import dlq_topic
 from ._errors import SagaError
 from ._evaluator import SagaInstance, Transition
+from ._interceptors import Interceptor
 from ._orchestrator import Orchestrator
 from ._participant import Service
 from .transport._base import Record
@@ -41,18 +42,26 @@ class SagaTestEnvironment:
         *,
         partitions: int = 4,
         broker: MemoryBroker | None = None,
+        interceptors: Sequence[Interceptor] = (),
     ) -> None:
         self.broker = broker if broker is not None else MemoryBroker()
         self.transport = MemoryTransport(self.broker)
         self.services = list(services)
         self.orchestrators = {
             saga.name: Orchestrator(
-                saga, self.transport, partitions=partitions, on_transition=self._observe
+                saga,
+                self.transport,
+                partitions=partitions,
+                on_transition=self._observe,
+                interceptors=interceptors,
             )
             for saga in sagas
         }
         for service in self.services:
-            service.partitions = partitions
+            service.configure(
+                partitions=partitions,
+                interceptors=(*service.interceptors_given, *interceptors),
+            )
         self.transitions: list[Transition] = []
         self._ended: dict[str, anyio.Event] = {}
         self._stack: AsyncExitStack | None = None

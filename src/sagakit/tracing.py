@@ -43,6 +43,7 @@ from opentelemetry.trace import (
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from ._interceptors import Interceptor, Scope
 from ._messages import Envelope, Header
 from .transport._base import Record
 
@@ -82,8 +83,11 @@ class SpanHandle:
             self.span.set_status(Status(StatusCode.ERROR, repr(exc)))
 
 
-class Tracing:
-    """Spans for sent and consumed records. `Tracing.disabled()` does nothing, cheaply."""
+class Tracing(Interceptor):
+    """Spans for sent and consumed records. `Tracing.disabled()` does nothing, cheaply.
+
+    An `Interceptor`: the orchestrator and services call it through `handle`, `send`
+    and `trace_context`."""
 
     def __init__(self, provider: TracerProvider | None, component: str = "sagakit") -> None:
         self.provider = provider
@@ -127,6 +131,26 @@ class Tracing:
         """Flush and stop the exporter (spans still queued are sent)."""
         if self.provider is not None:
             self.provider.shutdown()
+
+    # -- as an interceptor ------------------------------------------------------------------
+    def handle(self, component: str, record: Record, envelope: Envelope | None) -> Scope | None:
+        if self._tracer is None:
+            return None
+        return _ProcessScope(self.process(record, envelope))
+
+    def send(
+        self,
+        envelope: Envelope,
+        topic: str,
+        *,
+        name: str,
+        parent: str | None = None,
+        **attributes: Any,
+    ) -> Envelope:
+        return self.stamp(envelope, topic, name=name, parent=parent, **attributes)
+
+    def trace_context(self) -> str | None:
+        return self.current_traceparent()
 
     # -- consuming ------------------------------------------------------------------------
     def process(
@@ -270,6 +294,32 @@ class _Unsampled:
     def __exit__(self, *exc: object) -> None:
         if self._token is not None:
             _UNSAMPLED.reset(self._token)
+
+
+class _ProcessScope:
+    """`Tracing.process` as an interceptor's scope."""
+
+    __slots__ = ("_cm", "_handle")
+
+    def __init__(self, cm: AbstractContextManager[SpanHandle]) -> None:
+        self._cm = cm
+        self._handle = _NO_HANDLE
+
+    def __enter__(self) -> _ProcessScope:
+        self._handle = self._cm.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._cm.__exit__(*exc)
+
+    def set(self, **attributes: Any) -> None:
+        self._handle.set(**attributes)
+
+    def error(self, kind: str, message: str) -> None:
+        self._handle.error(kind, message)
+
+    def exception(self, exc: BaseException) -> None:
+        self._handle.exception(exc)
 
 
 def _envelope_attributes(envelope: Envelope) -> dict[str, Any]:

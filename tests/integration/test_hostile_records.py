@@ -194,14 +194,23 @@ async def test_a_start_request_is_checked_even_when_its_saga_exists(
         good = client.start_record(grab, "s-1", Ref(ref="s-1"))
         await kafka_transport.send([good])
         await wait_for(lambda: (i := orchestrator.instance("s-1")) and i.status.terminal)
-        # the same start again (harmless), then one with the same id and a broken state
+        # the same start again (harmless), then one with the same id and a broken state,
+        # then another id with a valid but different state
         broken = type(good)(good.topic, good.key, b'{"state": {"ref": 42}}', good.headers)
-        await kafka_transport.send([good, broken])
-        [letter] = await dead_letters(kafka_transport, inbox, 1)
+        other = client.start_record(grab, "s-1", Ref(ref="something else"))
+        other = type(good)(other.topic, other.key, other.value, good.headers)
+        await kafka_transport.send([good, broken, other])
+        letters = await dead_letters(kafka_transport, inbox, 2)
+        status = await client.status(grab, "s-1")
         tg.cancel_scope.cancel()
-    assert letter.error_type == "Rejected"
-    assert "does not validate" in letter.error_message
+    by_type = {letter.error_type: letter for letter in letters}
+    assert set(by_type) == {"Rejected", "StartConflict"}
+    assert "does not validate" in by_type["Rejected"].error_message
+    assert "started with another state" in by_type["StartConflict"].error_message
     assert orchestrator.stats.duplicates >= 1  # the identical re-send changed nothing
+    # the client learns how the existing saga stands
+    assert status is not None and status.status is SagaStatus.COMPLETED
+    assert await client.status(grab, "never-started") is None
 
 
 async def test_a_participant_survives_every_hostile_shape_and_never_trusts_reply_to(

@@ -29,6 +29,7 @@ from sagakit import (
     decide,
     replay,
 )
+from sagakit._journal import decode_transition, encode_transition
 from services.inventory.messages import (
     OutOfStock,
     ReleaseStock,
@@ -236,14 +237,37 @@ def test_start_for_another_version_is_rejected() -> None:
     assert decision.records == () and decision.commands == ()
 
 
-def test_second_start_for_the_same_saga_is_ignored() -> None:
+def test_a_second_start_with_the_same_state_is_ignored() -> None:
     run = Run()
     run.start()
     before = run.instance
-    decision = run.start(message_id="start-2", state={**ORDER.model_dump(), "amount": 1})
+    decision = run.start(message_id="start-2", state=ORDER.model_dump())
     assert decision.ignored is not None and "already started" in decision.ignored
     assert decision.rejected is None
     assert_unchanged(decision, before)
+
+
+def test_a_second_start_with_another_state_is_a_conflict_not_silence() -> None:
+    run = Run()
+    run.start()
+    before = run.instance
+    decision = decide(
+        run.saga,
+        run.instance,
+        start(message_id="start-2", state={**ORDER.model_dump(), "amount": 1}),
+    )
+    assert decision.rejected_as == "StartConflict"
+    assert decision.rejected is not None and "started with another state" in decision.rejected
+    assert decision.records == () and decision.commands == ()
+    assert run.instance is before
+    # the journal keeps what tells them apart: the conflict is found after a replay too
+    rebuilt = replay(decode_transition(encode_transition(t), run.saga) for t in run.records)
+    again = decide(
+        run.saga,
+        rebuilt[run.instance.saga_id],
+        start(message_id="start-3", state={**ORDER.model_dump(), "amount": 2}),
+    )
+    assert again.rejected_as == "StartConflict"
 
 
 def test_redelivered_start_is_ignored_as_a_duplicate() -> None:

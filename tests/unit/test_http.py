@@ -15,7 +15,9 @@ pytestmark = pytest.mark.anyio
 async def test_readiness_follows_the_component_and_metrics_are_prometheus_text() -> None:
     ready = [False]
     metrics = Metrics("payments")
-    metrics.handled.labels("payments", "payments.ReserveCredit", "payments.CreditReserved").inc(3)
+    metrics.handled_total.labels(
+        "payments", "payments.ReserveCredit", "payments.CreditReserved"
+    ).inc(3)
     endpoints = HttpEndpoints(port=0, host="127.0.0.1", ready=lambda: ready[0], metrics=[metrics])
     async with anyio.create_task_group() as tg, aiohttp.ClientSession() as http:
         await tg.start(endpoints.run)

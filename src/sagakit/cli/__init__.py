@@ -6,12 +6,12 @@ import signal
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from .._errors import SagaError
 from ..broker import EmbeddedBroker
 from ._bench import bench
 from ._chaos import chaos
+from ._common import err, out
 from ._describe import describe
 from ._flows import compare, demo
 from ._ops import dlq_app, sagas_app
@@ -24,8 +24,6 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-err = Console(stderr=True)
-out = Console()
 
 
 @app.command()

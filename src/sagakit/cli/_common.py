@@ -21,8 +21,9 @@ from ..transport.kafka import KafkaSettings, KafkaTransport
 
 T = TypeVar("T")
 
-out = Console()
-err = Console(stderr=True)
+# off a terminal nothing is wrapped at 80 columns: a line a record, whole
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 class Profile(StrEnum):
