@@ -17,12 +17,21 @@ SAGAKIT = str(Path(sys.executable).with_name("sagakit"))
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
-CHAOS = ["--kill-every", "2", "--seed", "4", "--json"]
+CHAOS = ["--kill-every", "3", "--seed", "4", "--json"]
 
 
 def test_the_transfers_app_keeps_every_invariant_under_chaos() -> None:
     proc = subprocess.run(
-        [SAGAKIT, "chaos", "transfers.scenario:scenario", "--count", "60", *CHAOS],
+        [
+            SAGAKIT,
+            "chaos",
+            "transfers.scenario:scenario",
+            "--count",
+            "40",
+            "--orchestrators",
+            "1",
+            *CHAOS,
+        ],
         cwd=EXAMPLES,
         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
         capture_output=True,
@@ -31,7 +40,7 @@ def test_the_transfers_app_keeps_every_invariant_under_chaos() -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(proc.stdout)
-    assert result["scenario"] == "Transfers" and result["count"] == 60
+    assert result["scenario"] == "Transfers" and result["count"] == 40
     assert result["kills"] >= 1
     assert result["unfinished"] == 0 and result["unsettled_in_journal"] == 0
     # no money appeared or vanished, nothing was applied twice or left half done
