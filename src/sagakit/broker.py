@@ -102,11 +102,19 @@ class EmbeddedBroker:
     """
 
     def __init__(
-        self, port: int | None = None, host: str = "127.0.0.1", log_file: Path | None = None
+        self,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        log_file: Path | None = None,
+        *,
+        advertised: str | None = None,
     ) -> None:
-        """`log_file` keeps the broker's own log there (default: a temporary file)."""
+        """`log_file` keeps the broker's own log there (default: a temporary file);
+        `advertised` is the ``host:port`` clients are told to connect to (default: the
+        broker's own; a proxy's, say, in front of it)."""
         self.host = host
         self.port = port or free_port(host)
+        self.advertised = advertised
         self._proc: subprocess.Popen[bytes] | None = None
         self._logdir: str | None = None
         self._log_file = log_file
@@ -128,10 +136,27 @@ class EmbeddedBroker:
     def start(self, timeout: float = 20.0) -> EmbeddedBroker:
         if self.running:
             return self
+        self._spawn()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._ready_or_failed():
+                return self
+            time.sleep(0.02)
+        self._not_ready(timeout)
+        return self  # not reached
+
+    def _spawn(self) -> None:
+        """Start the broker process.
+
+        Called on the thread that stays (the event loop's, in `async with`): Linux's
+        parent-death signal fires when the *thread* that started the child ends, so a
+        broker started from a worker thread would be killed when that thread is retired.
+        """
         binary = broker_binary()
         if answers_metadata(self.host, self.port, timeout=0.2):
             raise BrokerError(f"port {self.port} on {self.host} is already taken by another broker")
         url = f"tcp://{self.host}:{self.port}"
+        advertised = f"tcp://{self.advertised}" if self.advertised else url
         env = {k: v for k, v in os.environ.items() if k not in _BROKER_ENV}
         self._logdir = tempfile.mkdtemp(prefix="sagakit-broker-")
         log_path = self.log_path
@@ -144,7 +169,7 @@ class EmbeddedBroker:
                     "--listener-url",
                     url,
                     "--advertised-listener-url",
-                    url,
+                    advertised,
                     "--storage-engine",
                     "memory://tansu/",
                 ],
@@ -155,18 +180,20 @@ class EmbeddedBroker:
                 preexec_fn=_die_with_parent if os.name == "posix" else None,
             )
         atexit.register(self.stop)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                tail = self._log_tail()
-                self._cleanup()
-                raise BrokerError(
-                    f"embedded broker exited with status {self._proc.returncode} on start; "
-                    f"its log ends with:\n{tail}"
-                )
-            if answers_metadata(self.host, self.port):
-                return self
-            time.sleep(0.02)
+
+    def _ready_or_failed(self) -> bool:
+        """True once the broker answers; raises if it exited."""
+        assert self._proc is not None
+        if self._proc.poll() is not None:
+            tail = self._log_tail()
+            self._cleanup()
+            raise BrokerError(
+                f"embedded broker exited with status {self._proc.returncode} on start; "
+                f"its log ends with:\n{tail}"
+            )
+        return answers_metadata(self.host, self.port)
+
+    def _not_ready(self, timeout: float) -> None:
         tail = self._log_tail()
         self.stop()
         raise BrokerError(
@@ -215,9 +242,19 @@ class EmbeddedBroker:
         self.stop()
 
     async def __aenter__(self) -> EmbeddedBroker:
+        import anyio
         import anyio.to_thread
 
-        return await anyio.to_thread.run_sync(self.start)
+        if self.running:
+            return self
+        await anyio.to_thread.run_sync(broker_binary)  # may unpack the binary: off the loop
+        self._spawn()  # on this thread, which outlives the broker (see `_spawn`)
+        with anyio.move_on_after(20.0):
+            while not await anyio.to_thread.run_sync(self._ready_or_failed):  # noqa: ASYNC110 - another process
+                await anyio.sleep(0.02)
+            return self
+        self._not_ready(20.0)
+        return self  # not reached
 
     async def __aexit__(
         self,

@@ -83,9 +83,14 @@ LogFormatOpt = Annotated[
 
 
 def settings(bootstrap: str, profile: Profile, client_id: str) -> KafkaSettings:
-    if profile is Profile.embedded:
-        return KafkaSettings.embedded(bootstrap, client_id=client_id)
-    return KafkaSettings(bootstrap, client_id=client_id)
+    """Client settings: the profile's, with TLS and SASL from SAGAKIT_SSL_* and
+    SAGAKIT_SASL_* (see `KafkaSettings.from_env`)."""
+    try:
+        return KafkaSettings.from_env(
+            bootstrap, embedded=profile is Profile.embedded, client_id=client_id
+        )
+    except SagaError as exc:
+        raise fail(str(exc)) from None
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -114,7 +119,7 @@ def run_with(bootstrap: str, action: Callable[[KafkaTransport], Awaitable[T]]) -
     """Run `action` on a started transport; a SagaError ends the command with exit 2."""
 
     async def main() -> T:
-        async with KafkaTransport(KafkaSettings(bootstrap, client_id="sagakit-cli")) as t:
+        async with KafkaTransport(settings(bootstrap, Profile.kafka, "sagakit-cli")) as t:
             return await action(t)
 
     try:

@@ -94,7 +94,9 @@ def progress_bar(show: bool) -> Progress:
 async def connection(bootstrap: str | None, client_id: str) -> AsyncIterator[KafkaTransport]:
     """A transport on `bootstrap`, or on a fresh embedded broker."""
     if bootstrap:
-        async with KafkaTransport(KafkaSettings(bootstrap, client_id=client_id)) as transport:
+        async with KafkaTransport(
+            KafkaSettings.from_env(bootstrap, client_id=client_id)
+        ) as transport:
             yield transport
         return
     async with EmbeddedBroker() as broker:

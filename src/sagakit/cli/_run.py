@@ -82,6 +82,32 @@ def run(
     ] = None,
     app_dir: AppDir = None,
     http_port: HttpPort = DEFAULT_HTTP_PORT,
+    security_protocol: Annotated[
+        str | None,
+        typer.Option(
+            envvar="SAGAKIT_SECURITY_PROTOCOL",
+            help="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (default: from the TLS and SASL "
+            "settings). TLS and SASL also from SAGAKIT_SSL_CA_FILE, SAGAKIT_SSL_CERT_FILE, "
+            "SAGAKIT_SSL_KEY_FILE, SAGAKIT_SSL_CHECK_HOSTNAME, SAGAKIT_SASL_MECHANISM, "
+            "SAGAKIT_SASL_USERNAME and SAGAKIT_SASL_PASSWORD.",
+        ),
+    ] = None,
+    ssl_ca_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="SAGAKIT_SSL_CA_FILE", help="The CA that signed the brokers' certificates."
+        ),
+    ] = None,
+    sasl_mechanism: Annotated[
+        str | None,
+        typer.Option(
+            envvar="SAGAKIT_SASL_MECHANISM",
+            help="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (the password: SAGAKIT_SASL_PASSWORD).",
+        ),
+    ] = None,
+    sasl_username: Annotated[
+        str | None, typer.Option(envvar="SAGAKIT_SASL_USERNAME", help="The SASL user.")
+    ] = None,
     shutdown_grace: Annotated[
         float,
         typer.Option(min=0.0, help="Seconds a batch in hand may take to finish on SIGTERM."),
@@ -96,6 +122,14 @@ def run(
     import os
 
     configure_logging(False, log_format.value)
+    for var, value in (
+        ("SAGAKIT_SECURITY_PROTOCOL", security_protocol),
+        ("SAGAKIT_SSL_CA_FILE", str(ssl_ca_file) if ssl_ca_file else None),
+        ("SAGAKIT_SASL_MECHANISM", sasl_mechanism),
+        ("SAGAKIT_SASL_USERNAME", sasl_username),
+    ):
+        if value:
+            os.environ[var] = value  # what every client of this process reads
     if data_dir is not None:
         os.environ["SAGAKIT_DATA_DIR"] = str(data_dir.resolve())
     app = load_app(app_spec, app_dir)

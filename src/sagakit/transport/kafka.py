@@ -6,7 +6,6 @@ import logging
 import random
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
 from typing import Any
 
 import anyio
@@ -20,7 +19,6 @@ from aiokafka.structs import TopicPartition as KafkaTP
 from .._errors import PartitionsLost, TopicMismatch, TransportError
 from . import _tolerant
 from ._base import (
-    MAX_RECORD_BYTES,
     Delivered,
     OutgoingRecord,
     RebalanceListener,
@@ -30,6 +28,10 @@ from ._base import (
     partition_for,
     record_size,
 )
+from ._diagnose import diagnose
+from ._settings import KafkaSettings
+
+__all__ = ["KafkaSettings", "KafkaSubscription", "KafkaTransport"]
 
 log = logging.getLogger("sagakit.transport.kafka")
 
@@ -37,37 +39,6 @@ log = logging.getLogger("sagakit.transport.kafka")
 _BATCH_OVERHEAD = 512
 
 _TOPIC_EXISTS = 36
-
-
-@dataclass(frozen=True, slots=True)
-class KafkaSettings:
-    """Client settings. `embedded()` gives the profile for the embedded broker.
-
-    The embedded broker holds every fetch for the whole ``fetch_max_wait_ms`` and
-    needs a few milliseconds there; a real Kafka answers a fetch as soon as data
-    arrives, so the default can stay higher.
-    """
-
-    bootstrap_servers: str
-    client_id: str = "sagakit"
-    fetch_max_wait_ms: int = 100
-    session_timeout_ms: int = 10_000
-    heartbeat_interval_ms: int = 3_000
-    linger_ms: int = 0
-    max_batch_size: int = 256 * 1024
-    acks: int | str = "all"
-    request_timeout_ms: int = 30_000
-    max_request_size: int = MAX_RECORD_BYTES
-
-    @classmethod
-    def embedded(cls, bootstrap_servers: str, **overrides: Any) -> KafkaSettings:
-        profile = cls(
-            bootstrap_servers,
-            fetch_max_wait_ms=5,
-            session_timeout_ms=3_000,
-            heartbeat_interval_ms=500,
-        )
-        return replace(profile, **overrides)
 
 
 def _record(msg: Any) -> Record:
@@ -212,15 +183,15 @@ class KafkaTransport:
         await self.stop()
 
     async def start(self) -> None:
+        if self._producer is not None:
+            return  # started already
         s = self.settings
         producer = AIOKafkaProducer(
-            bootstrap_servers=s.bootstrap_servers,
-            client_id=s.client_id,
+            **s.client_options(),
             acks=s.acks,
             linger_ms=s.linger_ms,
             max_batch_size=s.max_batch_size,
             max_request_size=s.max_request_size,
-            request_timeout_ms=s.request_timeout_ms,
             enable_idempotence=False,
         )
         try:
@@ -228,7 +199,7 @@ class KafkaTransport:
         except KafkaError as exc:
             await producer.stop()
             raise TransportError(
-                f"cannot connect to Kafka at {s.bootstrap_servers}: {exc!r}"
+                f"cannot connect to Kafka at {s.describe()}: {await diagnose(s)}"
             ) from exc
         self._producer = producer
 
@@ -246,13 +217,14 @@ class KafkaTransport:
     # admin --------------------------------------------------------------
     @asynccontextmanager
     async def _admin(self) -> AsyncIterator[Any]:
-        admin = AIOKafkaAdminClient(
-            bootstrap_servers=self.settings.bootstrap_servers, client_id=self.settings.client_id
-        )
+        admin = AIOKafkaAdminClient(**self.settings.client_options())
         try:
             await admin.start()
         except KafkaError as exc:
-            raise TransportError(f"cannot reach Kafka admin API: {exc!r}") from exc
+            reason = await diagnose(self.settings)
+            raise TransportError(
+                f"cannot reach Kafka's admin API at {self.settings.describe()}: {reason}"
+            ) from exc
         try:
             yield admin
         finally:
@@ -394,15 +366,13 @@ class KafkaTransport:
     def _consumer(self, group_id: str | None, **extra: Any) -> AIOKafkaConsumer:
         s = self.settings
         return AIOKafkaConsumer(
-            bootstrap_servers=s.bootstrap_servers,
-            client_id=s.client_id,
+            **s.client_options(),
             group_id=group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             fetch_max_wait_ms=s.fetch_max_wait_ms,
             session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=s.heartbeat_interval_ms,
-            request_timeout_ms=s.request_timeout_ms,
             **extra,
         )
 
