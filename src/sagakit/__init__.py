@@ -2,6 +2,7 @@
 
 from ._app import App, AppRunner
 from ._client import SagaClient
+from ._clock import Clock, SystemClock
 from ._codec import Codec, Incoming, JsonCodec
 from ._definition import RetryPolicy, Saga, SagaInfo, Step
 from ._errors import (
@@ -50,6 +51,7 @@ __all__ = (
     "AppRunner",
     "BrokerError",
     "BusinessFailure",
+    "Clock",
     "Codec",
     "Command",
     "Decision",
@@ -95,6 +97,7 @@ __all__ = (
     "StartSaga",
     "Step",
     "StoredReply",
+    "SystemClock",
     "TopicMismatch",
     "TopicPartition",
     "Transition",

@@ -42,6 +42,8 @@ class ChaosResult:
     journal_anomalies: int
     outcomes: dict[str, int]
     killed: dict[str, int] = field(default_factory=dict)
+    #: Processes that exited without being killed (each one is also a violation).
+    crashes: dict[str, int] = field(default_factory=dict)
     duration_s: float = 0.0
     #: Sagas by how they ended, from the journal: "completed", "compensated:
     #: reserve-credit: business failure CreditLimitExceeded", "compensated: reserve-stock:
@@ -211,6 +213,8 @@ async def run_chaos(
                 async def chaos_monkey() -> None:
                     while True:
                         await anyio.sleep(kill_every_s)
+                        for name in processes.crashed():  # as a supervisor would
+                            await processes.start(name, wait_ready=None)
                         victim = rng.choice(sorted(processes.members))
                         await processes.kill(victim)
                         killed[victim] += 1
@@ -254,6 +258,8 @@ async def run_chaos(
                         violations.append(f"saga {s.saga_id}: no journal record")
                 dlq, reasonless = await dead_letters(transport, namespace)
                 violations.extend(reasonless)
+                crashes = list(processes.crashes)
+                violations.extend(str(crash) for crash in crashes)
         wanted = {s.saga_id for s in starts}
         instances = {k: v for k, v in world.instances.items() if k in wanted}
         outcomes = scenario.outcomes(world, starts)
@@ -272,6 +278,7 @@ async def run_chaos(
             journal_anomalies=len(anomalies),
             outcomes=dict(sorted(counts.items())),
             killed=dict(sorted(killed.items())),
+            crashes=dict(sorted(Counter(c.name for c in crashes).items())),
             duration_s=round(time.perf_counter() - started, 2),
             reasons=dict(
                 sorted(

@@ -40,7 +40,12 @@ class Message(BaseModel):
         ):
             raise DefinitionError(
                 f"message type {type!r} of {cls.__module__}.{cls.__qualname__} is already "
-                f"registered by {previous.__module__}.{previous.__qualname__}"
+                f"registered by {previous.__module__}.{previous.__qualname__}: a type name "
+                "stands for one model in a process. Name this one differently; if it is the "
+                "same module imported under two names (its directory twice on sys.path), "
+                "import it from one place; for throwaway models in tests, define them "
+                "inside sagakit.testing.isolated_registry(). (Defining a class again in the "
+                "same module, as a notebook cell or a reload does, replaces it.)"
             )
         cls.message_type = type
         _REGISTRY[type] = cls

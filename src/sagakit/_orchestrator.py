@@ -10,7 +10,6 @@ commands without a recorded reply are re-sent when a partition is restored.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
+from ._clock import Clock, as_clock
 from ._codec import DEFAULT_CODEC, Codec, decode_record, encode_record
 from ._definition import Saga
 from ._dlq import dead_letter, dlq_topic
@@ -125,7 +125,7 @@ class Orchestrator(Observed):
         max_records: int = 500,
         poll_timeout_s: float = 0.1,
         on_transition: Callable[[Transition], None] | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Clock | Callable[[], float] | None = None,
         shutdown_grace_s: float = 30.0,
         tracing: Tracing | None = None,
         metrics: Metrics | None = None,
@@ -154,7 +154,7 @@ class Orchestrator(Observed):
         self._unhandled_assignment: frozenset[TopicPartition] = frozenset()
         self._changed = anyio.Event()
         self._timers = TimerSchedule()
-        self._clock = clock
+        self.clock = as_clock(clock)
         self.shutdown_grace_s = shutdown_grace_s
         self._max_record = getattr(transport, "max_record_bytes", MAX_RECORD_BYTES)
         self._own_interceptors = tuple(interceptors)
@@ -540,7 +540,7 @@ class Orchestrator(Observed):
     async def _fire_timers(self) -> None:
         """Write each due timer to its saga's inbox partition, to be decided in order."""
         while True:
-            now_ms = int(self._clock() * 1000)
+            now_ms = round(self.clock.time() * 1000)  # to the nearest ms, as deadlines
             due = [(tp, t) for tp, t in self._timers.pop_due(now_ms) if self._ready(tp)]
             if due:
                 records = [self._timer_record(tp, t) for tp, t in due]
@@ -558,8 +558,8 @@ class Orchestrator(Observed):
                     await anyio.sleep(1.0)
                     continue
             next_due = self._timers.next_due_ms()
-            wait_s = 60.0 if next_due is None else max(0.0, (next_due - now_ms) / 1000)
-            await self._timers.wait(wait_s)
+            wait_s = None if next_due is None else max(0.0, (next_due - now_ms) / 1000)
+            await self._timers.wait(wait_s, self.clock)
 
     def _ready(self, tp: TopicPartition) -> bool:
         part = self._owned.get(tp)

@@ -28,6 +28,7 @@ from typing import Any, Generic, TypeVar
 import anyio
 from anyio.abc import TaskStatus
 
+from ._clock import Clock, as_clock
 from ._codec import DEFAULT_CODEC, Codec, encode_record, envelope_of
 from ._dlq import dead_letter, dlq_topic
 from ._errors import BusinessFailure, DecodeError, DefinitionError, PartitionsLost, TransportError
@@ -128,6 +129,7 @@ class Service(Observed, Generic[TxT]):
         tracing: Tracing | None = None,
         metrics: Metrics | None = None,
         interceptors: Sequence[Interceptor] = (),
+        clock: Clock | None = None,
     ) -> None:
         """`handler_attempts`: runs of a handler that raises a non-business error before the
         command goes to the DLQ (with `handler_backoff_s`, doubling, between runs).
@@ -155,6 +157,7 @@ class Service(Observed, Generic[TxT]):
         self.tasks: list[Task] = []
         self.routes: list[tuple[str, str, RouteHandler]] = []
         self.shutdown_grace_s = shutdown_grace_s
+        self.clock = as_clock(clock)
         self._assignment: frozenset[TopicPartition] = frozenset()
         self._changed = anyio.Event()
         self._inboxes: frozenset[str] = frozenset()  # saga inboxes known to exist
@@ -245,8 +248,11 @@ class Service(Observed, Generic[TxT]):
         metrics: Metrics | None = None,
         shutdown_grace_s: float | None = None,
         interceptors: Sequence[Interceptor] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         """Settings of a run, given by whatever runs the service (`App`, `sagakit run`)."""
+        if clock is not None:
+            self.clock = clock
         if namespace is not None:
             self.namespace = namespace
         if partitions is not None:
@@ -353,7 +359,7 @@ class Service(Observed, Generic[TxT]):
         error: Exception | None = None
         for attempt in range(self.handler_attempts):
             if attempt:
-                await anyio.sleep(self.handler_backoff_s * 2 ** (attempt - 1))
+                await self.clock.sleep(self.handler_backoff_s * 2 ** (attempt - 1))
             try:
                 with batch.savepoint():
                     result = await _call(handler, message, HandlerContext(env, batch.db))
@@ -394,6 +400,13 @@ class Service(Observed, Generic[TxT]):
         topics[dlq_topic(self.commands_topic)] = 1
         await transport.ensure_topics(topics)
 
+    def bind(self, transport: Transport | None) -> None:
+        """Use `transport` from now on (None: none), forgetting what was learnt of another
+        (the saga inboxes that exist): a service object may run again, in another test."""
+        self._transport = transport
+        self._inboxes = frozenset()
+        self._inboxes_checked = -1e9
+
     async def run(
         self,
         transport: Transport,
@@ -403,7 +416,7 @@ class Service(Observed, Generic[TxT]):
     ) -> None:
         """Consume and handle commands and events until cancelled."""
         await self.ensure_topics(transport)
-        self._transport = transport
+        self.bind(transport)
         group = group_id or f"{self.namespace}{self.name}.service"
         topics = self.subscribed_topics() or [self.commands_topic]
         self._loop = ConsumeLoop(

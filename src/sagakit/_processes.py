@@ -4,6 +4,7 @@ each one killable and restartable: what `sagakit chaos`, `bench` and the crash t
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,6 +20,36 @@ from ._app import ORCHESTRATOR, App
 from .broker import free_port
 
 
+@dataclass(frozen=True)
+class Exit:
+    """A member's process that ended without being killed or stopped: a crash."""
+
+    name: str
+    returncode: int
+    log_path: Path
+    error: str  # the last error line of its log ("" if none)
+
+    def __str__(self) -> str:
+        why = f": {self.error}" if self.error else ""
+        return f"{self.name} exited by itself with status {self.returncode}{why} ({self.log_path})"
+
+
+_ERROR_LINE = re.compile(r"([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt))(?::.*)?$")
+
+
+def last_error(log_path: Path) -> str:
+    """The last exception line of a log (skipping exception groups), box drawing removed."""
+    try:
+        text = log_path.read_text(errors="replace")
+    except OSError:
+        return ""
+    for line in reversed(text.splitlines()):
+        stripped = line.strip("│╭╰─╮╯ ")
+        if _ERROR_LINE.match(stripped):
+            return stripped
+    return ""
+
+
 @dataclass
 class Member:
     """One component and the process currently running it."""
@@ -29,6 +60,11 @@ class Member:
     process: Process | None = None
     ready: anyio.Event = field(default_factory=anyio.Event)
     starts: int = 0
+    log_path: Path | None = None
+    #: The process we killed or stopped last: its exit is no crash.
+    stopped: Process | None = None
+    #: Set once the current process has exited and its exit was looked at.
+    exited: anyio.Event = field(default_factory=anyio.Event)
 
     @property
     def pid(self) -> int | None:
@@ -89,6 +125,8 @@ class ProcessSystem:
                 argv = [*base, "--component", component, *common, "--http-port", str(port)]
                 self.members[member] = Member(member, argv)
         self.env = dict(env or {})
+        #: Processes that ended without `kill`, `signal` or `stop_all`, in order.
+        self.crashes: list[Exit] = []
         self._tg: TaskGroup | None = None
 
     @property
@@ -122,7 +160,9 @@ class ProcessSystem:
         member.env = {**self.env, **(env or {})}
         member.ready = anyio.Event()
         member.starts += 1
-        log = open(self.log_dir / f"{name}.{member.starts}.log", "wb")  # noqa: ASYNC230, SIM115
+        member.exited = anyio.Event()
+        member.log_path = self.log_dir / f"{name}.{member.starts}.log"
+        log = open(member.log_path, "wb")  # noqa: ASYNC230, SIM115
         faults = ("SAGAKIT_CRASH_AT", "SAGAKIT_STALL_AT")
         child_env = {k: v for k, v in os.environ.items() if k not in faults}
         child_env.update(PYTHONUNBUFFERED="1", **member.env)
@@ -153,17 +193,36 @@ class ProcessSystem:
             if b"READY" in buffer and member.process is process:
                 member.ready.set()
                 buffer = b""
+        returncode = await process.wait()
+        if member.process is process:
+            if member.stopped is not process and member.log_path is not None:
+                self.crashes.append(
+                    Exit(member.name, returncode, member.log_path, last_error(member.log_path))
+                )
+            member.exited.set()
+
+    def crashed(self) -> list[str]:
+        """Members whose process crashed and was not started again."""
+        return [
+            m.name
+            for m in self.members.values()
+            if m.process is not None and not m.alive and m.stopped is not m.process
+        ]
 
     def signal(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
         member = self.members[name]
         if member.process is not None and member.alive:
+            if sig not in (signal.SIGSTOP, signal.SIGCONT):
+                member.stopped = member.process
             member.process.send_signal(sig)
 
     async def wait_exit(self, name: str, timeout: float = 30.0) -> int:
         member = self.members[name]
         assert member.process is not None
         with anyio.fail_after(timeout):
-            return await member.process.wait()
+            returncode = await member.process.wait()
+            await member.exited.wait()  # and its exit is counted (a crash, or not)
+        return returncode
 
     async def kill(self, name: str) -> None:
         self.signal(name, signal.SIGKILL)
@@ -174,6 +233,7 @@ class ProcessSystem:
         for member in self.members.values():
             if member.process is None or not member.alive:
                 continue
+            member.stopped = member.process
             if member.env.get("SAGAKIT_STALL_AT"):
                 member.process.send_signal(signal.SIGCONT)
             member.process.terminate()

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 
 import anyio
 
+from ._clock import Clock
 from ._evaluator import Timer
 from .transport._base import TopicPartition
 
@@ -72,8 +73,20 @@ class TimerSchedule:
         self._wakeup.set()
         self._wakeup = anyio.Event()
 
-    async def wait(self, timeout_s: float) -> None:
-        """Sleep until `timeout_s` passed or an earlier timer was added."""
+    async def wait(self, timeout_s: float | None, clock: Clock) -> None:
+        """Sleep until `timeout_s` passed on `clock` (None: no timer is due), or an
+        earlier timer was added."""
         event = self._wakeup
-        with anyio.move_on_after(timeout_s):
+        if timeout_s is None:
             await event.wait()
+            return
+        until = clock.time() + timeout_s  # from now, not from when `elapse` gets to run
+        async with anyio.create_task_group() as tg:
+
+            async def elapse() -> None:
+                await clock.sleep(max(0.0, until - clock.time()))
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(elapse)
+            await event.wait()
+            tg.cancel_scope.cancel()

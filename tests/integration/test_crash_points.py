@@ -50,6 +50,9 @@ async def test_crash_at_a_boundary_then_restart_loses_nothing(
         pending = system.orders.repository.count_by_status().get("PENDING", 0)
         assert pending > 0, "everything ended before the crash; the test proves nothing"
 
+        # the crash is reported as one (what `sagakit chaos` lists as a violation)
+        assert [(c.name, c.returncode) for c in processes.crashes] == [(member, -signal.SIGKILL)]
+
         await processes.start(member)
         await wait_all_ended(system)
         await assert_invariants(kafka_transport, system, ns, ORDERS)

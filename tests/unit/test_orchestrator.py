@@ -287,7 +287,7 @@ impatient = Saga(
             invoke=Ping,
             on_reply={Pong: None},
             to="nobody",  # no participant answers
-            retry=RetryPolicy(max_attempts=3, timeout_s=0.05, initial_backoff_s=0.02),
+            retry=RetryPolicy(max_attempts=3, timeout_s=30, initial_backoff_s=5),
         ),
     ],
 )
@@ -299,9 +299,14 @@ async def test_unanswered_commands_time_out_are_retried_and_then_parked_not_comp
     service, _, calls = trip_services()
     async with SagaTestEnvironment([impatient], [service]) as env:
         await env.start(impatient, "t6", Trip(trip_id="t6", seats=1))
+        await env.advance(29)  # virtual time: nothing is due yet
+        waiting = env.instance("t6")
+        await env.advance(3600)  # three 30 s timeouts and two ~5 s back-offs, in order
         instance = await env.wait_until_ended("t6")
         pings = [dict(r.headers)["message-id"] for r in env.broker.records("nobody.commands")]
         timers_fired = env.orchestrators["impatient"].stats.timers_fired
+    assert waiting is not None and waiting.status is SagaStatus.RUNNING
+    assert waiting.pending is not None and waiting.pending.attempt == 1
     assert instance.status is SagaStatus.FAILED_NEEDS_ATTENTION
     assert pings == [b"t6:ping:1", b"t6:ping:2", b"t6:ping:3"]
     assert instance.failure is not None and "gave up after 3 attempt(s)" in instance.failure

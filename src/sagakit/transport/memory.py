@@ -48,6 +48,8 @@ class MemoryBroker:
         self._clock = clock
         self._changed = anyio.Event()
         self._member_ids = itertools.count(1)
+        #: How many times records were appended or offsets committed (to see it settle).
+        self.changes = 0
 
     # topics -------------------------------------------------------------
     def create_topic(self, topic: str, partitions: int) -> None:
@@ -105,6 +107,7 @@ class MemoryBroker:
         return delivered
 
     def _notify(self) -> None:
+        self.changes += 1
         self._changed.set()
         self._changed = anyio.Event()
 
@@ -148,6 +151,27 @@ class MemoryBroker:
                 mid = ids[i % len(ids)]
                 group.assignments[mid] = group.assignments[mid] | {tp}
         self._notify()
+
+    def backlog(self) -> dict[tuple[str, str], int]:
+        """Records sent but not yet committed, per (consumer group, topic), counting only
+        groups that have members."""
+        waiting: dict[tuple[str, str], int] = {}
+        for group_id, group in self._groups.items():
+            if not group.members:
+                continue
+            for topic in sorted({t for m in group.members.values() for t in m.topics}):
+                count = sum(
+                    len(log) - group.committed.get(TopicPartition(topic, p), 0)
+                    for p, log in enumerate(self._topics.get(topic, []))
+                )
+                if count > 0:
+                    waiting[group_id, topic] = count
+        return waiting
+
+    def idle(self) -> bool:
+        """True when every consumer group with members has committed all of its topics
+        (nothing sent is still waiting to be handled)."""
+        return not self.backlog()
 
     def committed(self, group_id: str, tp: TopicPartition) -> int | None:
         group = self._groups.get(group_id)

@@ -1,0 +1,60 @@
+"""Time, as the orchestrator's timers and a participant's retries see it.
+
+Everything that waits for business time (step timeouts, back-offs, saga deadlines,
+handler retries) asks a `Clock`; record timestamps come from the transport. Production
+runs on the system clock; `sagakit.testing.VirtualClock` makes a 30 s timeout a step
+of a test.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+import anyio
+
+
+@runtime_checkable
+class Clock(Protocol):
+    def time(self) -> float:
+        """Seconds since the epoch."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Return once `seconds` have passed on this clock (at once if not positive)."""
+        ...
+
+
+class SystemClock:
+    """The machine's clock."""
+
+    def time(self) -> float:
+        return time.time()
+
+    async def sleep(self, seconds: float) -> None:
+        await anyio.sleep(max(0.0, seconds))
+
+
+class _FunctionClock:
+    """A bare time function (``clock=time.time``) as a clock that sleeps in real time."""
+
+    def __init__(self, fn: Callable[[], float]) -> None:
+        self._fn = fn
+
+    def time(self) -> float:
+        return self._fn()
+
+    async def sleep(self, seconds: float) -> None:
+        await anyio.sleep(max(0.0, seconds))
+
+
+SYSTEM_CLOCK = SystemClock()
+
+
+def as_clock(clock: Clock | Callable[[], float] | None) -> Clock:
+    if clock is None:
+        return SYSTEM_CLOCK
+    if isinstance(clock, Clock):
+        return clock
+    return _FunctionClock(clock)
