@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -286,8 +285,8 @@ class OrdersApp:
     async def place(self, transport: Transport, orders: Sequence[NewOrder]) -> None:
         """Create the orders PENDING, then start their sagas or announce them (one batch)."""
         traces = {o.order_id: self._start_trace(o) for o in orders}
-        with self._transaction() as db:
-            created = OrderRepository(db).create(orders, traces)
+        async with self.store.transaction() as tx:
+            created = OrderRepository(tx.db).create(orders, traces)
         await self._announce(transport, created)
 
     def _start_trace(self, order: NewOrder) -> str | None:
@@ -339,8 +338,8 @@ class OrdersApp:
         OrderExpired is published, then the order is REJECTED. A crash in between is
         finished by `resume_pending`.
         """
-        with self._transaction() as db:
-            expiring = OrderRepository(db).mark_expiring(now_ms() - deadline_s * 1000)
+        async with self.store.transaction() as tx:
+            expiring = OrderRepository(tx.db).mark_expiring(now_ms() - deadline_s * 1000)
         await self._publish_expiries(transport, expiring)
         return len(expiring)
 
@@ -360,9 +359,9 @@ class OrdersApp:
                 for o in orders
             ]
         )
-        with self._transaction() as db:
+        async with self.store.transaction() as tx:
             for o in orders:
-                if OrderRepository(db).finish_expiry(o.order_id) and self.on_ended is not None:
+                if OrderRepository(tx.db).finish_expiry(o.order_id) and self.on_ended is not None:
                     self.on_ended(o.order_id, "REJECTED")
 
     async def run_deadlines(
@@ -379,14 +378,3 @@ class OrdersApp:
         while True:
             await self.expire_overdue(transport, deadline_s)
             await anyio.sleep(every_s)
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        db = self.store.connection
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")

@@ -1,20 +1,30 @@
 """Idempotency stores: a participant's stored reply per command message id.
 
 Effect-once needs the stored reply and the business effect to commit in one
-transaction. A store opens one transaction per consumed batch; each command runs in
-a savepoint (a business failure undoes the handler's own writes and still stores the
-failure reply); the transaction commits before the replies are sent.
+transaction. A service opens one transaction per record it handles
+(``async with store.transaction() as tx``); each run of the handler is a savepoint
+inside it (a business failure undoes the handler's own writes and still stores the
+failure reply); the transaction has committed before the reply is sent.
+
+Records of different sagas are handled concurrently, so a store decides how many
+transactions may be open at once: `MemoryStore` any number, `SqliteStore` one at a time
+(SQLite has a single writer; it commits a run of them together), `PostgresStore` one per
+pooled connection.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+import time
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
+
+import anyio
 
 TxT = TypeVar("TxT")
 TxT_co = TypeVar("TxT_co", covariant=True)
@@ -26,27 +36,31 @@ class StoredReply:
     payload: bytes
 
 
-class StoreBatch(Protocol[TxT_co]):
-    """One open transaction of a store."""
+class StoreTransaction(Protocol[TxT_co]):
+    """One open transaction of a store: what a handler's record runs in."""
 
     @property
-    def db(self) -> TxT_co: ...
+    def db(self) -> TxT_co:
+        """What handlers get as ``ctx.db`` (a connection, or None)."""
+        ...
 
-    def reply_for(self, message_id: str) -> StoredReply | None: ...
+    async def reply_for(self, message_id: str) -> StoredReply | None: ...
 
-    def save_reply(self, message_id: str, reply: StoredReply) -> None: ...
+    async def save_reply(self, message_id: str, reply: StoredReply) -> None:
+        """Store the reply to a message; a second reply to the same id fails (rolling the
+        transaction back), so two processes handling one record commit one effect."""
+        ...
 
-    def savepoint(self) -> AbstractContextManager[None]:
+    def savepoint(self) -> AbstractAsyncContextManager[None]:
         """Undo the writes made inside the block if it raises."""
         ...
 
-    def commit(self) -> None: ...
-
-    def rollback(self) -> None: ...
-
 
 class IdempotencyStore(Protocol[TxT_co]):
-    def begin(self) -> StoreBatch[TxT_co]: ...
+    def transaction(self) -> AbstractAsyncContextManager[StoreTransaction[TxT_co]]:
+        """One transaction: committed (durably) when the block ends, rolled back if it
+        raises. Also for a service's own writes outside handlers."""
+        ...
 
 
 class MemoryStore:
@@ -55,35 +69,41 @@ class MemoryStore:
     def __init__(self) -> None:
         self.replies: dict[str, StoredReply] = {}
 
-    def begin(self) -> _MemoryBatch:
-        return _MemoryBatch(self)
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_MemoryTransaction]:
+        tx = _MemoryTransaction(self)
+        yield tx
+        for message_id in tx.new:
+            if message_id in self.replies:
+                raise KeyError(f"a reply to {message_id} is already stored")
+        self.replies.update(tx.new)
 
 
-class _MemoryBatch:
+class _MemoryTransaction:
     def __init__(self, store: MemoryStore) -> None:
         self._store = store
-        self._new: dict[str, StoredReply] = {}
+        self.new: dict[str, StoredReply] = {}
 
     @property
     def db(self) -> None:
         return None
 
-    def reply_for(self, message_id: str) -> StoredReply | None:
-        return self._new.get(message_id) or self._store.replies.get(message_id)
+    async def reply_for(self, message_id: str) -> StoredReply | None:
+        return self.new.get(message_id) or self._store.replies.get(message_id)
 
-    def save_reply(self, message_id: str, reply: StoredReply) -> None:
-        self._new[message_id] = reply
+    async def save_reply(self, message_id: str, reply: StoredReply) -> None:
+        if await self.reply_for(message_id) is not None:
+            raise KeyError(f"a reply to {message_id} is already stored")
+        self.new[message_id] = reply
 
-    @contextmanager
-    def savepoint(self) -> Iterator[None]:
-        yield
-
-    def commit(self) -> None:
-        self._store.replies.update(self._new)
-        self._new = {}
-
-    def rollback(self) -> None:
-        self._new = {}
+    @asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[None]:
+        saved = dict(self.new)
+        try:
+            yield
+        except BaseException:
+            self.new = saved
+            raise
 
 
 _SCHEMA = """
@@ -106,15 +126,36 @@ class SqliteStore:
             CREATE TABLE IF NOT EXISTS customers (id TEXT PRIMARY KEY, held INTEGER NOT NULL)
         '''))
 
+    SQLite has one writer, so records run their transactions one at a time (a handler
+    that awaits I/O holds the others up; for I/O-bound handlers use `PostgresStore`);
+    transactions that follow each other closely commit together (up to `group_commit`
+    records, none waiting more than about `group_delay_s` plus one record for its commit),
+    each still a savepoint of its own. Code of the service's own that writes
+    outside a handler uses the same queue: ``async with store.transaction() as tx:
+    tx.db.execute(...)``.
+
     The file is opened on first use, so defining a store costs nothing at import. A
     relative path is taken in the directory ``SAGAKIT_DATA_DIR`` names (``sagakit run
     --data-dir``), else in the current directory; ``:memory:`` keeps it in memory.
     """
 
-    def __init__(self, path: str | Path = ":memory:", *, schema: str | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path = ":memory:",
+        *,
+        schema: str | None = None,
+        group_commit: int = 256,
+        group_delay_s: float = 0.005,
+    ) -> None:
         self.path = str(path)
         self.schema = schema
+        self.group_commit = group_commit
+        self.group_delay_s = group_delay_s
         self._connection: sqlite3.Connection | None = None
+        self._lock: anyio.Lock | None = None
+        self._lock_loop: asyncio.AbstractEventLoop | None = None
+        self._group: _Group | None = None
+        self._savepoints = 0
 
     @property
     def location(self) -> str:
@@ -150,47 +191,112 @@ class SqliteStore:
         if self._connection is not None:
             self._connection.executescript(schema)
 
-    def begin(self) -> _SqliteBatch:
-        self.connection.execute("BEGIN IMMEDIATE")
-        return _SqliteBatch(self.connection)
+    def _queue(self) -> anyio.Lock:
+        # one per event loop: a store defined at import may serve several runs (tests)
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._lock_loop is not loop:
+            self._lock, self._lock_loop, self._group = anyio.Lock(), loop, None
+        return self._lock
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_SqliteTransaction]:
+        lock = self._queue()
+        async with lock:
+            connection = self.connection
+            group = self._group
+            if group is not None and time.monotonic() - group.opened > self.group_delay_s:
+                self._commit(group)  # the records before have waited long enough
+                group = None
+            if group is None or group.done.is_set():
+                connection.execute("BEGIN IMMEDIATE")
+                group = self._group = _Group()
+            self._savepoints += 1
+            name = f"sk_record{self._savepoints}"
+            connection.execute(f"SAVEPOINT {name}")
+            ok = False
+            try:
+                yield _SqliteTransaction(connection, self)
+                ok = True
+            finally:
+                if not ok:
+                    connection.execute(f"ROLLBACK TO {name}")
+                connection.execute(f"RELEASE {name}")
+                group.members += ok
+                if group.members >= self.group_commit or not lock.statistics().tasks_waiting:
+                    self._commit(group)
+        while not group.done.is_set():  # a later record of the group commits it
+            with anyio.move_on_after(0.01):
+                await group.done.wait()
+            if not group.done.is_set() and not lock.locked():
+                async with lock:  # nobody came (the next one was cancelled): commit it here
+                    if not group.done.is_set():
+                        self._commit(group)
+        if group.error is not None:
+            raise group.error
+
+    def _commit(self, group: _Group) -> None:
+        try:
+            self.connection.execute("COMMIT")
+        except sqlite3.Error as exc:
+            group.error = exc
+            if self.connection.in_transaction:
+                self.connection.execute("ROLLBACK")
+        finally:
+            self._group = None
+            group.done.set()
 
     def close(self) -> None:
         """Close the connection; the next use opens the file again (where the data
         directory says then)."""
         connection, self._connection = self._connection, None
         if connection is not None:
+            if connection.in_transaction:
+                connection.execute("COMMIT")
             connection.close()
+        if self._group is not None:
+            self._group.done.set()
+            self._group = None
 
     def reply_count(self) -> int:
         row = self.connection.execute("SELECT count(*) FROM sagakit_replies").fetchone()
         return int(row[0])
 
 
-class _SqliteBatch:
-    def __init__(self, connection: sqlite3.Connection) -> None:
+class _Group:
+    """Records in one SQLite transaction, waiting for its commit."""
+
+    def __init__(self) -> None:
+        self.members = 0
+        self.opened = time.monotonic()
+        self.done = anyio.Event()
+        self.error: sqlite3.Error | None = None
+
+
+class _SqliteTransaction:
+    def __init__(self, connection: sqlite3.Connection, store: SqliteStore) -> None:
         self._conn = connection
-        self._n = 0
+        self._store = store
 
     @property
     def db(self) -> sqlite3.Connection:
         return self._conn
 
-    def reply_for(self, message_id: str) -> StoredReply | None:
+    async def reply_for(self, message_id: str) -> StoredReply | None:
         row = self._conn.execute(
             "SELECT message_type, payload FROM sagakit_replies WHERE message_id = ?", (message_id,)
         ).fetchone()
         return None if row is None else StoredReply(row[0], bytes(row[1]))
 
-    def save_reply(self, message_id: str, reply: StoredReply) -> None:
+    async def save_reply(self, message_id: str, reply: StoredReply) -> None:
         self._conn.execute(
             "INSERT INTO sagakit_replies (message_id, message_type, payload) VALUES (?, ?, ?)",
             (message_id, reply.message_type, reply.payload),
         )
 
-    @contextmanager
-    def savepoint(self) -> Iterator[None]:
-        self._n += 1
-        name = f"sk{self._n}"
+    @asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[None]:
+        self._store._savepoints += 1
+        name = f"sk{self._store._savepoints}"
         self._conn.execute(f"SAVEPOINT {name}")
         try:
             yield
@@ -199,10 +305,3 @@ class _SqliteBatch:
             self._conn.execute(f"RELEASE {name}")
             raise
         self._conn.execute(f"RELEASE {name}")
-
-    def commit(self) -> None:
-        self._conn.execute("COMMIT")
-
-    def rollback(self) -> None:
-        if self._conn.in_transaction:
-            self._conn.execute("ROLLBACK")

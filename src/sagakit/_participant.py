@@ -33,7 +33,7 @@ from ._codec import DEFAULT_CODEC, Codec, encode_record, envelope_of
 from ._dlq import dead_letter, dlq_topic
 from ._errors import BusinessFailure, DecodeError, DefinitionError, PartitionsLost, TransportError
 from ._faults import fault_point
-from ._idempotency import IdempotencyStore, StoreBatch, StoredReply
+from ._idempotency import IdempotencyStore, StoredReply, StoreTransaction
 from ._interceptors import Interceptor, Scope
 from ._messages import Command, Envelope, Event, Message, Reply, is_registered, registered
 from ._metrics import Metrics
@@ -347,7 +347,7 @@ class Service(Observed, Generic[TxT]):
     async def _run_handler(
         self,
         handler: Callable[[Any, HandlerContext[TxT]], Any],
-        batch: StoreBatch[TxT],
+        batch: StoreTransaction[TxT],
         message: Message,
         env: Envelope,
         check: Callable[[str, Envelope, object], Message | None],
@@ -361,7 +361,7 @@ class Service(Observed, Generic[TxT]):
             if attempt:
                 await self.clock.sleep(self.handler_backoff_s * 2 ** (attempt - 1))
             try:
-                with batch.savepoint():
+                async with batch.savepoint():
                     result = await _call(handler, message, HandlerContext(env, batch.db))
                 return check(self.name, env, result)
             except BusinessFailure as failure:
@@ -450,17 +450,12 @@ class Service(Observed, Generic[TxT]):
         outgoing: list[OutgoingRecord] = []
         offsets: dict[TopicPartition, int] = {}
         await self._refresh_inboxes(transport, records)
-        batch = self.store.begin()
-        try:
-            for record in records:
-                offsets[record.tp] = record.offset + 1
-                out = await self._handle(batch, record)
-                if out is not None:
-                    outgoing.append(out)
-            batch.commit()
-        except BaseException:
-            batch.rollback()
-            raise
+        for record in records:
+            offsets[record.tp] = record.offset + 1
+            async with self.store.transaction() as tx:
+                out = await self._handle(tx, record)
+            if out is not None:
+                outgoing.append(out)
         fault_point("participant.before-reply")
         if outgoing:
             try:
@@ -515,7 +510,7 @@ class Service(Observed, Generic[TxT]):
             if t.startswith(self.namespace) and t.endswith(".inbox")
         )
 
-    async def _handle(self, batch: StoreBatch[TxT], record: Record) -> OutgoingRecord | None:
+    async def _handle(self, batch: StoreTransaction[TxT], record: Record) -> OutgoingRecord | None:
         """The reply, event or dead letter for one record; None when there is nothing to say."""
         try:
             env = envelope_of(record)
@@ -532,7 +527,7 @@ class Service(Observed, Generic[TxT]):
             return out
 
     async def _handle_traced(
-        self, batch: StoreBatch[TxT], record: Record, env: Envelope, span: Scope
+        self, batch: StoreTransaction[TxT], record: Record, env: Envelope, span: Scope
     ) -> OutgoingRecord | None:
         on_events_topic = record.topic != self.commands_topic
         table = self._reactions if on_events_topic else self._handlers
@@ -548,7 +543,7 @@ class Service(Observed, Generic[TxT]):
             if bad_reply_to is not None:
                 return self._dead(record, "BadReplyTo", bad_reply_to)
         assert handler is not None  # reactions were filtered before the span opened
-        stored = batch.reply_for(env.message_id)
+        stored = await batch.reply_for(env.message_id)
         if stored is not None:
             self.stats.duplicates += 1
             self._count(env, "duplicate")
@@ -579,7 +574,7 @@ class Service(Observed, Generic[TxT]):
                     f"the {stored.message_type} it returned is {len(stored.payload)} bytes, "
                     f"more than the {limit} a record may hold",
                 )
-            batch.save_reply(env.message_id, stored)
+            await batch.save_reply(env.message_id, stored)
             self.stats.handled += 1
             self._count(env, stored.message_type or "none")
         span.set(message_output=stored.message_type or None)
