@@ -26,6 +26,7 @@ from ._evaluator import (
     evolve,
     replay,
 )
+from ._failure_reply import HandlerFailed
 from ._idempotency import IdempotencyStore, MemoryStore, SqliteStore, StoredReply
 from ._interceptors import Interceptor, Scope
 from ._messages import Command, Envelope, Event, Header, Message, Reply, StartSaga
@@ -62,6 +63,7 @@ __all__ = (
     "Event",
     "EventLog",
     "HandlerContext",
+    "HandlerFailed",
     "Header",
     "IdempotencyStore",
     "Incoming",

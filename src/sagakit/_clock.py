@@ -9,10 +9,12 @@ of a test.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeVar, runtime_checkable
 
 import anyio
+
+T = TypeVar("T")
 
 
 @runtime_checkable
@@ -58,3 +60,34 @@ def as_clock(clock: Clock | Callable[[], float] | None) -> Clock:
     if isinstance(clock, Clock):
         return clock
     return _FunctionClock(clock)
+
+
+async def within(clock: Clock, seconds: float | None, fn: Callable[[], Awaitable[T]]) -> T:
+    """`await fn()`, raising TimeoutError once `seconds` have passed on `clock` first."""
+    if seconds is None:
+        return await fn()
+    if isinstance(clock, SystemClock):
+        with anyio.fail_after(seconds):
+            return await fn()
+    results: list[T] = []
+    error: BaseException | None = None
+    expired = False
+    async with anyio.create_task_group() as tg:
+
+        async def expire() -> None:
+            nonlocal expired
+            await clock.sleep(seconds)
+            expired = True
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(expire)
+        try:
+            results.append(await fn())
+        except Exception as exc:  # raised as it is, not in an exception group
+            error = exc
+        tg.cancel_scope.cancel()
+    if error is not None:
+        raise error
+    if expired and not results:
+        raise TimeoutError(f"no result within {seconds}s")
+    return results[0]

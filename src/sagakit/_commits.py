@@ -27,6 +27,11 @@ class BackgroundCommit:
         self._lost: PartitionsLost | None = None
         self._timeout_s = timeout_s
 
+    @property
+    def busy(self) -> bool:
+        """A commit is in flight."""
+        return self._done is not None and not self._done.is_set()
+
     def start(
         self, tg: TaskGroup, sub: Subscription, offsets: Mapping[TopicPartition, int]
     ) -> None:

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from ._codec import Incoming
 from ._definition import RetryPolicy, Saga, SagaInfo, _ResolvedStep
+from ._failure_reply import HandlerFailed
 from ._messages import Command, Message, Reply, ResolveSaga, ResumeSaga, StartSaga, TimerFired
 
 
@@ -345,6 +346,10 @@ def _reply(definition: Saga[Any], instance: SagaInstance, incoming: Incoming[Mes
     step = definition.step(pending.step)
     draft = _Draft.from_instance(definition, instance, incoming)
     kind = type(reply)
+    if isinstance(reply, HandlerFailed):
+        # the participant could not handle it, and nothing of it took effect
+        what = "compensation of " if pending.phase is Phase.COMPENSATE else ""
+        return draft.retry_or_give_up(step, pending, f"{what}{step.name}: {reply.describe()}")
     if pending.phase is Phase.COMPENSATE:
         if kind in step.compensation_failures:
             return draft.retry_or_give_up(

@@ -28,17 +28,19 @@ from typing import Any, Generic, TypeVar
 import anyio
 from anyio.abc import TaskStatus
 
-from ._clock import Clock, as_clock
+from ._clock import Clock, as_clock, within
 from ._codec import DEFAULT_CODEC, Codec, encode_record, envelope_of
 from ._dlq import dead_letter, dlq_topic
 from ._errors import BusinessFailure, DecodeError, DefinitionError, PartitionsLost, TransportError
+from ._failure_reply import HandlerFailed
 from ._faults import fault_point
 from ._idempotency import IdempotencyStore, StoredReply, StoreTransaction
 from ._interceptors import Interceptor, Scope
 from ._messages import Command, Envelope, Event, Message, Reply, is_registered, registered
 from ._metrics import Metrics
 from ._observed import Observed
-from ._runtime import ConsumeLoop, LoopSettings, first_offsets
+from ._pipeline import Pipeline
+from ._runtime import ConsumeLoop, LoopSettings, Sender
 from .tracing import Tracing
 from .transport._base import (
     MAX_RECORD_BYTES,
@@ -130,11 +132,17 @@ class Service(Observed, Generic[TxT]):
         metrics: Metrics | None = None,
         interceptors: Sequence[Interceptor] = (),
         clock: Clock | None = None,
+        concurrency: int = 64,
+        partition_concurrency: int | None = None,
+        handler_timeout_s: float | None = 30.0,
     ) -> None:
-        """`handler_attempts`: runs of a handler that raises a non-business error before the
-        command goes to the DLQ (with `handler_backoff_s`, doubling, between runs).
-        `shutdown_grace_s`: how long a batch may take, and how long a cancelled run waits
-        for the batch in hand."""
+        """`handler_attempts`: runs of a handler that raises a non-business error (or takes
+        longer than `handler_timeout_s`; None: no limit) before the command is answered with
+        `HandlerFailed` and goes to the DLQ (with `handler_backoff_s`, doubling, between
+        runs). `concurrency`: records of different sagas handled at once in this process
+        (`partition_concurrency` of them in one partition); one saga's records are always
+        handled one at a time, in order. Synchronous handlers run in worker threads.
+        `shutdown_grace_s`: how long a cancelled run waits for the records in hand."""
         self.name = name
         self._tracing = tracing if tracing is not None else Tracing.disabled()
         self.metrics = metrics if metrics is not None else Metrics(name)
@@ -145,6 +153,12 @@ class Service(Observed, Generic[TxT]):
         self._loop: ConsumeLoop | None = None
         self.handler_attempts = max(1, handler_attempts)
         self.handler_backoff_s = handler_backoff_s
+        self.handler_timeout_s = handler_timeout_s
+        self.concurrency = concurrency
+        self.partition_concurrency = partition_concurrency
+        self._pipeline: Pipeline | None = None
+        self._sender: Sender | None = None
+        self._working: set[anyio.CancelScope] = set()
         self.namespace = namespace
         self.store = store
         self.partitions = partitions
@@ -329,15 +343,19 @@ class Service(Observed, Generic[TxT]):
         return self._loop.sub if self._loop is not None else None
 
     async def on_revoked(self, partitions: frozenset[TopicPartition]) -> None:
-        loop = self._loop
-        if loop is not None:
-            async with loop.lock:  # let the batch in hand finish (store, replies, commit)
-                await loop.commit.wait()
-        self._assignment = frozenset()
+        loop, pipeline = self._loop, self._pipeline
+        if loop is not None and pipeline is not None and loop.sub is not None:
+            # let the records in hand finish (effect, reply), then commit up to them
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self.shutdown_grace_s):
+                offsets = await pipeline.revoke(partitions)
+                await loop.commit_now(offsets)
+        self._assignment = self._assignment - partitions
         self._notify()
 
     async def on_assigned(self, partitions: frozenset[TopicPartition]) -> None:
         self._assignment = partitions
+        if self._pipeline is not None:
+            self._pipeline.assign(partitions)
         self._notify()
 
     def _notify(self) -> None:
@@ -362,7 +380,7 @@ class Service(Observed, Generic[TxT]):
                 await self.clock.sleep(self.handler_backoff_s * 2 ** (attempt - 1))
             try:
                 async with batch.savepoint():
-                    result = await _call(handler, message, HandlerContext(env, batch.db))
+                    result = await self._call(handler, message, HandlerContext(env, batch.db))
                 return check(self.name, env, result)
             except BusinessFailure as failure:
                 self.stats.failures += 1
@@ -379,6 +397,22 @@ class Service(Observed, Generic[TxT]):
                 error = exc
         assert error is not None
         return error
+
+    async def _call(
+        self,
+        handler: Callable[[Any, HandlerContext[TxT]], Any],
+        message: Message,
+        ctx: HandlerContext[TxT],
+    ) -> Any:
+        if inspect.iscoroutinefunction(handler):
+            return await within(self.clock, self.handler_timeout_s, lambda: handler(message, ctx))
+        # in a worker thread, so the loop goes on; it cannot be cut short (a thread that
+        # is abandoned would go on writing in the transaction), so no timeout applies
+        result = await anyio.to_thread.run_sync(handler, message, ctx)
+        if inspect.isawaitable(result):
+            awaitable = result
+            result = await within(self.clock, self.handler_timeout_s, lambda: awaitable)
+        return result
 
     def handled_types(self) -> frozenset[str]:
         return frozenset(self._handlers) | frozenset(self._reactions)
@@ -404,6 +438,7 @@ class Service(Observed, Generic[TxT]):
         """Use `transport` from now on (None: none), forgetting what was learnt of another
         (the saga inboxes that exist): a service object may run again, in another test."""
         self._transport = transport
+        self._sender = None if transport is None else Sender(transport)
         self._inboxes = frozenset()
         self._inboxes_checked = -1e9
 
@@ -419,6 +454,12 @@ class Service(Observed, Generic[TxT]):
         self.bind(transport)
         group = group_id or f"{self.namespace}{self.name}.service"
         topics = self.subscribed_topics() or [self.commands_topic]
+        self._pipeline = Pipeline(
+            self._work,
+            concurrency=self.concurrency,
+            partition_concurrency=self.partition_concurrency,
+            max_pending=max(self.max_records, 4 * self.concurrency),
+        )
         self._loop = ConsumeLoop(
             self,
             transport,
@@ -428,7 +469,12 @@ class Service(Observed, Generic[TxT]):
         )
         await self._loop.run(task_status=task_status)
 
+    pipelined = True
+
     async def joined(self, loop: ConsumeLoop) -> None:
+        assert self._pipeline is not None and self._sender is not None
+        self._pipeline.start(loop.tg)
+        self._pipeline.assign(self._assignment)
         for task in self.tasks:
             loop.tg.start_soon(task, loop.transport)
 
@@ -442,48 +488,104 @@ class Service(Observed, Generic[TxT]):
             lost,
         )
 
-    async def process(self, records: Sequence[Record]) -> dict[TopicPartition, int] | None:
-        """Handle one batch in one store transaction, then send what it produced; the
-        offsets to commit (None: the sends failed, the batch is read again)."""
-        transport = self._transport
-        assert transport is not None
-        outgoing: list[OutgoingRecord] = []
-        offsets: dict[TopicPartition, int] = {}
+    async def dispatch(self, records: Sequence[Record]) -> None:
+        """Queue a fetched batch in the pipeline (waits while it is full)."""
+        transport, pipeline = self._transport, self._pipeline
+        assert transport is not None and pipeline is not None
         await self._refresh_inboxes(transport, records)
-        for record in records:
-            offsets[record.tp] = record.offset + 1
-            async with self.store.transaction() as tx:
-                out = await self._handle(tx, record)
-            if out is not None:
-                outgoing.append(out)
-        fault_point("participant.before-reply")
-        if outgoing:
-            try:
-                await transport.send(outgoing)
-            except TransportError as exc:
-                # the effects are committed with their replies: the redelivered records
-                # are answered from the store
-                self.batch_failed(records, str(exc))
-                return None
-        return offsets
+        await pipeline.dispatch(records)
 
-    def batch_failed(self, records: Sequence[Record], why: str) -> None:
-        """Nothing of a batch whose sends failed is committed: read it again, loudly."""
-        self.stats.failed_batches += 1
-        firsts = first_offsets(records)
-        sub = self._sub
-        if sub is None:
-            return
-        log.error(
-            "%s: a batch of %d record(s) failed and is read again: %s",
-            self.name,
-            len(records),
-            why,
-        )
-        assigned = sub.assignment()
-        for tp, offset in firsts.items():
-            if tp in assigned:
-                sub.seek(tp, offset)
+    def committable(self) -> dict[TopicPartition, int]:
+        """Offsets below which every record is handled and answered."""
+        return self._pipeline.committable() if self._pipeline is not None else {}
+
+    async def drain(self) -> None:
+        """Wait for the records in hand (the loop is stopping), at most the shutdown
+        grace; then cut off what is still running (rolled back, it is read again)."""
+        if self._pipeline is not None:
+            with anyio.move_on_after(self.shutdown_grace_s):
+                await self._pipeline.drain()
+        for scope in list(self._working):
+            log.warning("%s: cutting off a record still in hand after the grace", self.name)
+            scope.cancel()
+
+    async def _work(self, record: Record) -> bool:
+        """Handle one record in its own transaction, then send what it produced; False if
+        its partition went away (or the run stopped) before it was answered."""
+        done = False
+        # not cancelled with the loop (a commit or a send cut in half fails unobserved);
+        # `drain` cuts it off if it outlasts the shutdown grace
+        with anyio.CancelScope(shield=True) as scope:
+            self._working.add(scope)
+            try:
+                outgoing = await self._transact(record)
+                if outgoing is not None:
+                    fault_point("participant.before-reply")
+                    done = not outgoing or await self._deliver(record, outgoing)
+            finally:
+                self._working.discard(scope)
+        return done
+
+    async def _transact(self, record: Record) -> list[OutgoingRecord] | None:
+        """The record's outcome, committed; retried while the store fails."""
+        failures = 0
+        while True:
+            try:
+                async with self.store.transaction() as tx:
+                    outgoing = await self._handle(tx, record)
+                return outgoing
+            except Exception as exc:
+                failures += 1
+                self.stats.failed_batches += 1
+                log.error(
+                    "%s: the store failed handling %s[%d]@%d (try %d), trying again: %r",
+                    self.name,
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    failures,
+                    exc,
+                )
+                if not await self._back_off(record, failures):
+                    return None
+
+    async def handle_one(self, record: Record) -> bool:
+        """Handle one record now, outside a consume loop (what `ServiceHarness` does)."""
+        if self._transport is None:
+            raise RuntimeError(f"service {self.name!r} has no transport: bind() one first")
+        await self._refresh_inboxes(self._transport, [record])
+        return await self._work(record)
+
+    async def _deliver(self, record: Record, outgoing: list[OutgoingRecord]) -> bool:
+        """Send a record's outcome; retried while sends fail (the outcome is stored, so
+        a redelivered record is answered the same)."""
+        sender = self._sender
+        assert sender is not None, "bind() the service to a transport first"
+        failures = 0
+        while True:
+            try:
+                await sender.send(outgoing)
+                return True
+            except TransportError as exc:
+                failures += 1
+                self.stats.failed_batches += 1
+                log.error(
+                    "%s: sending the outcome of %s[%d]@%d failed (try %d), trying again: %s",
+                    self.name,
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    failures,
+                    exc,
+                )
+                if not await self._back_off(record, failures):
+                    return False
+
+    async def _back_off(self, record: Record, failures: int) -> bool:
+        """Wait before trying a record again; False if it is no longer ours."""
+        await anyio.sleep(min(0.05 * 2 ** (failures - 1), 5.0))
+        loop = self._loop
+        return record.tp in self._assignment and loop is not None and loop.running
 
     async def _refresh_inboxes(self, transport: Transport, records: Sequence[Record]) -> None:
         """Learn which saga inboxes exist when a command names one not seen yet.
@@ -510,76 +612,106 @@ class Service(Observed, Generic[TxT]):
             if t.startswith(self.namespace) and t.endswith(".inbox")
         )
 
-    async def _handle(self, batch: StoreTransaction[TxT], record: Record) -> OutgoingRecord | None:
-        """The reply, event or dead letter for one record; None when there is nothing to say."""
+    async def _handle(self, batch: StoreTransaction[TxT], record: Record) -> list[OutgoingRecord]:
+        """The reply, event and/or dead letter for one record (none: nothing to say)."""
         try:
             env = envelope_of(record)
         except DecodeError as exc:
-            return self._dead(record, "DecodeError", str(exc))
+            return [self._dead(record, "DecodeError", str(exc))]
         if record.topic != self.commands_topic and env.message_type not in self._reactions:
             if registered(env.message_type) is None:
                 self._unknown(record, env)
-            return None  # an event of another service this one does not react to
+            return []  # an event of another service this one does not react to
         with self.interceptors.handle(self.name, record, env) as span:
             out = await self._handle_traced(batch, record, env, span)
-            if out is not None and out.topic.endswith(".dlq"):
-                span.error(dict(out.headers).get("error-type", b"").decode(), "dead-lettered")
+            for o in out:
+                if o.topic.endswith(".dlq"):
+                    error_type = dict(o.headers).get("error-type", b"") or b""
+                    span.error(error_type.decode(errors="replace"), "dead-lettered")
             return out
 
     async def _handle_traced(
         self, batch: StoreTransaction[TxT], record: Record, env: Envelope, span: Scope
-    ) -> OutgoingRecord | None:
+    ) -> list[OutgoingRecord]:
         on_events_topic = record.topic != self.commands_topic
         table = self._reactions if on_events_topic else self._handlers
         handler = table.get(env.message_type)
         if not on_events_topic:
-            if handler is None:
-                return self._dead(
-                    record,
-                    "NoHandler",
-                    f"service {self.name!r} has no handler for {env.message_type}",
-                )
             bad_reply_to = self._check_reply_to(env)
-            if bad_reply_to is not None:
-                return self._dead(record, "BadReplyTo", bad_reply_to)
+            if bad_reply_to is not None:  # nowhere to answer: the saga's timeout must do
+                return [self._dead(record, "BadReplyTo", bad_reply_to)]
+            if handler is None:
+                why = f"service {self.name!r} has no handler for {env.message_type}"
+                failed = self._failure(env, "NoHandler", why, 0)
+                return [self._dead(record, "NoHandler", why), self._output(env, failed, False)]
         assert handler is not None  # reactions were filtered before the span opened
+        dead: OutgoingRecord | None = None
         stored = await batch.reply_for(env.message_id)
         if stored is not None:
             self.stats.duplicates += 1
             self._count(env, "duplicate")
         else:
+            outcome: Message | Exception | None
             try:
                 message = self.codec.decode(env.message_type, record.value)
             except DecodeError as exc:
-                return self._dead(record, "DecodeError", str(exc))
-            check = _check_event if on_events_topic else _check_reply
-            outcome = await self._run_handler(handler, batch, message, env, check)
+                dead = self._dead(record, "DecodeError", str(exc))
+                outcome = exc
+            else:
+                check = _check_event if on_events_topic else _check_reply
+                outcome = await self._run_handler(handler, batch, message, env, check)
+                if isinstance(outcome, Exception):
+                    span.exception(outcome)
+                    dead = self._dead(
+                        record,
+                        type(outcome).__name__,
+                        f"handler raised after {self.handler_attempts} attempt(s): "
+                        f"{_describe(outcome)}",
+                    )
             if isinstance(outcome, Exception):
-                span.exception(outcome)
-                return self._dead(
-                    record,
-                    type(outcome).__name__,
-                    f"handler raised after {self.handler_attempts} attempt(s): {outcome}",
-                )
-            stored = (
-                StoredReply("", b"")
-                if outcome is None
-                else StoredReply(outcome.message_type, self.codec.encode(outcome))
-            )
+                assert dead is not None
+                if on_events_topic:
+                    return [dead]
+                attempts = 0 if isinstance(outcome, DecodeError) else self.handler_attempts
+                stored = self._failure(env, type(outcome).__name__, _describe(outcome), attempts)
+            elif outcome is None:
+                stored = StoredReply("", b"")
+            else:
+                stored = StoredReply(outcome.message_type, self.codec.encode(outcome))
             limit = getattr(self._transport, "max_record_bytes", MAX_RECORD_BYTES) - 16384
             if len(stored.payload) > limit:
-                return self._dead(
-                    record,
-                    "TooLarge",
+                why = (
                     f"the {stored.message_type} it returned is {len(stored.payload)} bytes, "
-                    f"more than the {limit} a record may hold",
+                    f"more than the {limit} a record may hold"
                 )
+                dead = self._dead(record, "TooLarge", why)
+                if on_events_topic:
+                    return [dead]
+                stored = self._failure(env, "TooLarge", why, self.handler_attempts)
+            # stored, so a redelivered command gets the same answer without running again
             await batch.save_reply(env.message_id, stored)
             self.stats.handled += 1
             self._count(env, stored.message_type or "none")
         span.set(message_output=stored.message_type or None)
-        if not stored.message_type:
-            return None
+        out = [] if dead is None else [dead]
+        if stored.message_type:
+            out.append(self._output(env, stored, on_events_topic))
+        return out
+
+    def _failure(self, env: Envelope, error_type: str, error: str, attempts: int) -> StoredReply:
+        """The framework's failure reply to a command the service could not handle."""
+        failed = HandlerFailed(
+            service=self.name,
+            command_type=env.message_type[:200],
+            error_type=error_type[:200],
+            error=error[:2000],
+            attempts=attempts,
+        )
+        return StoredReply(failed.message_type, self.codec.encode(failed))
+
+    def _output(self, env: Envelope, stored: StoredReply, on_events_topic: bool) -> OutgoingRecord:
+        """The record of a handler's reply (to the command's reply-to) or a reaction's
+        event (on this service's events topic)."""
         if on_events_topic:
             out_env = Envelope(
                 message_id=reaction_id(env.message_id, self.name),
@@ -655,13 +787,10 @@ class Service(Observed, Generic[TxT]):
         self.interceptors.handled(self.name, env, outcome)
 
 
-async def _call(
-    handler: Callable[[Any, HandlerContext[TxT]], Any], message: Message, ctx: HandlerContext[TxT]
-) -> Any:
-    result = handler(message, ctx)
-    if inspect.isawaitable(result):
-        result = await result
-    return result
+def _describe(error: Exception) -> str:
+    if isinstance(error, TimeoutError) and not str(error):
+        return "the handler did not finish in time (handler_timeout_s)"
+    return str(error) or type(error).__name__
 
 
 def _check_reply(service: str, env: Envelope, result: object) -> Message | None:

@@ -13,6 +13,7 @@ from sagakit import (
     Command,
     Envelope,
     HandlerContext,
+    HandlerFailed,
     MemoryBroker,
     MemoryStore,
     MemoryTransport,
@@ -238,7 +239,7 @@ async def test_memory_store_deduplicates_too() -> None:
     assert seen == ["s1:deposit:1"]
 
 
-async def test_a_handler_error_is_retried_before_it_becomes_a_dead_letter() -> None:
+async def test_a_handler_error_is_retried_then_answered_as_failed_and_dead_lettered() -> None:
     service: Service[None] = Service("bank", MemoryStore(), partitions=2, handler_attempts=3)
     runs: list[str] = []
 
@@ -259,11 +260,17 @@ async def test_a_handler_error_is_retried_before_it_becomes_a_dead_letter() -> N
             command("s1:deposit:1", Deposit(account="flaky", amount=5)),
             command("s2:deposit:1", Deposit(account="broken", amount=5), saga_id="s2"),
         ],
-        expected_replies=1,
+        expected_replies=2,
     )
     assert runs.count("flaky") == 3 and runs.count("broken") == 3
-    [reply] = transport.broker.records(REPLIES)
-    assert dict(reply.headers)["causation-id"] == b"s1:deposit:1"
+    replies = {dict(r.headers)["causation-id"]: r for r in transport.broker.records(REPLIES)}
+    assert dict(replies[b"s1:deposit:1"].headers)["message-type"] == b"ptcp.Deposited"
+    # the saga of the broken one is told, so it can retry or compensate instead of waiting
+    failed = replies[b"s2:deposit:1"]
+    assert dict(failed.headers)["message-type"] == b"sagakit.HandlerFailed"
+    reason = HandlerFailed.model_validate_json(failed.value)
+    assert (reason.service, reason.error_type, reason.attempts) == ("bank", "ConnectionError", 3)
+    assert reason.error == "ledger is down"
     [dead] = transport.broker.records("bank.commands.dlq")
     headers = dict(dead.headers)
     assert headers["error-type"] == b"ConnectionError"

@@ -46,11 +46,11 @@ class Released(Reply, type="vtime.Released"):
     pass
 
 
-class Ship(Command, type="vtime.Ship"):
+class Ship(Command, type="vtime-ship.Ship"):
     ref: str
 
 
-class Shipped(Reply, type="vtime.Shipped"):
+class Shipped(Reply, type="vtime-ship.Shipped"):
     pass
 
 
@@ -97,6 +97,7 @@ class World:
         self.busy_until: dict[str, int] = {}
         self.seen: list[str] = []
         self.service: Service[None] = Service("vtime", MemoryStore())
+        self.shipper: Service[None] = Service("vtime-ship", MemoryStore())
         s = self.service
 
         @s.handles(Reserve)
@@ -106,7 +107,7 @@ class World:
                 return Busy()
             return Reserved()
 
-        @s.handles(Ship)
+        @self.shipper.handles(Ship)
         def ship(cmd: Ship, ctx: HandlerContext[None]) -> Shipped:
             self.seen.append(ctx.message_id)
             return Shipped()
@@ -125,7 +126,7 @@ def events(env: SagaTestEnvironment, saga_id: str) -> list[tuple[float, str, str
 
 
 def silent_service() -> Service[None]:
-    """Reserves and releases, but has no handler for Ship: ships go unanswered."""
+    """Reserves and releases; nothing serves vtime-ship.commands: ships go unanswered."""
     service: Service[None] = Service("vtime", MemoryStore())
 
     @service.handles(Reserve)
@@ -141,7 +142,7 @@ def silent_service() -> Service[None]:
 
 async def test_a_30_second_timeout_fires_when_the_clock_passes_it_and_not_before() -> None:
     saga = trip("vtime-timeout")
-    # no handler for Ship: the commands go unanswered (dead-lettered as NoHandler)
+    # nothing reads the Ship commands: they go unanswered
     async with SagaTestEnvironment([saga], [silent_service()]) as env:
         await env.start(saga, "t-1", Ref(ref="t-1"))
         await env.settle()
@@ -171,7 +172,7 @@ async def test_back_offs_fire_in_order_at_their_virtual_time() -> None:
     saga = trip("vtime-backoff")
     world = World()
     world.busy_until["b-1"] = 2  # busy twice, then reserved
-    async with SagaTestEnvironment([saga], [world.service]) as env:
+    async with SagaTestEnvironment([saga], [world.service, world.shipper]) as env:
         await env.start(saga, "b-1", Ref(ref="b-1"))
         await env.settle()
         assert world.seen == ["b-1:reserve:1"]
@@ -210,7 +211,9 @@ async def test_the_same_run_gives_the_same_timeline_every_time() -> None:
         saga = trip("vtime-determinism")
         world = World()
         world.busy_until.update({"x": 1, "y": 2})
-        async with SagaTestEnvironment([saga], [world.service], clock=VirtualClock()) as env:
+        async with SagaTestEnvironment(
+            [saga], [world.service, world.shipper], clock=VirtualClock()
+        ) as env:
             for ref in ("x", "y", "z"):
                 await env.start(saga, ref, Ref(ref=ref))
             await env.advance(120)

@@ -122,8 +122,11 @@ class SagaTestEnvironment:
             if self.fresh_stores:
                 for service in self.services:
                     self._stores.empty(service)
+            graces = {s: s.shutdown_grace_s for s in self.services}
+            stack.callback(self._restore_graces, graces)
             tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(tg.cancel_scope.cancel)
+            stack.callback(self._hurry)  # first: what is in hand now will never finish
             for orchestrator in self.orchestrators.values():
                 await tg.start(orchestrator.run)
             for service in self.services:
@@ -149,6 +152,15 @@ class SagaTestEnvironment:
         if stack is not None:
             return await stack.__aexit__(exc_type, exc, tb)
         return None
+
+    @staticmethod
+    def _restore_graces(graces: dict[Service[Any], float]) -> None:
+        for service, grace in graces.items():
+            service.shutdown_grace_s = grace
+
+    def _hurry(self) -> None:
+        for service in self.services:
+            service.shutdown_grace_s = 0
 
     async def start_service(self, service: Service[Any]) -> None:
         """Start `service` in the running environment (one that was down comes back: it

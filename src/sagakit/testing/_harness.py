@@ -129,8 +129,7 @@ class ServiceHarness(Generic[TxT]):
         before = len(self.broker.records(answers))
         dead_topic = f"{delivered.topic}.dlq"
         dead_before = len(self.broker.records(dead_topic))
-        offsets = await self.service.process([record])
-        if offsets is None:
+        if not await self.service.handle_one(record):
             raise SagaError("the service could not send what it produced (see the log)")
         dead = self.broker.records(dead_topic)[dead_before:]
         if dead:
