@@ -3,12 +3,6 @@
 from sagakit import Command, Reply
 
 
-class Debit(Command, type="ledger.Debit"):
-    transfer_id: str
-    account: str
-    amount: int
-
-
 class Debited(Reply, type="ledger.Debited"):
     balance: int
 
@@ -17,30 +11,12 @@ class InsufficientFunds(Reply, type="ledger.InsufficientFunds"):
     balance: int
 
 
-class Refund(Command, type="ledger.Refund"):
-    transfer_id: str
-    account: str
-    amount: int
-
-
 class Refunded(Reply, type="ledger.Refunded"):
     pass
 
 
-class Deposit(Command, type="ledger.Deposit"):
-    transfer_id: str
-    account: str
-    amount: int
-
-
 class Deposited(Reply, type="ledger.Deposited"):
     pass
-
-
-class Screen(Command, type="fraud.Screen"):
-    transfer_id: str
-    source: str
-    amount: int
 
 
 class Cleared(Reply, type="fraud.Cleared"):
@@ -51,21 +27,45 @@ class Blocked(Reply, type="fraud.Blocked"):
     reason: str
 
 
-class Withdraw(Command, type="fraud.Withdraw"):
+class Withdrawn(Reply, type="fraud.Withdrawn"):
+    pass
+
+
+class Notified(Reply, type="notifier.Notified"):
+    pass
+
+
+class Debit(Command, type="ledger.Debit", replies=(Debited, InsufficientFunds)):
+    transfer_id: str
+    account: str
+    amount: int
+
+
+class Refund(Command, type="ledger.Refund", replies=(Refunded,)):
+    transfer_id: str
+    account: str
+    amount: int
+
+
+class Deposit(Command, type="ledger.Deposit", replies=(Deposited,)):
+    transfer_id: str
+    account: str
+    amount: int
+
+
+class Screen(Command, type="fraud.Screen", replies=(Cleared, Blocked)):
+    transfer_id: str
+    source: str
+    amount: int
+
+
+class Withdraw(Command, type="fraud.Withdraw", replies=(Withdrawn,)):
     """The transfer did not go through: its screening no longer counts."""
 
     transfer_id: str
 
 
-class Withdrawn(Reply, type="fraud.Withdrawn"):
-    pass
-
-
-class Notify(Command, type="notifier.Notify"):
+class Notify(Command, type="notifier.Notify", replies=(Notified,)):
     transfer_id: str
     account: str
     text: str
-
-
-class Notified(Reply, type="notifier.Notified"):
-    pass

@@ -3,12 +3,6 @@
 from sagakit import Command, Reply
 
 
-class ReserveStock(Command, type="inventory.ReserveStock"):
-    order_id: str
-    product_id: str
-    quantity: int
-
-
 class StockReserved(Reply, type="inventory.StockReserved"):
     order_id: str
 
@@ -26,10 +20,16 @@ class OutOfStock(Reply, type="inventory.OutOfStock"):
         )
 
 
-class ReleaseStock(Command, type="inventory.ReleaseStock"):
-    order_id: str
-    product_id: str
-
-
 class StockReleased(Reply, type="inventory.StockReleased"):
     order_id: str
+
+
+class ReserveStock(Command, type="inventory.ReserveStock", replies=(StockReserved, OutOfStock)):
+    order_id: str
+    product_id: str
+    quantity: int
+
+
+class ReleaseStock(Command, type="inventory.ReleaseStock", replies=(StockReleased,)):
+    order_id: str
+    product_id: str

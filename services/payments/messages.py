@@ -3,12 +3,6 @@
 from sagakit import Command, Reply
 
 
-class ReserveCredit(Command, type="payments.ReserveCredit"):
-    order_id: str
-    customer_id: str
-    amount: int
-
-
 class CreditReserved(Reply, type="payments.CreditReserved"):
     order_id: str
 
@@ -23,10 +17,18 @@ class CreditLimitExceeded(Reply, type="payments.CreditLimitExceeded"):
         return f"credit limit exceeded: {self.requested} requested, {self.available} available"
 
 
-class ReleaseCredit(Command, type="payments.ReleaseCredit"):
-    order_id: str
-    customer_id: str
-
-
 class CreditReleased(Reply, type="payments.CreditReleased"):
     order_id: str
+
+
+class ReserveCredit(
+    Command, type="payments.ReserveCredit", replies=(CreditReserved, CreditLimitExceeded)
+):
+    order_id: str
+    customer_id: str
+    amount: int
+
+
+class ReleaseCredit(Command, type="payments.ReleaseCredit", replies=(CreditReleased,)):
+    order_id: str
+    customer_id: str

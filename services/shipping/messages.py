@@ -3,11 +3,6 @@
 from sagakit import Command, Reply
 
 
-class ScheduleShipment(Command, type="shipping.ScheduleShipment"):
-    order_id: str
-    address: str
-
-
 class ShipmentScheduled(Reply, type="shipping.ShipmentScheduled"):
     order_id: str
     shipment_id: str
@@ -16,3 +11,10 @@ class ShipmentScheduled(Reply, type="shipping.ShipmentScheduled"):
 class ShipmentFailed(Reply, type="shipping.ShipmentFailed"):
     order_id: str
     reason: str
+
+
+class ScheduleShipment(
+    Command, type="shipping.ScheduleShipment", replies=(ShipmentScheduled, ShipmentFailed)
+):
+    order_id: str
+    address: str

@@ -13,6 +13,7 @@ and ``service:<name>``.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from ._orchestrator import Orchestrator
 from ._participant import Service
 from .tracing import Tracing
 from .transport._base import Transport
+
+log = logging.getLogger("sagakit.app")
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
@@ -169,6 +172,44 @@ class App:
                 service.namespace = saved
         return frozenset(topics)
 
+    def check(self, sagas: Iterable[str] | None = None) -> tuple[str, ...]:
+        """What looks wrong without being an error: a step whose command goes to a service
+        the app lacks (``payment.ReserveCredit`` when the service is ``payments``), or to
+        one of its services that has no handler for it. Of every saga, or of `sagas`.
+
+        Such a service may run in another app, so this is not checked when the app is
+        built; assert ``app.check() == ()`` in a test, and `AppRunner.run` logs each as a
+        warning. An app without services sends everything elsewhere: nothing to check.
+        """
+        if not self.services:
+            return ()
+        services = {s.name: s for s in self.services}
+        names = ", ".join(services)
+        found: list[str] = []
+        for saga in self.sagas:
+            if sagas is not None and saga.name not in sagas:
+                continue
+            for step in saga.resolved():
+                for action in (step.action, step.compensation):
+                    if action is None:
+                        continue
+                    kind = action.command.message_type
+                    where = f"step {step.name!r} of saga {saga.name!r}"
+                    participant = action.topic.removesuffix(".commands")
+                    service = services.get(participant)
+                    if service is None:
+                        found.append(
+                            f"{where} sends {kind} to {action.topic}, but app {self.name!r} has "
+                            f"no service {participant!r} (its services: {names}); fine if it "
+                            "runs in another app, else a typo in the command type or to="
+                        )
+                    elif kind not in service.command_types():
+                        found.append(
+                            f"{where} sends {kind} to service {participant!r}, which has no "
+                            "handler for it"
+                        )
+        return tuple(dict.fromkeys(found))
+
     def runner(self, transport: Transport, **options: Any) -> AppRunner:
         """What runs (some of) this app's components on `transport`; see `AppRunner`."""
         return AppRunner(self, transport, **options)
@@ -291,7 +332,12 @@ class AppRunner:
             await service.ensure_topics(self.transport)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Run every chosen component until cancelled; started once all have joined."""
+        """Run every chosen component until cancelled; started once all have joined.
+
+        What `App.check` finds about the sagas run here is logged as warnings first."""
+        if self.orchestrators:
+            for problem in self.app.check(self.orchestrators):
+                log.warning("%s", problem)
         await self.ensure_topics()
         async with anyio.create_task_group() as tg:
             for orchestrator in self.orchestrators.values():

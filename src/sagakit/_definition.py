@@ -18,7 +18,8 @@
     )
 
 Everything is checked when the `Saga` is built; mistakes raise DefinitionError
-naming the saga and the step.
+naming the saga and the step. A command that declares its replies (``replies=`` on
+the `Command`) holds its steps to them: they list only those, and each of them.
 """
 
 from __future__ import annotations
@@ -27,14 +28,14 @@ import inspect
 import math
 import re
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
 from ._errors import DefinitionError
-from ._messages import Command, Reply, is_registered
+from ._messages import Command, Reply, declares, describe_replies, is_registered
 
 S = TypeVar("S", bound=BaseModel)
 
@@ -341,6 +342,7 @@ class Saga(Generic[S]):
                 raise self._fail(step.name, f"{names} listed both as {a} and as {b}")
         if step.on_failure is not None and not step.failures:
             raise self._fail(step.name, "has on_failure but lists no failures")
+        self._check_contract(step, action, compensation)
         return _ResolvedStep(
             step,
             index,
@@ -351,6 +353,54 @@ class Saga(Generic[S]):
             frozenset(step.retry_on),
             frozenset(step.compensation_failures),
         )
+
+    def _check_contract(
+        self, step: Step[S], action: Action[S] | None, compensation: Action[S] | None
+    ) -> None:
+        """Hold the step to the replies its commands declare (`Command` ``replies=``).
+
+        Every reply the step lists must be declared, and every declared reply must be
+        listed as success, failure or retry_on: a reply the step does not expect is
+        dead-lettered at run time and the saga waits on. A compensation's replies that
+        are not `compensation_failures` count as done, so only what it lists is checked.
+        """
+        declared = action.command.declared_replies if action is not None else None
+        if action is not None and declared is not None:
+            command = action.command
+            lists = {"on_reply": step.on_reply, "failures": step.failures}
+            lists["retry_on"] = step.retry_on
+            self._only_declared(step, command, lists)
+            handled = {r.message_type for replies in lists.values() for r in replies}
+            unhandled = [r for r in declared if r.message_type not in handled]
+            if unhandled:
+                raise self._fail(
+                    step.name,
+                    f"{command.message_type} declares {describe_replies(unhandled)}, which the "
+                    "step does not handle: list it in on_reply (success), failures (compensate) "
+                    "or retry_on (ask again); a reply no list names is dead-lettered and the "
+                    "saga waits for another",
+                )
+        if compensation is not None and compensation.command.declared_replies is not None:
+            lists = {"compensation_failures": step.compensation_failures}
+            self._only_declared(step, compensation.command, lists)
+
+    def _only_declared(
+        self, step: Step[S], command: type[Command], lists: Mapping[str, Iterable[type[Reply]]]
+    ) -> None:
+        foreign = [
+            f"{reply.message_type} (in {name})"
+            for name, replies in lists.items()
+            for reply in replies
+            if not declares(command, reply)
+        ]
+        if foreign:
+            declared = describe_replies(command.declared_replies or ())
+            raise self._fail(
+                step.name,
+                f"lists {', '.join(foreign)}, which {command.message_type} does not declare "
+                f"(it declares {declared}); fix the step, or add the reply to replies= of "
+                f"{command.__qualname__}",
+            )
 
     def _action(self, step: Step[S], builder: CommandBuilder[S], what: str) -> Action[S]:
         build: Callable[..., Command]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
@@ -10,6 +11,11 @@ from pydantic import BaseModel, ConfigDict
 from ._errors import DecodeError, DefinitionError
 
 _REGISTRY: dict[str, type[Message]] = {}
+
+
+#: Wire types under this prefix belong to the framework: any command may be answered with
+#: one (the failure reply a participant sends when a handler keeps failing, say).
+FRAMEWORK_PREFIX = "sagakit."
 
 
 class Message(BaseModel):
@@ -26,8 +32,15 @@ class Message(BaseModel):
 
     message_type: ClassVar[str] = ""
 
-    def __init_subclass__(cls, *, type: str | None = None, **kwargs: Any) -> None:
+    def __init_subclass__(
+        cls, *, type: str | None = None, replies: object = None, **kwargs: Any
+    ) -> None:
         super().__init_subclass__(**kwargs)
+        if replies is not None:  # a Command takes it before it gets here
+            raise DefinitionError(
+                f"{cls.__qualname__}: replies= is for Command types (a command declares "
+                "the replies it produces), and it is not a Command"
+            )
         if type is None:
             cls.message_type = ""
             return
@@ -52,7 +65,40 @@ class Message(BaseModel):
 
 
 class Command(Message):
-    """A request sent to one participant, which answers with a `Reply`."""
+    """A request sent to one participant, which answers with a `Reply`.
+
+    A command may declare the replies it produces; they are classes, so they are
+    defined before it::
+
+        class ReserveCredit(
+            Command,
+            type="payments.ReserveCredit",
+            replies=(CreditReserved, CreditLimitExceeded),
+        ):
+            ...
+
+    A saga step that lists a reply the command does not declare, or leaves one of them
+    unhandled, fails when the `Saga` is built, and a handler that returns an undeclared
+    reply is a handler error. Replies of the framework (``sagakit.*``) are always
+    allowed. Without ``replies=`` (`declared_replies` is None) nothing is checked.
+    """
+
+    declared_replies: ClassVar[frozenset[type[Reply]] | None] = None
+
+    def __init_subclass__(
+        cls,
+        *,
+        type: str | None = None,
+        replies: Iterable[type[Reply]] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if replies is not None and type is None:
+            raise DefinitionError(
+                f"command {cls.__qualname__}: replies= needs type= (a command declares its replies "
+                "where it registers its wire type)"
+            )
+        cls.declared_replies = _declared(cls.__qualname__, replies)
+        super().__init_subclass__(type=type, **kwargs)
 
 
 class Reply(Message):
@@ -61,6 +107,67 @@ class Reply(Message):
 
 class Event(Message):
     """A domain fact a service publishes for whoever is interested (choreography)."""
+
+
+def _declared(command: str, replies: Iterable[type[Reply]] | None) -> frozenset[type[Reply]] | None:
+    """The checked ``replies=`` of a command class."""
+    if replies is None:
+        return None
+    if isinstance(replies, (str, type)) or not isinstance(replies, Iterable):
+        raise DefinitionError(
+            f"command {command}: replies= takes a tuple of Reply classes, got {replies!r}"
+        )
+    declared = tuple(replies)
+    if not declared:
+        raise DefinitionError(
+            f"command {command}: replies= is empty; declare at least the reply that means success"
+        )
+    for reply in declared:
+        if not (isinstance(reply, type) and issubclass(reply, Reply)):
+            name = getattr(reply, "__qualname__", repr(reply))
+            raise DefinitionError(f"command {command}: {name} in replies= is not a Reply class")
+        if not is_registered(reply):
+            raise DefinitionError(
+                f"command {command}: reply {reply.__qualname__} in replies= is not registered: "
+                "declare "
+                f'it as class {reply.__name__}(Reply, type="<service>.{reply.__name__}")'
+            )
+    return frozenset(declared)
+
+
+def is_framework(message_type: str) -> bool:
+    """Whether `message_type` is one of the framework's own (``sagakit.*``)."""
+    return message_type.startswith(FRAMEWORK_PREFIX)
+
+
+def declares(command: type[Command], reply: type[Reply]) -> bool:
+    """Whether `command` may be answered with `reply`: it declares it, declares nothing,
+    or `reply` is the framework's."""
+    declared = command.declared_replies
+    if declared is None or is_framework(reply.message_type):
+        return True
+    return reply.message_type in {r.message_type for r in declared}
+
+
+def describe_replies(replies: Iterable[type[Reply]]) -> str:
+    """Wire types of `replies`, sorted and comma-separated."""
+    return ", ".join(sorted(r.message_type for r in replies))
+
+
+def undeclared_reply(command_type: type[Command], reply: Reply) -> str | None:
+    """Why `reply` may not answer a `command_type` command, or None when it may.
+
+    It may when the command declares its type, declares nothing (no ``replies=``), or
+    the reply is the framework's (``sagakit.*``, e.g. ``sagakit.HandlerFailed``).
+    """
+    if declares(command_type, type(reply)):
+        return None
+    declared = command_type.declared_replies or frozenset()
+    return (
+        f"{reply.message_type} is not a reply {command_type.message_type} declares "
+        f"(it declares {describe_replies(declared)}); add it to replies= of "
+        f"{command_type.__qualname__} or return one of those"
+    )
 
 
 class StartSaga(Message, type="sagakit.StartSaga"):

@@ -83,6 +83,13 @@ class Metrics(Interceptor):
             ["topic", "message_type"],
             registry=r,
         )
+        self.unread_command_topics = Gauge(
+            "sagakit_unread_command_topics",
+            "1 while no consumer group reads this topic a saga sends commands to (checked "
+            "after start-up, then until one does), 0 once one does.",
+            ["topic"],
+            registry=r,
+        )
         self._unknown_types: set[str] = set()
         self._before_render: list[Callable[[], Awaitable[None]]] = []
         self._lag_sources: list[Callable[[], Subscription | None]] = []

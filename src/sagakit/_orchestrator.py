@@ -29,6 +29,7 @@ from ._journal import decode_transition, encode_transition, journal_entries, res
 from ._messages import Envelope, TimerFired
 from ._metrics import Metrics
 from ._observed import Observed
+from ._readers import watch_readers
 from ._runtime import ConsumeLoop, LoopSettings, first_offsets
 from ._timers import TimerSchedule
 from .eventlog._base import EventLog
@@ -130,9 +131,11 @@ class Orchestrator(Observed):
         tracing: Tracing | None = None,
         metrics: Metrics | None = None,
         interceptors: Sequence[Interceptor] = (),
+        reader_check_s: float | None = 30.0,
     ) -> None:
         """`tracing` and `metrics` are interceptors too; `interceptors` are yours, called
-        after them (see `Interceptor`)."""
+        after them (see `Interceptor`). `reader_check_s` after joining, the orchestrator
+        warns about each command topic no consumer group reads (None: it does not check)."""
         self.saga = saga
         self.namespace = namespace
         self.inbox_topic = namespace + saga.inbox_topic
@@ -156,6 +159,7 @@ class Orchestrator(Observed):
         self._timers = TimerSchedule()
         self.clock = as_clock(clock)
         self.shutdown_grace_s = shutdown_grace_s
+        self.reader_check_s = reader_check_s
         self._max_record = getattr(transport, "max_record_bytes", MAX_RECORD_BYTES)
         self._own_interceptors = tuple(interceptors)
         self._tracing = tracing if tracing is not None else Tracing.disabled()
@@ -222,6 +226,9 @@ class Orchestrator(Observed):
 
     async def joined(self, loop: ConsumeLoop) -> None:
         loop.tg.start_soon(self._fire_timers)
+        if self.reader_check_s is not None:  # does anything read the command topics?
+            args = (self.saga, self.transport, self.metrics, self.namespace, self.reader_check_s)
+            loop.tg.start_soon(watch_readers, *args)
         if self._unhandled_assignment:
             await self.on_assigned(self._unhandled_assignment)
 

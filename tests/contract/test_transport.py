@@ -473,3 +473,48 @@ async def test_read_of_a_partition_the_topic_lacks_raises_transport_error(
 
     with anyio.fail_after(3), pytest.raises(TransportError, match="partition"):
         await read_all(transport, topic, 2)
+
+
+# which groups read a topic -------------------------------------------------------------------
+
+
+async def test_topic_readers_are_the_groups_that_read_each_topic_even_after_they_left(
+    transport: Transport, unique: str
+) -> None:
+    read_a, read_b, unread, missing = (f"{unique}.{t}" for t in ("a", "b", "unread", "nowhere"))
+    group_a, group_b = f"{unique}.ga", f"{unique}.gb"
+    await transport.ensure_topics({read_a: 2, read_b: 1, unread: 2})
+    await transport.send(
+        [OutgoingRecord(read_a, b"k", b"a", partition=1), OutgoingRecord(read_b, b"k", b"b")]
+    )
+    async with (
+        transport.subscribe([read_a], group_id=group_a) as a,
+        transport.subscribe([read_b], group_id=group_b) as b,
+    ):
+        for sub in (a, b):
+            [record] = await collect(sub, 1)
+            await sub.commit({record.tp: record.offset + 1})
+        live = await transport.topic_readers([read_a, read_b, unread, missing])
+    left = await transport.topic_readers([read_a, read_b])
+
+    assert live[read_a] == {group_a}
+    assert live[read_b] == {group_b}
+    # nobody reads them: no group, or None from a broker that hides subscriptions
+    assert live[unread] in (frozenset(), None)
+    assert live[missing] in (frozenset(), None)
+    assert missing not in await transport.existing_topics()  # asking created nothing
+    # a reader that is down still reads its topic: its committed offsets say so
+    assert left == {read_a: {group_a}, read_b: {group_b}}
+
+
+async def test_topic_readers_see_a_member_before_its_first_commit_or_say_they_cannot_tell(
+    transport: Transport, unique: str
+) -> None:
+    topic, other, group = f"{unique}.commands", f"{unique}.other", f"{unique}.g"
+    await transport.ensure_topics({topic: 2, other: 2})
+    async with transport.subscribe([topic], group_id=group) as sub:
+        await until_assigned(sub, tps(topic, 2))
+        readers = await transport.topic_readers([topic, other])
+
+    # The embedded broker describes members without their subscriptions: it cannot tell.
+    assert readers in ({topic: {group}, other: frozenset()}, {topic: None, other: None})

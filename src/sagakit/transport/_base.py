@@ -128,6 +128,16 @@ class Transport(Protocol):
         """Every topic that exists, with its partition count (creates nothing)."""
         ...
 
+    async def topic_readers(self, topics: Sequence[str]) -> dict[str, frozenset[str] | None]:
+        """The consumer groups that read each of `topics`, without joining any.
+
+        A group reads a topic when one of its members is subscribed to it, or when it has
+        committed an offset on it (a reader that is down for now still counts). A topic
+        maps to None when the broker cannot say: it hides what live members subscribe to
+        (the embedded broker does) and no group has committed on the topic yet.
+        """
+        ...
+
     async def send(self, records: Sequence[OutgoingRecord]) -> list[Delivered]:
         """Produce all `records` as one batch and return once every one is acknowledged."""
         ...

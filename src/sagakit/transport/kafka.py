@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -11,6 +12,11 @@ from typing import Any
 import anyio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.coordinator.protocol import (
+    ConsumerProtocol,
+    ConsumerProtocolMemberAssignment,
+    ConsumerProtocolMemberMetadata,
+)
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import OffsetAndMetadata
@@ -39,6 +45,22 @@ log = logging.getLogger("sagakit.transport.kafka")
 _BATCH_OVERHEAD = 512
 
 _TOPIC_EXISTS = 36
+
+
+def _member_topics(metadata: bytes, assignment: bytes) -> set[str] | None:
+    """The topics a described group member subscribes to or is assigned, or None if the
+    broker left them out (it does while a group rebalances; the embedded broker always)."""
+    if not metadata:
+        return None
+    try:
+        topics = set(ConsumerProtocolMemberMetadata.decode(metadata).subscription)
+        if assignment:
+            topics.update(
+                t for t, _ in ConsumerProtocolMemberAssignment.decode(assignment).assignment
+            )
+    except Exception:  # not the consumer protocol's encoding
+        return None
+    return topics
 
 
 def _record(msg: Any) -> Record:
@@ -173,6 +195,7 @@ class KafkaTransport:
         self.settings = KafkaSettings(settings) if isinstance(settings, str) else settings
         self.max_record_bytes = self.settings.max_request_size
         self._producer: AIOKafkaProducer | None = None
+        self._joined: Counter[str] = Counter()  # groups this transport's members are in
         _tolerant.install()  # no record a producer can write makes our consumers raise
 
     async def __aenter__(self) -> KafkaTransport:
@@ -394,11 +417,68 @@ class KafkaTransport:
             with anyio.CancelScope(shield=True):
                 await consumer.stop()
             raise TransportError(f"cannot join group {group_id!r}: {exc!r}") from exc
+        self._joined[group_id] += 1
         try:
             yield sub
         finally:
+            self._joined[group_id] -= 1
             with anyio.CancelScope(shield=True), anyio.move_on_after(10):
                 await consumer.stop()
+
+    async def topic_readers(self, topics: Sequence[str]) -> dict[str, frozenset[str] | None]:
+        """Live groups by their members' subscriptions and assignments (DescribeGroups);
+        groups without members, or whose members come without them, by their committed
+        offsets (OffsetFetch for the partitions of `topics`).
+
+        A broker may list only the groups that have committed offsets (the embedded one
+        does), so the groups this transport is a member of are described too: when even
+        those come without subscriptions, the broker hides them.
+        """
+        wanted = list(dict.fromkeys(topics))
+        found: dict[str, set[str]] = {t: set() for t in wanted}
+        hidden = False
+        mine = {g for g, members in self._joined.items() if members > 0}
+        try:
+            async with self._admin() as admin:
+                listed = {
+                    group
+                    for group, protocol_type in await admin.list_consumer_groups()
+                    if protocol_type in (ConsumerProtocol.PROTOCOL_TYPE, "")
+                }
+                unseen: list[str] = []  # groups to judge by their committed offsets
+                for one in sorted(listed | mine):
+                    # one group per request: the embedded broker garbles a reply on several
+                    [response] = await admin.describe_consumer_groups([one])
+                    for described in response.groups:
+                        # error_code, group, state, protocol_type, protocol, members, ...
+                        error_code, group, protocol_type = described[0], described[1], described[3]
+                        members = described[5]
+                        if error_code or protocol_type != ConsumerProtocol.PROTOCOL_TYPE:
+                            continue
+                        read = [_member_topics(m[3], m[4]) for m in members]
+                        subscribed: set[str] = set().union(*(r for r in read if r))
+                        for topic in subscribed & found.keys():
+                            found[topic].add(group)
+                        if not members or None in read:
+                            unseen.append(group)
+                            hidden = hidden or bool(members) or group in mine
+                partitions = await self._partitions_of(admin, wanted)
+                for group in unseen if partitions else []:
+                    offsets = await admin.list_consumer_group_offsets(group, partitions=partitions)
+                    for tp, committed in offsets.items():
+                        if committed.offset >= 0 and tp.topic in found:
+                            found[tp.topic].add(group)
+        except KafkaError as exc:
+            raise TransportError(f"learning which groups read {wanted} failed: {exc!r}") from exc
+        return {t: frozenset(g) if g or not hidden else None for t, g in found.items()}
+
+    @staticmethod
+    async def _partitions_of(admin: Any, topics: Sequence[str]) -> list[KafkaTP]:
+        """Every partition of those `topics` that exist (never describing one that does not:
+        that would create it)."""
+        existing = sorted(set(await admin.list_topics()) & set(topics))
+        described = await admin.describe_topics(existing) if existing else []
+        return [KafkaTP(d["topic"], p["partition"]) for d in described for p in d["partitions"]]
 
     async def group_lag(
         self, group_id: str, topics: Sequence[str], *, timeout: float = 10.0

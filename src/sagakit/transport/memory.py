@@ -177,6 +177,15 @@ class MemoryBroker:
         group = self._groups.get(group_id)
         return None if group is None else group.committed.get(tp)
 
+    def readers(self, topic: str) -> frozenset[str]:
+        """The groups with a member subscribed to `topic` or an offset committed on it."""
+        return frozenset(
+            group_id
+            for group_id, group in self._groups.items()
+            if any(topic in m.topics for m in group.members.values())
+            or any(tp.topic == topic for tp in group.committed)
+        )
+
 
 class MemorySubscription:
     """One member of a consumer group on a `MemoryBroker`."""
@@ -328,6 +337,10 @@ class MemoryTransport:
     async def existing_topics(self) -> dict[str, int]:
         await anyio.lowlevel.checkpoint()
         return self.broker.topics()
+
+    async def topic_readers(self, topics: Sequence[str]) -> dict[str, frozenset[str] | None]:
+        await anyio.lowlevel.checkpoint()
+        return {topic: self.broker.readers(topic) for topic in topics}
 
     async def send(self, records: Sequence[OutgoingRecord]) -> list[Delivered]:
         await anyio.lowlevel.checkpoint()
