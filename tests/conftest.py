@@ -1,4 +1,5 @@
-"""Shared fixtures: one embedded broker per test session, fresh names per test."""
+"""Shared fixtures: one embedded broker and one PostgreSQL server per test session (each
+started on first use), fresh names and databases per test."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import pytest
 
 from sagakit.broker import EmbeddedBroker
 from sagakit.transport import KafkaSettings, KafkaTransport
+
+from ._postgres import INSTALL_HINT, LocalPostgres, find_bindir
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +42,31 @@ async def kafka_transport(kafka_settings: KafkaSettings) -> AsyncIterator[KafkaT
 def unique() -> str:
     """A fresh lower-case name for topics, groups and sagas (groups live as long as the broker)."""
     return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[LocalPostgres]:
+    """A PostgreSQL server of the session's own (initdb in a temporary directory, a free
+    loopback port), stopped and deleted at the end.
+
+    Skipped if no server binaries are installed, except under CI (``CI`` set), where that
+    is a failure: `make test` installs them. SAGAKIT_TEST_POSTGRES_LOG=path keeps its log.
+    """
+    bindir = find_bindir()
+    if bindir is None:
+        why = f"no PostgreSQL server binaries (initdb, postgres) found: {INSTALL_HINT}"
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+    log = os.environ.get("SAGAKIT_TEST_POSTGRES_LOG")
+    with LocalPostgres(bindir, log_file=Path(log) if log else None) as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server: LocalPostgres) -> Iterator[str]:
+    """The DSN of a new empty database on the session's server, dropped after the test."""
+    name = f"t{uuid.uuid4().hex[:12]}"
+    dsn = postgres_server.create_database(name)
+    yield dsn
+    postgres_server.drop_database(name)

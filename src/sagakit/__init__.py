@@ -32,6 +32,7 @@ from ._interceptors import Interceptor, Scope
 from ._messages import Command, Envelope, Event, Header, Message, Reply, StartSaga
 from ._orchestrator import Orchestrator
 from ._participant import HandlerContext, Service
+from ._postgres import PostgresStore
 from .eventlog import EventLog, KafkaEventLog, MemoryEventLog
 from .scenario import Ended, Scenario, Start, World
 from .transport import (
@@ -82,6 +83,7 @@ __all__ = (
     "PartitionsLost",
     "PendingCommand",
     "Phase",
+    "PostgresStore",
     "Record",
     "Reply",
     "RetryPolicy",

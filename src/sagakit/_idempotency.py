@@ -15,16 +15,19 @@ pooled connection.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
 
 import anyio
+
+from ._errors import DefinitionError
 
 TxT = TypeVar("TxT")
 TxT_co = TypeVar("TxT_co", covariant=True)
@@ -61,6 +64,22 @@ class IdempotencyStore(Protocol[TxT_co]):
         """One transaction: committed (durably) when the block ends, rolled back if it
         raises. Also for a service's own writes outside handlers."""
         ...
+
+
+def check_handler(store: object, handler: Callable[..., object], what: str) -> None:
+    """DefinitionError if `store` gives handlers a database to await
+    (``requires_async_handlers``, e.g. `PostgresStore`) and `handler` is a plain function;
+    `what` names the handler, e.g. "handler of payments.Charge in service 'payments'"."""
+    if not getattr(store, "requires_async_handlers", False):
+        return
+    call = getattr(handler, "__call__", None)  # noqa: B004 - a callable object's method
+    if inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(call):
+        return
+    name = getattr(handler, "__qualname__", repr(handler))
+    raise DefinitionError(
+        f"{what} ({name}) is a plain function, but {type(store).__name__} gives handlers "
+        "a connection to await (ctx.db): declare it `async def`"
+    )
 
 
 class MemoryStore:
