@@ -34,9 +34,18 @@ from ._dlq import dead_letter, dlq_topic
 from ._errors import BusinessFailure, DecodeError, DefinitionError, PartitionsLost, TransportError
 from ._failure_reply import HandlerFailed
 from ._faults import fault_point
-from ._idempotency import IdempotencyStore, StoredReply, StoreTransaction
+from ._idempotency import IdempotencyStore, StoredReply, StoreTransaction, check_handler
 from ._interceptors import Interceptor, Scope
-from ._messages import Command, Envelope, Event, Message, Reply, is_registered, registered
+from ._messages import (
+    Command,
+    Envelope,
+    Event,
+    Message,
+    Reply,
+    is_registered,
+    registered,
+    undeclared_reply,
+)
 from ._metrics import Metrics
 from ._observed import Observed
 from ._pipeline import Pipeline
@@ -205,6 +214,9 @@ class Service(Observed, Generic[TxT]):
         self._check_type(command, Command, "a Command")
 
         def register(fn: Handler[C, TxT]) -> Handler[C, TxT]:
+            check_handler(
+                self.store, fn, f"handler of {command.message_type} in service {self.name!r}"
+            )
             self._handlers[command.message_type] = fn
             return fn
 
@@ -219,6 +231,9 @@ class Service(Observed, Generic[TxT]):
         self._check_type(event, Event, "an Event")
 
         def register(fn: Reaction[E, TxT]) -> Reaction[E, TxT]:
+            check_handler(
+                self.store, fn, f"reaction to {event.message_type} in service {self.name!r}"
+            )
             self._reactions[event.message_type] = fn
             return fn
 
@@ -800,6 +815,11 @@ def _check_reply(service: str, env: Envelope, result: object) -> Message | None:
             f"returned {type(result).__name__}; "
             "it must return a registered Reply (or raise BusinessFailure)"
         )
+    command = registered(env.message_type)
+    if isinstance(command, type) and issubclass(command, Command):
+        wrong = undeclared_reply(command, result)
+        if wrong is not None:
+            raise TypeError(f"handler of {env.message_type} in service {service!r}: {wrong}")
     return result
 
 

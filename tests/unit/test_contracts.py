@@ -221,7 +221,13 @@ def test_a_command_without_replies_keeps_working_as_before() -> None:
 
 
 def test_every_command_of_the_samples_declares_its_replies() -> None:
-    from examples.transfers.saga import transfer
+    import sys
+    from pathlib import Path
+
+    examples = str(Path(__file__).parents[2] / "examples")
+    if examples not in sys.path:  # imported as `transfers`, as its own tests and the CLI do
+        sys.path.insert(0, examples)
+    from transfers.saga import transfer
 
     for definition in (place_order, transfer):
         for step in definition.resolved():

@@ -142,3 +142,22 @@ async def test_a_handler_that_hangs_times_out_on_the_virtual_clock() -> None:
         ended = await env.wait_until_ended("t-4")
     assert ended.status is SagaStatus.COMPENSATED
     assert ended.failure is not None and "TimeoutError" in ended.failure
+
+
+class Quote(Command, type="failreach.Quote", replies=(Booked,)):
+    ref: str
+
+
+async def test_a_handler_returning_a_reply_its_command_does_not_declare_fails_loudly() -> None:
+    from sagakit.testing import DeadLettered, ServiceHarness
+
+    svc: Service[None] = Service("failreach", MemoryStore(), handler_attempts=1)
+
+    @svc.handles(Quote)
+    def quote(cmd: Quote, ctx: HandlerContext[None]) -> Reply:
+        return Paid()  # a bug: Quote declares only Booked
+
+    async with ServiceHarness(svc) as harness:
+        with pytest.raises(DeadLettered) as caught:
+            await harness.handle(Quote(ref="q"))
+    assert "failreach.Paid is not a reply failreach.Quote declares" in str(caught.value)

@@ -94,7 +94,7 @@ class World:
     """A participant whose answers the test decides: silent, busy, or fine."""
 
     def __init__(self) -> None:
-        self.busy_until: dict[str, int] = {}
+        self.busy_until: dict[str, int] = {}  # per ref (= saga id): busy for this many asks
         self.seen: list[str] = []
         self.service: Service[None] = Service("vtime", MemoryStore())
         self.shipper: Service[None] = Service("vtime-ship", MemoryStore())
@@ -103,7 +103,10 @@ class World:
         @s.handles(Reserve)
         def reserve(cmd: Reserve, ctx: HandlerContext[None]) -> Reply | None:
             self.seen.append(ctx.message_id)
-            if self.busy_until.get(cmd.ref, 0) >= len(self.seen):
+            # busy for the first n asks of this saga (sagas run side by side: never count
+            # another saga's calls)
+            asked = sum(1 for m in self.seen if m.startswith(f"{ctx.saga_id}:reserve:"))
+            if self.busy_until.get(cmd.ref, 0) >= asked:
                 return Busy()
             return Reserved()
 
