@@ -54,6 +54,14 @@ def assemble(
     with the handlers of the chosen style."""
     store = store if store is not None else SqliteStore(f"{name}.sqlite3")
     store.add_schema(schema)
-    service = Service(name, store, partitions=partitions, namespace=namespace, tracing=tracing)
+    # its handlers only read and write SQLite: on the loop, as a thread hop costs more
+    service = Service(
+        name,
+        store,
+        partitions=partitions,
+        namespace=namespace,
+        tracing=tracing,
+        sync_handlers="inline",
+    )
     (orchestrated if style == "orchestration" else choreographed)(service)
     return service

@@ -241,9 +241,13 @@ class SqliteStore:
                     connection.execute(f"ROLLBACK TO {name}")
                 connection.execute(f"RELEASE {name}")
                 group.members += ok
+                watcher = not group.watched
+                group.watched = True
                 if group.members >= self.group_commit or not lock.statistics().tasks_waiting:
                     self._commit(group)
-        while not group.done.is_set():  # a later record of the group commits it
+        if not watcher:  # a later record of the group commits it
+            await group.done.wait()
+        while not group.done.is_set():  # the first one also watches out for nobody coming
             with anyio.move_on_after(0.01):
                 await group.done.wait()
             if not group.done.is_set() and not lock.locked():
@@ -286,6 +290,7 @@ class _Group:
 
     def __init__(self) -> None:
         self.members = 0
+        self.watched = False
         self.opened = time.monotonic()
         self.done = anyio.Event()
         self.error: sqlite3.Error | None = None

@@ -23,7 +23,7 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import anyio
 from anyio.abc import TaskStatus
@@ -144,13 +144,17 @@ class Service(Observed, Generic[TxT]):
         concurrency: int = 64,
         partition_concurrency: int | None = None,
         handler_timeout_s: float | None = 30.0,
+        sync_handlers: Literal["thread", "inline"] = "thread",
     ) -> None:
         """`handler_attempts`: runs of a handler that raises a non-business error (or takes
         longer than `handler_timeout_s`; None: no limit) before the command is answered with
         `HandlerFailed` and goes to the DLQ (with `handler_backoff_s`, doubling, between
         runs). `concurrency`: records of different sagas handled at once in this process
         (`partition_concurrency` of them in one partition); one saga's records are always
-        handled one at a time, in order. Synchronous handlers run in worker threads.
+        handled one at a time, in order. Plain (non-async) handlers run in worker threads, so
+        a blocking call does not stop the others; `sync_handlers="inline"` runs them on the
+        event loop instead, for handlers that never block (a thread hop costs more than a
+        handler that only writes to SQLite).
         `shutdown_grace_s`: how long a cancelled run waits for the records in hand."""
         self.name = name
         self._tracing = tracing if tracing is not None else Tracing.disabled()
@@ -164,6 +168,11 @@ class Service(Observed, Generic[TxT]):
         self.handler_backoff_s = handler_backoff_s
         self.handler_timeout_s = handler_timeout_s
         self.concurrency = concurrency
+        if sync_handlers not in ("thread", "inline"):
+            raise DefinitionError(
+                f"service {name!r}: sync_handlers is 'thread' or 'inline', not {sync_handlers!r}"
+            )
+        self.sync_handlers = sync_handlers
         self.partition_concurrency = partition_concurrency
         self._pipeline: Pipeline | None = None
         self._sender: Sender | None = None
@@ -421,9 +430,13 @@ class Service(Observed, Generic[TxT]):
     ) -> Any:
         if inspect.iscoroutinefunction(handler):
             return await within(self.clock, self.handler_timeout_s, lambda: handler(message, ctx))
-        # in a worker thread, so the loop goes on; it cannot be cut short (a thread that
-        # is abandoned would go on writing in the transaction), so no timeout applies
-        result = await anyio.to_thread.run_sync(handler, message, ctx)
+        # in a worker thread, so the loop goes on (or inline, if the service says its plain
+        # handlers never block); it cannot be cut short (a thread that is abandoned would go
+        # on writing in the transaction), so no timeout applies
+        if self.sync_handlers == "inline":
+            result = handler(message, ctx)
+        else:
+            result = await anyio.to_thread.run_sync(handler, message, ctx)
         if inspect.isawaitable(result):
             awaitable = result
             result = await within(self.clock, self.handler_timeout_s, lambda: awaitable)

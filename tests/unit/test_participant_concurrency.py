@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from sagakit import (
     Command,
+    DefinitionError,
     Envelope,
     HandlerContext,
     MemoryStore,
@@ -216,3 +217,19 @@ def test_each_sagas_records_are_handled_in_order_and_exactly_once(
 
     anyio.run(main)
     assert dict(handled) == {saga: list(range(len(pauses))) for saga, pauses in sagas.items()}
+
+
+async def test_inline_sync_handlers_run_on_the_loop_and_a_wrong_setting_is_refused() -> None:
+    service: Service[None] = Service("conc", MemoryStore(), sync_handlers="inline")
+    threads: list[str] = []
+
+    @service.handles(Work)
+    def work(cmd: Work, ctx: HandlerContext[None]) -> Worked:
+        threads.append(threading.current_thread().name)
+        return Worked(n=cmd.n)
+
+    with anyio.fail_after(5):
+        await serve(service, MemoryTransport(), [command("s1", 1)], 1)
+    assert threads == [threading.main_thread().name]
+    with pytest.raises(DefinitionError, match="sync_handlers is 'thread' or 'inline'"):
+        Service("conc", MemoryStore(), sync_handlers="threads")  # type: ignore[arg-type]
