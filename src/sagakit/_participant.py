@@ -64,6 +64,7 @@ log = logging.getLogger("sagakit.participant")
 
 TxT = TypeVar("TxT")
 C = TypeVar("C", bound=Command)
+T = TypeVar("T")
 E = TypeVar("E", bound=Event)
 
 
@@ -556,26 +557,13 @@ class Service(Observed, Generic[TxT]):
 
     async def _transact(self, record: Record) -> list[OutgoingRecord] | None:
         """The record's outcome, committed; retried while the store fails."""
-        failures = 0
-        while True:
-            try:
-                async with self.store.transaction() as tx:
-                    outgoing = await self._handle(tx, record)
-                return outgoing
-            except Exception as exc:
-                failures += 1
-                self.stats.failed_batches += 1
-                log.error(
-                    "%s: the store failed handling %s[%d]@%d (try %d), trying again: %r",
-                    self.name,
-                    record.topic,
-                    record.partition,
-                    record.offset,
-                    failures,
-                    exc,
-                )
-                if not await self._back_off(record, failures):
-                    return None
+
+        async def once() -> list[OutgoingRecord]:
+            async with self.store.transaction() as tx:
+                outgoing = await self._handle(tx, record)
+            return outgoing
+
+        return await self._keep_trying(record, "handling", once, Exception)
 
     async def handle_one(self, record: Record) -> bool:
         """Handle one record now, outside a consume loop (what `ServiceHarness` does)."""
@@ -589,17 +577,33 @@ class Service(Observed, Generic[TxT]):
         a redelivered record is answered the same)."""
         sender = self._sender
         assert sender is not None, "bind() the service to a transport first"
+
+        async def once() -> bool:
+            await sender.send(outgoing)
+            return True
+
+        sent = await self._keep_trying(record, "sending the outcome of", once, TransportError)
+        return sent is not None
+
+    async def _keep_trying(
+        self,
+        record: Record,
+        doing: str,
+        once: Callable[[], Awaitable[T]],
+        errors: type[Exception],
+    ) -> T | None:
+        """`once()` until it works, backing off; None if the record stopped being ours."""
         failures = 0
         while True:
             try:
-                await sender.send(outgoing)
-                return True
-            except TransportError as exc:
+                return await once()
+            except errors as exc:
                 failures += 1
                 self.stats.failed_batches += 1
                 log.error(
-                    "%s: sending the outcome of %s[%d]@%d failed (try %d), trying again: %s",
+                    "%s: %s %s[%d]@%d failed (try %d), trying again: %r",
                     self.name,
+                    doing,
                     record.topic,
                     record.partition,
                     record.offset,
@@ -607,7 +611,7 @@ class Service(Observed, Generic[TxT]):
                     exc,
                 )
                 if not await self._back_off(record, failures):
-                    return False
+                    return None
 
     async def _back_off(self, record: Record, failures: int) -> bool:
         """Wait before trying a record again; False if it is no longer ours."""
