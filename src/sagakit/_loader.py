@@ -85,16 +85,29 @@ def load_scenario(
                 f"{spec!r} is a scenario, not a factory: it takes no options "
                 f"({', '.join(options)}); name a function or class that makes one"
             )
-        return found
+        return _complete(spec, found)
     if callable(found):
         try:
             made = found(**(options or {}))
         except TypeError as exc:
             raise LoadError(f"{spec!r} does not take those options: {exc}") from exc
         if isinstance(made, Scenario):
-            return made
+            return _complete(spec, made)
         raise LoadError(f"{spec!r} made a {type(made).__name__}, not a Scenario")
     raise LoadError(f"{spec!r} is a {type(found).__name__}, not a Scenario")
+
+
+def _complete(spec: str, scenario: Any) -> Any:
+    """The scenario, if it defines what every run needs (before a run, not after it)."""
+    from .scenario import Scenario
+
+    if type(scenario).check is Scenario.check:
+        raise LoadError(
+            f"{spec!r}: {type(scenario).__name__} defines no check(world, starts), which "
+            "returns the business invariants that do not hold after a run (return [] to "
+            "check only what sagakit checks itself)"
+        )
+    return scenario
 
 
 def spec_of(obj: object, near: str = "") -> str:
