@@ -80,8 +80,12 @@ async def test_handlers_of_different_sagas_wait_on_io_at_the_same_time() -> None
         await all_in.wait()
         return Worked(n=cmd.n)
 
+    transport = MemoryTransport()
     with anyio.fail_after(5):
-        await serve(service, MemoryTransport(), [command(f"s{i}", 1) for i in range(4)], 4)
+        await serve(service, transport, [command(f"s{i}", 1) for i in range(4)], 4)
+    assert waiting == 4  # all four were waiting at once
+    answered = {dict(r.headers)["saga-id"] for r in transport.broker.records(INBOX)}
+    assert answered == {b"s0", b"s1", b"s2", b"s3"}  # and every saga got its reply
 
 
 async def test_a_synchronous_handler_runs_in_a_thread_and_does_not_stop_the_loop() -> None:

@@ -264,8 +264,10 @@ async def test_on_real_time_advance_says_there_is_no_virtual_clock() -> None:
 
 async def test_a_timer_wait_whose_moment_passed_returns_on_the_system_clock() -> None:
     # The orchestrator computes a wait, then the loop is busy past it: the wait must end at
-    # once, not crash the timer task with a negative sleep (which killed orchestrators).
-    from sagakit import SystemClock
+    # once and the timer fire, not crash the timer task with a negative sleep (which
+    # killed orchestrators under chaos: their sagas waited for the next restart).
+    from sagakit import SystemClock, TopicPartition
+    from sagakit._evaluator import Timer
     from sagakit._timers import TimerSchedule
 
     class Late(SystemClock):
@@ -275,6 +277,11 @@ async def test_a_timer_wait_whose_moment_passed_returns_on_the_system_clock() ->
             self.calls += 1
             return super().time() + (0.5 if self.calls > 1 else 0.0)  # later at each look
 
+    clock = Late()
+    schedule = TimerSchedule()
+    tp = TopicPartition("vtime.inbox", 0)
+    timer = Timer("s-1", "timeout", "s-1:ship:1", round(SystemClock().time() * 1000) + 1)
+    schedule.set(tp, "s-1", [timer])
     with anyio.fail_after(2):
-        await TimerSchedule().wait(0.001, Late())
-        await SystemClock().sleep(-1.0)
+        await schedule.wait(0.001, clock)  # by now the clock is 0.5 s past the moment
+    assert schedule.pop_due(round(clock.time() * 1000)) == [(tp, timer)]
