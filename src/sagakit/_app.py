@@ -265,7 +265,12 @@ class AppRunner:
         metrics: Metrics | None = None,
         on_transition: Callable[[Transition], None] | None = None,
         shutdown_grace_s: float = 30.0,
+        service_concurrency: int | None = None,
+        simulated_io_s: float = 0.0,
     ) -> None:
+        """`service_concurrency` overrides every service's `concurrency` (1: one record at a
+        time); `simulated_io_s` makes each service record wait that long first, as if its
+        handler called another system (what `sagakit bench --participant-latency-ms` sets)."""
         self.app = app
         self.transport = transport
         self.namespace = app.namespace if namespace is None else namespace
@@ -298,6 +303,8 @@ class AppRunner:
                     metrics=self.metrics,
                     shutdown_grace_s=shutdown_grace_s,
                     interceptors=(*service.interceptors_given, *app.interceptors),
+                    concurrency=service_concurrency,
+                    simulated_io_s=simulated_io_s,
                 )
                 self.services[which] = service
 

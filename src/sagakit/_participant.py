@@ -169,6 +169,7 @@ class Service(Observed, Generic[TxT]):
         self.handler_backoff_s = handler_backoff_s
         self.handler_timeout_s = handler_timeout_s
         self.concurrency = concurrency
+        self.simulated_io_s = 0.0  # benchmarks: a wait before each record's transaction
         if sync_handlers not in ("thread", "inline"):
             raise DefinitionError(
                 f"service {name!r}: sync_handlers is 'thread' or 'inline', not {sync_handlers!r}"
@@ -288,8 +289,16 @@ class Service(Observed, Generic[TxT]):
         shutdown_grace_s: float | None = None,
         interceptors: Sequence[Interceptor] | None = None,
         clock: Clock | None = None,
+        concurrency: int | None = None,
+        simulated_io_s: float | None = None,
     ) -> None:
         """Settings of a run, given by whatever runs the service (`App`, `sagakit run`)."""
+        if concurrency is not None:
+            if concurrency < 1:
+                raise ValueError(f"service {self.name!r}: concurrency must be at least 1")
+            self.concurrency = concurrency
+        if simulated_io_s is not None:
+            self.simulated_io_s = max(0.0, simulated_io_s)
         if clock is not None:
             self.clock = clock
         if namespace is not None:
@@ -547,6 +556,8 @@ class Service(Observed, Generic[TxT]):
         with anyio.CancelScope(shield=True) as scope:
             self._working.add(scope)
             try:
+                if self.simulated_io_s:
+                    await self.clock.sleep(self.simulated_io_s)
                 outgoing = await self._transact(record)
                 if outgoing is not None:
                     fault_point("participant.before-reply")

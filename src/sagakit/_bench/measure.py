@@ -56,10 +56,19 @@ class Plan:
     bootstrap: str | None = None
     baseline_messages: int = 20_000
     baseline_round_trips: int = 200
+    #: every service record waits this long first (simulated I/O of a handler)
+    participant_latency_ms: float = 0.0
+    #: records each service handles at once (None: the app's own setting; 1: serially)
+    service_concurrency: int | None = None
 
     def describe(self) -> str:
         load = f"{self.concurrency} in flight" if self.mode == "closed" else f"{self.rate:.0f}/s"
-        return f"{self.style}, {self.transport}, {self.mode} {load}"
+        extra = ""
+        if self.participant_latency_ms:
+            extra = f", handlers +{self.participant_latency_ms:g} ms"
+        if self.service_concurrency is not None:
+            extra += f", services {self.service_concurrency} at a time"
+        return f"{self.style}, {self.transport}, {self.mode} {load}{extra}"
 
 
 @dataclass(frozen=True)
@@ -281,6 +290,8 @@ async def measure(
         namespace=namespace,
         profile="embedded" if plan.bootstrap is None else "kafka",
         env=env,
+        service_concurrency=plan.service_concurrency,
+        simulated_io_s=plan.participant_latency_ms / 1000,
     )
     label = plan.describe()
 

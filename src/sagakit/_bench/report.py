@@ -63,6 +63,8 @@ def _series_title(entry: dict[str, Any]) -> str:
         parts.append(f"{entry['orchestrators']} orchestrator(s)")
     parts.append(f"{entry['partitions']} partitions")
     parts.append(f"trace sample {entry['trace_sample']:g}")
+    if entry.get("participant_latency_ms"):
+        parts.append(f"handlers +{entry['participant_latency_ms']:g} ms")
     return ", ".join(parts)
 
 
@@ -173,6 +175,30 @@ def series_grids(entry: dict[str, Any]) -> list[Grid]:
         grids += [Grid(speed.title, speed.headers, speed.rows, [note]), cost]
         hops = hops_grid(f"closed loop at the peak: {title}", peak)
         grids += [hops] if hops else []
+    serial = entry.get("serial")
+    if serial:
+        ratio = serial["ratio"]
+        grids.append(
+            Grid(
+                f"concurrent against serial services: {title}",
+                ["services", "in flight", "sagas/s", "p99 ms"],
+                [
+                    [
+                        str(p["plan"].get("service_concurrency") or "app's setting"),
+                        str(p["plan"]["concurrency"]),
+                        _f(p["sagas_per_s"], 1),
+                        _f(p["latency_ms"]["p99"], 1),
+                    ]
+                    for p in (closed["peak"] if closed else serial["point"], serial["point"])
+                ],
+                [
+                    f"concurrent ÷ serial: {ratio:.2f} times"
+                    if ratio is not None
+                    else "with serial services no saga ended in the measured window "
+                    "(a queue longer than the steps' timeouts: they time out and retry)"
+                ],
+            )
+        )
     opened = entry.get("open")
     if opened:
         speed, cost = _points_grids(

@@ -48,6 +48,17 @@ class RigSetup:
     namespace: str = ""
     profile: str = "embedded"
     env: Mapping[str, str] | None = None
+    service_concurrency: int | None = None
+    simulated_io_s: float = 0.0
+
+    def component_env(self) -> dict[str, str]:
+        """The environment of every component process (`sagakit run` reads these)."""
+        env = dict(self.env or {})
+        if self.service_concurrency is not None:
+            env["SAGAKIT_SERVICE_CONCURRENCY"] = str(self.service_concurrency)
+        if self.simulated_io_s:
+            env["SAGAKIT_SIMULATED_IO_MS"] = repr(self.simulated_io_s * 1000)
+        return env
 
 
 class Rig(Protocol):
@@ -224,7 +235,7 @@ async def kafka_rig(
                 orchestrators=orchestrators,
                 profile=setup.profile,
             ) as processes:
-                env = dict(setup.env or {})
+                env = setup.component_env()
                 names = list(processes.members)
                 # orchestrators one after another (one group), then the services together
                 for i, name in enumerate(processes.orchestrators):
@@ -283,6 +294,8 @@ async def memory_rig(
                         namespace=setup.namespace,
                         partitions=setup.partitions,
                         tracing=tracing,
+                        service_concurrency=setup.service_concurrency,
+                        simulated_io_s=setup.simulated_io_s,
                         on_transition=lambda t: (
                             rig.saw_ended(t.saga_id, float(t.at_ms)) if t.status.terminal else None
                         ),

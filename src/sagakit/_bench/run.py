@@ -40,6 +40,8 @@ class Options:
     plan: Plan = field(default_factory=Plan)
     concurrency_steps: tuple[int, ...] = CONCURRENCY_STEPS
     fractions: tuple[float, ...] = FRACTIONS
+    #: also measure each closed-loop peak with every service handling one record at a time
+    compare_serial: bool = False
 
 
 class Sink:
@@ -163,6 +165,7 @@ async def run_bench(
                     "transport": plan.transport,
                     "orchestrators": plan.orchestrators if style == "orchestration" else 0,
                     "partitions": plan.partitions,
+                    "participant_latency_ms": plan.participant_latency_ms,
                 }
                 peak: float | None = None
                 if options.mode == "closed" or options.rate is None:
@@ -172,6 +175,8 @@ async def run_bench(
                     else:
                         entry["closed"] = await closed_series(base, one, options.concurrency_steps)
                     peak = entry["closed"]["peak"]["sagas_per_s"]
+                    if options.compare_serial:
+                        entry["serial"] = await serial_against(base, entry["closed"]["peak"], one)
                 if options.mode == "open":
                     if options.rate is not None:
                         m = await one(replace(base, mode="open", rate=options.rate))
@@ -203,6 +208,24 @@ async def run_bench(
         async with sink_process() as sink:
             return await run(sink)
     return await run(None)
+
+
+async def serial_against(
+    base: Plan, peak: dict[str, Any], one: Callable[[Plan], Any]
+) -> dict[str, Any]:
+    """The closed-loop peak's load again with every service handling one record at a
+    time: what concurrent handling gains (a ratio in the same run)."""
+    plan = replace(
+        base, mode="closed", concurrency=peak["plan"]["concurrency"], service_concurrency=1
+    )
+    serial = (await one(plan)).to_json()
+    ratio = peak["sagas_per_s"] / serial["sagas_per_s"] if serial["sagas_per_s"] else None
+    return {
+        "point": serial,
+        "concurrent_sagas_per_s": peak["sagas_per_s"],
+        "serial_sagas_per_s": serial["sagas_per_s"],
+        "ratio": None if ratio is None else round(ratio, 2),
+    }
 
 
 def tracing_cost(series: list[dict[str, Any]]) -> dict[str, dict[str, float]]:

@@ -85,6 +85,22 @@ def bench(
         str | None,
         typer.Option(help="A running Kafka; default: a fresh embedded broker per measurement."),
     ] = None,
+    participant_latency_ms: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Each record a service handles first waits this long, as if its handler "
+            "called another system (simulated I/O; see docs/benchmarks.md).",
+        ),
+    ] = 0.0,
+    compare_serial: Annotated[
+        bool,
+        typer.Option(
+            "--compare-serial",
+            help="Also measure the closed-loop peak with every service handling one record "
+            "at a time, and report concurrent ÷ serial.",
+        ),
+    ] = False,
     json_output: Annotated[
         bool, typer.Option("--json", help="One JSON object with every figure on stdout.")
     ] = False,
@@ -132,6 +148,7 @@ def bench(
         concurrency=concurrency,
         rate=rate,
         trace_samples=tuple(trace_sample or (0.0,)),
+        compare_serial=compare_serial,
         plan=Plan(
             transport="memory" if transport is BenchTransport.memory else "kafka",
             orchestrators=orchestrators,
@@ -139,6 +156,7 @@ def bench(
             duration_s=duration,
             warmup_s=warmup,
             bootstrap=bootstrap,
+            participant_latency_ms=participant_latency_ms,
         ),
     )
     err = Console(stderr=True)

@@ -112,6 +112,23 @@ def run(
         float,
         typer.Option(min=0.0, help="Seconds a batch in hand may take to finish on SIGTERM."),
     ] = 30.0,
+    service_concurrency: Annotated[
+        int | None,
+        typer.Option(
+            envvar="SAGAKIT_SERVICE_CONCURRENCY",
+            min=1,
+            help="Records each service handles at once (overrides the app's; 1: serially).",
+        ),
+    ] = None,
+    simulated_io_ms: Annotated[
+        float,
+        typer.Option(
+            envvar="SAGAKIT_SIMULATED_IO_MS",
+            min=0.0,
+            hidden=True,
+            help="Benchmarks: each service record first waits this long (simulated I/O).",
+        ),
+    ] = 0.0,
     log_format: LogFormatOpt = LogFormat.text,
 ) -> None:
     """Run the components of an app until SIGTERM or Ctrl-C (each batch in hand finishes).
@@ -160,6 +177,8 @@ def run(
             partitions=partitions,
             tracing=tracings,
             shutdown_grace_s=shutdown_grace,
+            service_concurrency=service_concurrency,
+            simulated_io_s=simulated_io_ms / 1000,
         )
         async with transport, anyio.create_task_group() as tg:
             tg.start_soon(_stop_on_signals, tg.cancel_scope)
