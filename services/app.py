@@ -4,7 +4,9 @@
     choreography  the same flow with no orchestrator: services reacting to events
 
 Each service keeps its SQLite file (``orders.sqlite3``, ...) in the data directory
-(``sagakit run --data-dir``, default: the current one). PLACE_ORDER_DEMO_DATA=1 seeds
+(``sagakit run --data-dir``, default: the current one), or with ``SAGAKIT_POSTGRES_DSN``
+set, its tables in that PostgreSQL database (`services.db`; docker-compose and deploy/ do
+this). PLACE_ORDER_DEMO_DATA=1 seeds
 the reference data the load generator's orders use (customers, products, regions);
 PLACE_ORDER_DEADLINE_S sets when a choreographed order with no outcome expires.
 """
@@ -12,11 +14,11 @@ PLACE_ORDER_DEADLINE_S sets when a choreographed order with no outcome expires.
 from __future__ import annotations
 
 import os
-import sqlite3
 from typing import Any
 
-from sagakit import App, Service, Transport
+from sagakit import App, PostgresStore, Service, SqliteStore, Transport
 
+from .db import in_transaction
 from .inventory import service as inventory
 from .orders.saga import place_order
 from .orders.service import OrdersApp
@@ -30,8 +32,9 @@ ORDER_DEADLINE_S = float(os.environ.get("PLACE_ORDER_DEADLINE_S", "60"))
 DEMO_RUN = "demo"
 
 
-def services(style: Style) -> tuple[OrdersApp, list[Service[sqlite3.Connection]]]:
-    """The orders app and the four services of `style`, each on its SQLite file."""
+def services(style: Style) -> tuple[OrdersApp, list[Service[Any]]]:
+    """The orders app and the four services of `style`, each on its SQLite file (or its
+    PostgreSQL database, with ``SAGAKIT_POSTGRES_DSN`` set)."""
     orders = OrdersApp(style=style, order_deadline_s=ORDER_DEADLINE_S)
     built = [
         orders.service,
@@ -49,7 +52,9 @@ def _seeder(service: Service[Any]) -> Any:
     async def seed(transport: Transport) -> None:
         from .system import seed_reference
 
-        seed_reference(service.name, service.store.connection, DEMO_RUN)  # type: ignore[attr-defined]
+        store = service.store
+        assert isinstance(store, (SqliteStore, PostgresStore))
+        await in_transaction(store, lambda db: seed_reference(service.name, db, DEMO_RUN))
 
     return seed
 

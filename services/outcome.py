@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from sagakit import Service, SqliteStore
 from sagakit.tracing import Tracing
+
+from .db import Handlers, Store, store_for
 
 Style = Literal["orchestration", "choreography"]
 STYLES: tuple[Style, ...] = ("orchestration", "choreography")
@@ -40,21 +41,25 @@ Outcome.ALREADY_UNDONE = Outcome("undone")
 
 def assemble(
     name: str,
-    store: SqliteStore | None,
+    store: Store | None,
     schema: str,
-    orchestrated: Callable[[Service[sqlite3.Connection]], None],
-    choreographed: Callable[[Service[sqlite3.Connection]], None],
+    orchestrated: Callable[[Handlers], None],
+    choreographed: Callable[[Handlers], None],
     *,
     partitions: int = 8,
     namespace: str = "",
     style: Style = "orchestration",
     tracing: Tracing | None = None,
-) -> Service[sqlite3.Connection]:
-    """A sample service on its store (default: ``NAME.sqlite3`` in the data directory),
-    with the handlers of the chosen style."""
-    store = store if store is not None else SqliteStore(f"{name}.sqlite3")
-    store.add_schema(schema)
-    # its handlers only read and write SQLite: on the loop, as a thread hop costs more
+) -> Service[Any]:
+    """A sample service on its store (default: ``NAME.sqlite3`` in the data directory, or
+    PostgreSQL with ``SAGAKIT_POSTGRES_DSN`` set; see `services.db`), with the handlers of the
+    chosen style."""
+    if store is None:
+        store = store_for(name, schema)
+    elif isinstance(store, SqliteStore):
+        store.add_schema(schema)
+    # on SQLite its handlers only read and write the file: on the loop, as a thread hop
+    # costs more; on PostgreSQL they are bridged (services.db.Handlers)
     service = Service(
         name,
         store,
@@ -63,5 +68,5 @@ def assemble(
         tracing=tracing,
         sync_handlers="inline",
     )
-    (orchestrated if style == "orchestration" else choreographed)(service)
+    (orchestrated if style == "orchestration" else choreographed)(Handlers(service))
     return service

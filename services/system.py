@@ -12,9 +12,10 @@ from typing import Any
 
 from sagakit import App, Service, SqliteStore
 from sagakit.tracing import Tracing
+from services.db import Connection
 
 from .inventory import service as inventory
-from .orders.service import NewOrder, OrdersApp
+from .orders.service import NewOrder, OrderRepository, OrdersApp
 from .outcome import Style
 from .payments import service as payments
 from .shipping import service as shipping
@@ -98,7 +99,7 @@ def system_of(app: App, orders: OrdersApp) -> SampleSystem:
 DEFAULT_MIX = {"credit": 0.1, "stock": 0.1, "shipping": 0.1}
 
 
-def seed_reference(name: str, db: sqlite3.Connection, run: str) -> None:
+def seed_reference(name: str, db: Connection, run: str) -> None:
     """The reference data one service needs for the sample orders of `run`."""
     if name == "payments":
         credit = payments.CreditRepository(db)
@@ -174,20 +175,26 @@ def seed_orders(
 
 
 def check_consistency(system: SampleSystem) -> list[str]:
-    """Violations of the business invariants; an empty list means consistent.
+    """Violations of the business invariants of a system on SQLite (see `violations`)."""
+    return violations(system.db)
+
+
+def violations(db: Callable[[str], Connection]) -> list[str]:
+    """Violations of the business invariants; an empty list means consistent. `db(name)`
+    is the connection of service `name` (SQLite, or `services.db.PostgresConnection`).
 
     Every order ended; credit held equals approved amounts per customer; stock
     reserved equals approved quantities per product and none is negative; one
     shipment per approved order and none for rejected ones; no effect applied twice.
     """
     violations: list[str] = []
-    orders = system.orders.repository.all()
+    orders = OrderRepository(db("orders")).all()
     approved = [o for o in orders if o.status == "APPROVED"]
     for o in orders:
         if o.status not in ("APPROVED", "REJECTED"):
             violations.append(f"order {o.order_id} is {o.status}, not ended")
 
-    credit = payments.CreditRepository(system.db("payments"))
+    credit = payments.CreditRepository(db("payments"))
     held = credit.held_by_customer()
     owed: Counter[str] = Counter()
     for o in approved:
@@ -199,7 +206,7 @@ def check_consistency(system: SampleSystem) -> list[str]:
                 f"approved orders total {owed.get(customer, 0)}"
             )
 
-    stock = inventory.StockRepository(system.db("inventory"))
+    stock = inventory.StockRepository(db("inventory"))
     reserved = stock.reserved_by_product()
     wanted: Counter[str] = Counter()
     for o in approved:
@@ -215,7 +222,7 @@ def check_consistency(system: SampleSystem) -> list[str]:
         if left + reserved.get(product, 0) != initial:
             violations.append(f"product {product}: stock leaked ({left} + reserved != {initial})")
 
-    shipped = shipping.ShipmentRepository(system.db("shipping")).shipments_per_order()
+    shipped = shipping.ShipmentRepository(db("shipping")).shipments_per_order()
     for o in orders:
         n = shipped.get(o.order_id, 0)
         if o.status == "APPROVED" and n != 1:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import sqlite3
+from typing import Any
 
-from sagakit import BusinessFailure, Event, HandlerContext, Service, SqliteStore
+from sagakit import BusinessFailure, Event, HandlerContext, Service
 from sagakit.tracing import Tracing
+from services.db import Connection, Handlers, Store
 from services.orders.events import OrderExpired
 from services.outcome import Outcome, Style, assemble
 from services.payments import events as payments_events
@@ -30,12 +31,13 @@ CREATE INDEX IF NOT EXISTS stock_by_order ON stock_reservations(order_id);
 
 
 class StockRepository:
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: Connection) -> None:
         self.db = db
 
     def add_product(self, product_id: str, stock: int) -> None:
         self.db.execute(
-            "INSERT OR REPLACE INTO products (id, stock, initial) VALUES (?, ?, ?)",
+            "INSERT INTO products (id, stock, initial) VALUES (?, ?, ?) ON CONFLICT(id) "
+            "DO UPDATE SET stock = excluded.stock, initial = excluded.initial",
             (product_id, stock, stock),
         )
 
@@ -127,9 +129,9 @@ def reserve_stock(stock: StockRepository, order_id: str, product_id: str, quanti
 # -- orchestration: commands and replies ---------------------------------------------------------
 
 
-def _orchestrated(service: Service[sqlite3.Connection]) -> None:
+def _orchestrated(service: Handlers) -> None:
     @service.handles(ReserveStock)
-    def on_reserve(cmd: ReserveStock, ctx: HandlerContext[sqlite3.Connection]) -> StockReserved:
+    def on_reserve(cmd: ReserveStock, ctx: HandlerContext[Connection]) -> StockReserved:
         stock = StockRepository(ctx.db)
         outcome = reserve_stock(stock, cmd.order_id, cmd.product_id, cmd.quantity)
         if outcome.refused:
@@ -144,7 +146,7 @@ def _orchestrated(service: Service[sqlite3.Connection]) -> None:
         return StockReserved(order_id=cmd.order_id)
 
     @service.handles(ReleaseStock)
-    def on_release(cmd: ReleaseStock, ctx: HandlerContext[sqlite3.Connection]) -> StockReleased:
+    def on_release(cmd: ReleaseStock, ctx: HandlerContext[Connection]) -> StockReleased:
         StockRepository(ctx.db).release(cmd.order_id, cmd.product_id)
         return StockReleased(order_id=cmd.order_id)
 
@@ -152,10 +154,10 @@ def _orchestrated(service: Service[sqlite3.Connection]) -> None:
 # -- choreography: events and reactions -----------------------------------------------------------
 
 
-def _choreographed(service: Service[sqlite3.Connection]) -> None:
+def _choreographed(service: Handlers) -> None:
     @service.on(payments_events.CreditReserved)
     def on_credit(
-        evt: payments_events.CreditReserved, ctx: HandlerContext[sqlite3.Connection]
+        evt: payments_events.CreditReserved, ctx: HandlerContext[Connection]
     ) -> Event | None:
         o = evt.order
         outcome = reserve_stock(StockRepository(ctx.db), o.order_id, o.product_id, o.quantity)
@@ -165,24 +167,24 @@ def _choreographed(service: Service[sqlite3.Connection]) -> None:
 
     @service.on(shipping_events.ShipmentFailed)
     def on_shipment_failed(
-        evt: shipping_events.ShipmentFailed, ctx: HandlerContext[sqlite3.Connection]
+        evt: shipping_events.ShipmentFailed, ctx: HandlerContext[Connection]
     ) -> Event:
         StockRepository(ctx.db).release(evt.order.order_id, evt.order.product_id)
         return events.StockReleased(order=evt.order, reason=evt.reason)
 
     @service.on(OrderExpired)
-    def on_expired(evt: OrderExpired, ctx: HandlerContext[sqlite3.Connection]) -> None:
+    def on_expired(evt: OrderExpired, ctx: HandlerContext[Connection]) -> None:
         StockRepository(ctx.db).release(evt.order.order_id, evt.order.product_id)
 
 
 def build(
-    store: SqliteStore | None = None,
+    store: Store | None = None,
     *,
     partitions: int = 8,
     namespace: str = "",
     style: Style = "orchestration",
     tracing: Tracing | None = None,
-) -> Service[sqlite3.Connection]:
+) -> Service[Any]:
     return assemble(
         "inventory",
         store,

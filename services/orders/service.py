@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from anyio.abc import TaskStatus
 
 from sagakit import Event, HandlerContext, SagaClient, Service, SqliteStore, Transport
 from sagakit.tracing import Tracing
+from services.db import Connection, Handlers, Store, in_transaction, store_for
 from services.outcome import Style
 from services.payments import events as payments_events
 from services.shipping import events as shipping_events
@@ -71,7 +71,7 @@ def now_ms() -> float:
 
 
 class OrderRepository:
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: Connection) -> None:
         self.db = db
 
     def create(
@@ -82,8 +82,9 @@ class OrderRepository:
         traces = traces or {}
         for o in orders:
             cur = self.db.execute(
-                "INSERT OR IGNORE INTO orders (id, customer_id, product_id, quantity, amount, "
-                "address, status, created_ms, trace) VALUES (?, ?, ?, ?, ?, ?, 'PENDING', ?, ?)",
+                "INSERT INTO orders (id, customer_id, product_id, quantity, amount, address, "
+                "status, created_ms, trace) VALUES (?, ?, ?, ?, ?, ?, 'PENDING', ?, ?) "
+                "ON CONFLICT DO NOTHING",
                 (
                     o.order_id,
                     o.customer_id,
@@ -192,7 +193,7 @@ class OrdersApp:
 
     def __init__(
         self,
-        store: SqliteStore | None = None,
+        store: Store | None = None,
         *,
         partitions: int = 8,
         namespace: str = "",
@@ -201,19 +202,23 @@ class OrdersApp:
         tracing: Tracing | None = None,
         order_deadline_s: float = 60.0,
     ) -> None:
-        self.store = store if store is not None else SqliteStore("orders.sqlite3")
-        self.store.add_schema(SCHEMA)
+        if store is None:
+            store = store_for("orders", SCHEMA)
+        elif isinstance(store, SqliteStore):
+            store.add_schema(SCHEMA)
+        self.store: Store = store
         self.on_ended = on_ended
         self.style = style
         self.order_deadline_s = order_deadline_s
-        self.service: Service[sqlite3.Connection] = Service(
+        self.service: Service[Any] = Service(
             "orders",
             self.store,
             partitions=partitions,
             namespace=namespace,
             tracing=tracing,
-            sync_handlers="inline",  # SQLite only: a thread hop costs more than the handler
+            sync_handlers="inline",  # SQLite: a thread hop costs more than the handler
         )
+        self.handlers = Handlers(self.service)  # bridged on PostgreSQL (services.db)
         self.service.route("POST", ORDERS_PATH)(self._place_request)
         if style == "orchestration":
             self._orchestrated()
@@ -223,6 +228,9 @@ class OrdersApp:
 
     @property
     def repository(self) -> OrderRepository:
+        """The orders table, read outside any transaction (SQLite only: what the sample's
+        checks and tests read)."""
+        assert isinstance(self.store, SqliteStore), "the orders repository reads SQLite only"
         return OrderRepository(self.store.connection)
 
     @property
@@ -241,48 +249,46 @@ class OrdersApp:
     async def _run_deadlines(self, transport: Transport) -> None:
         await self.run_deadlines(transport, self.order_deadline_s)
 
-    def _end(self, db: sqlite3.Connection, order_id: str, status: str, reason: str | None) -> bool:
+    def _end(self, db: Connection, order_id: str, status: str, reason: str | None) -> bool:
         ended = OrderRepository(db).end(order_id, status, reason)
         if ended and self.on_ended is not None:
             self.on_ended(order_id, status)
         return ended
 
     def _orchestrated(self) -> None:
-        @self.service.handles(ApproveOrder)
-        def approve(cmd: ApproveOrder, ctx: HandlerContext[sqlite3.Connection]) -> OrderApproved:
+        @self.handlers.handles(ApproveOrder)
+        def approve(cmd: ApproveOrder, ctx: HandlerContext[Connection]) -> OrderApproved:
             self._end(ctx.db, cmd.order_id, "APPROVED", None)
             return OrderApproved(order_id=cmd.order_id)
 
-        @self.service.handles(RejectOrder)
-        def reject(cmd: RejectOrder, ctx: HandlerContext[sqlite3.Connection]) -> OrderRejected:
+        @self.handlers.handles(RejectOrder)
+        def reject(cmd: RejectOrder, ctx: HandlerContext[Connection]) -> OrderRejected:
             self._end(ctx.db, cmd.order_id, "REJECTED", cmd.reason)
             return OrderRejected(order_id=cmd.order_id)
 
     def _choreographed(self) -> None:
-        @self.service.on(shipping_events.ShipmentScheduled)
+        @self.handlers.on(shipping_events.ShipmentScheduled)
         def on_shipped(
-            evt: shipping_events.ShipmentScheduled, ctx: HandlerContext[sqlite3.Connection]
+            evt: shipping_events.ShipmentScheduled, ctx: HandlerContext[Connection]
         ) -> Event | None:
             if self._end(ctx.db, evt.order.order_id, "APPROVED", None):
                 return events.OrderApproved(order=evt.order)
             return None
 
-        def reject(
-            ctx: HandlerContext[sqlite3.Connection], order: OrderInfo, reason: str
-        ) -> Event | None:
+        def reject(ctx: HandlerContext[Connection], order: OrderInfo, reason: str) -> Event | None:
             if self._end(ctx.db, order.order_id, "REJECTED", reason):
                 return events.OrderRejected(order=order, reason=reason)
             return None
 
-        @self.service.on(payments_events.CreditLimitExceeded)
+        @self.handlers.on(payments_events.CreditLimitExceeded)
         def on_no_credit(
-            evt: payments_events.CreditLimitExceeded, ctx: HandlerContext[sqlite3.Connection]
+            evt: payments_events.CreditLimitExceeded, ctx: HandlerContext[Connection]
         ) -> Event | None:
             return reject(ctx, evt.order, evt.reason)
 
-        @self.service.on(payments_events.CreditReleased)
+        @self.handlers.on(payments_events.CreditReleased)
         def on_released(
-            evt: payments_events.CreditReleased, ctx: HandlerContext[sqlite3.Connection]
+            evt: payments_events.CreditReleased, ctx: HandlerContext[Connection]
         ) -> Event | None:
             return reject(ctx, evt.order, evt.reason)
 
@@ -290,8 +296,9 @@ class OrdersApp:
     async def place(self, transport: Transport, orders: Sequence[NewOrder]) -> None:
         """Create the orders PENDING, then start their sagas or announce them (one batch)."""
         traces = {o.order_id: self._start_trace(o) for o in orders}
-        async with self.store.transaction() as tx:
-            created = OrderRepository(tx.db).create(orders, traces)
+        created = await in_transaction(
+            self.store, lambda db: OrderRepository(db).create(orders, traces)
+        )
         await self._announce(transport, created)
 
     def _start_trace(self, order: NewOrder) -> str | None:
@@ -304,7 +311,7 @@ class OrdersApp:
     async def _announce(self, transport: Transport, orders: Sequence[NewOrder]) -> None:
         if not orders:
             return
-        traces = self.repository.traces([o.order_id for o in orders])
+        traces = await self._traces(orders)
         if self.style == "orchestration":
             client = SagaClient(transport, namespace=self.namespace, tracing=self.tracing)
             await client.start_many(
@@ -330,10 +337,17 @@ class OrdersApp:
         them, this sends the announcement. Its id is deterministic, so where it already
         arrived it is a duplicate and changes nothing.
         """
-        pending = self.repository.pending()
+        pending = await in_transaction(self.store, lambda db: OrderRepository(db).pending())
         await self._announce(transport, pending)
-        await self._publish_expiries(transport, self.repository.with_status("EXPIRING"))
+        expiring = await in_transaction(
+            self.store, lambda db: OrderRepository(db).with_status("EXPIRING")
+        )
+        await self._publish_expiries(transport, expiring)
         return len(pending)
+
+    async def _traces(self, orders: Sequence[NewOrder]) -> dict[str, str | None]:
+        ids = [o.order_id for o in orders]
+        return await in_transaction(self.store, lambda db: OrderRepository(db).traces(ids))
 
     # -- the choreography's safety net ----------------------------------------------------
     async def expire_overdue(self, transport: Transport, deadline_s: float) -> int:
@@ -343,15 +357,17 @@ class OrdersApp:
         OrderExpired is published, then the order is REJECTED. A crash in between is
         finished by `resume_pending`.
         """
-        async with self.store.transaction() as tx:
-            expiring = OrderRepository(tx.db).mark_expiring(now_ms() - deadline_s * 1000)
+        cutoff = now_ms() - deadline_s * 1000
+        expiring = await in_transaction(
+            self.store, lambda db: OrderRepository(db).mark_expiring(cutoff)
+        )
         await self._publish_expiries(transport, expiring)
         return len(expiring)
 
     async def _publish_expiries(self, transport: Transport, orders: Sequence[NewOrder]) -> None:
         if not orders:
             return
-        traces = self.repository.traces([o.order_id for o in orders])
+        traces = await self._traces(orders)
         await transport.send(
             [
                 self.service.event_record(
@@ -364,10 +380,14 @@ class OrdersApp:
                 for o in orders
             ]
         )
-        async with self.store.transaction() as tx:
-            for o in orders:
-                if OrderRepository(tx.db).finish_expiry(o.order_id) and self.on_ended is not None:
-                    self.on_ended(o.order_id, "REJECTED")
+
+        def finish(db: Connection) -> list[str]:
+            repository = OrderRepository(db)
+            return [o.order_id for o in orders if repository.finish_expiry(o.order_id)]
+
+        for order_id in await in_transaction(self.store, finish):
+            if self.on_ended is not None:
+                self.on_ended(order_id, "REJECTED")
 
     async def run_deadlines(
         self,

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import sqlite3
+from typing import Any
 
-from sagakit import BusinessFailure, Event, HandlerContext, Service, SqliteStore
+from sagakit import BusinessFailure, Event, HandlerContext, Service
 from sagakit.tracing import Tracing
+from services.db import Connection, Handlers, Store
 from services.inventory import events as inventory_events
 from services.orders.events import OrderCreated, OrderExpired, OrderInfo
 from services.outcome import Outcome, Style, assemble
@@ -36,7 +37,7 @@ CREATE INDEX IF NOT EXISTS credit_by_customer ON credit_reservations(customer_id
 
 
 class CreditRepository:
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: Connection) -> None:
         self.db = db
 
     def add_customer(self, customer_id: str, credit_limit: int) -> None:
@@ -125,9 +126,9 @@ def reserve_credit(
 # -- orchestration: commands and replies ---------------------------------------------------------
 
 
-def _orchestrated(service: Service[sqlite3.Connection]) -> None:
+def _orchestrated(service: Handlers) -> None:
     @service.handles(ReserveCredit)
-    def on_reserve(cmd: ReserveCredit, ctx: HandlerContext[sqlite3.Connection]) -> CreditReserved:
+    def on_reserve(cmd: ReserveCredit, ctx: HandlerContext[Connection]) -> CreditReserved:
         credit = CreditRepository(ctx.db)
         outcome = reserve_credit(credit, cmd.order_id, cmd.customer_id, cmd.amount)
         if outcome.refused:
@@ -141,7 +142,7 @@ def _orchestrated(service: Service[sqlite3.Connection]) -> None:
         return CreditReserved(order_id=cmd.order_id)
 
     @service.handles(ReleaseCredit)
-    def on_release(cmd: ReleaseCredit, ctx: HandlerContext[sqlite3.Connection]) -> CreditReleased:
+    def on_release(cmd: ReleaseCredit, ctx: HandlerContext[Connection]) -> CreditReleased:
         CreditRepository(ctx.db).release(cmd.order_id, cmd.customer_id)
         return CreditReleased(order_id=cmd.order_id)
 
@@ -149,44 +150,42 @@ def _orchestrated(service: Service[sqlite3.Connection]) -> None:
 # -- choreography: events and reactions -----------------------------------------------------------
 
 
-def _choreographed(service: Service[sqlite3.Connection]) -> None:
+def _choreographed(service: Handlers) -> None:
     @service.on(OrderCreated)
-    def on_order(evt: OrderCreated, ctx: HandlerContext[sqlite3.Connection]) -> Event | None:
+    def on_order(evt: OrderCreated, ctx: HandlerContext[Connection]) -> Event | None:
         o = evt.order
         outcome = reserve_credit(CreditRepository(ctx.db), o.order_id, o.customer_id, o.amount)
         if outcome.refused:
             return events.CreditLimitExceeded(order=o, reason=outcome.reason)
         return events.CreditReserved(order=o) if outcome is Outcome.DONE else None
 
-    def release(ctx: HandlerContext[sqlite3.Connection], order: OrderInfo, reason: str) -> Event:
+    def release(ctx: HandlerContext[Connection], order: OrderInfo, reason: str) -> Event:
         CreditRepository(ctx.db).release(order.order_id, order.customer_id)
         return events.CreditReleased(order=order, reason=reason)
 
     @service.on(inventory_events.OutOfStock)
-    def on_out_of_stock(
-        evt: inventory_events.OutOfStock, ctx: HandlerContext[sqlite3.Connection]
-    ) -> Event:
+    def on_out_of_stock(evt: inventory_events.OutOfStock, ctx: HandlerContext[Connection]) -> Event:
         return release(ctx, evt.order, evt.reason)
 
     @service.on(inventory_events.StockReleased)
     def on_stock_released(
-        evt: inventory_events.StockReleased, ctx: HandlerContext[sqlite3.Connection]
+        evt: inventory_events.StockReleased, ctx: HandlerContext[Connection]
     ) -> Event:
         return release(ctx, evt.order, evt.reason)
 
     @service.on(OrderExpired)
-    def on_expired(evt: OrderExpired, ctx: HandlerContext[sqlite3.Connection]) -> None:
+    def on_expired(evt: OrderExpired, ctx: HandlerContext[Connection]) -> None:
         CreditRepository(ctx.db).release(evt.order.order_id, evt.order.customer_id)
 
 
 def build(
-    store: SqliteStore | None = None,
+    store: Store | None = None,
     *,
     partitions: int = 8,
     namespace: str = "",
     style: Style = "orchestration",
     tracing: Tracing | None = None,
-) -> Service[sqlite3.Connection]:
+) -> Service[Any]:
     return assemble(
         "payments",
         store,

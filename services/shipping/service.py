@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import sqlite3
+from typing import Any
 
-from sagakit import BusinessFailure, Event, HandlerContext, Service, SqliteStore
+from sagakit import BusinessFailure, Event, HandlerContext, Service
 from sagakit.tracing import Tracing
+from services.db import Connection, Handlers, Store
 from services.inventory import events as inventory_events
 from services.orders.events import OrderExpired
 from services.outcome import Outcome, Style, assemble
@@ -26,12 +27,13 @@ CREATE INDEX IF NOT EXISTS shipments_by_order ON shipments(order_id);
 
 
 class ShipmentRepository:
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: Connection) -> None:
         self.db = db
 
     def block_region(self, region: str) -> None:
         self.db.execute(
-            "INSERT OR IGNORE INTO undeliverable_regions (region) VALUES (?)", (region,)
+            "INSERT INTO undeliverable_regions (region) VALUES (?) ON CONFLICT DO NOTHING",
+            (region,),
         )
 
     def deliverable(self, address: str) -> bool:
@@ -63,11 +65,12 @@ class ShipmentRepository:
             )
 
     def schedule(self, order_id: str, address: str) -> str:
-        cur = self.db.execute(
-            "INSERT INTO shipments (order_id, address, status) VALUES (?, ?, 'SCHEDULED')",
+        row = self.db.execute(
+            "INSERT INTO shipments (order_id, address, status) VALUES (?, ?, 'SCHEDULED') "
+            "RETURNING id",
             (order_id, address),
-        )
-        return f"SHP-{cur.lastrowid}"
+        ).fetchone()
+        return f"SHP-{row[0]}"
 
     def shipments_per_order(self) -> dict[str, int]:
         rows = self.db.execute(
@@ -95,11 +98,9 @@ def schedule_shipment(
 # -- orchestration: commands and replies ---------------------------------------------------------
 
 
-def _orchestrated(service: Service[sqlite3.Connection]) -> None:
+def _orchestrated(service: Handlers) -> None:
     @service.handles(ScheduleShipment)
-    def on_schedule(
-        cmd: ScheduleShipment, ctx: HandlerContext[sqlite3.Connection]
-    ) -> ShipmentScheduled:
+    def on_schedule(cmd: ScheduleShipment, ctx: HandlerContext[Connection]) -> ShipmentScheduled:
         outcome, shipment_id = schedule_shipment(
             ShipmentRepository(ctx.db), cmd.order_id, cmd.address
         )
@@ -111,10 +112,10 @@ def _orchestrated(service: Service[sqlite3.Connection]) -> None:
 # -- choreography: events and reactions -----------------------------------------------------------
 
 
-def _choreographed(service: Service[sqlite3.Connection]) -> None:
+def _choreographed(service: Handlers) -> None:
     @service.on(inventory_events.StockReserved)
     def on_stock(
-        evt: inventory_events.StockReserved, ctx: HandlerContext[sqlite3.Connection]
+        evt: inventory_events.StockReserved, ctx: HandlerContext[Connection]
     ) -> Event | None:
         o = evt.order
         outcome, shipment_id = schedule_shipment(ShipmentRepository(ctx.db), o.order_id, o.address)
@@ -125,18 +126,18 @@ def _choreographed(service: Service[sqlite3.Connection]) -> None:
         return None
 
     @service.on(OrderExpired)
-    def on_expired(evt: OrderExpired, ctx: HandlerContext[sqlite3.Connection]) -> None:
+    def on_expired(evt: OrderExpired, ctx: HandlerContext[Connection]) -> None:
         ShipmentRepository(ctx.db).cancel(evt.order.order_id, evt.order.address)
 
 
 def build(
-    store: SqliteStore | None = None,
+    store: Store | None = None,
     *,
     partitions: int = 8,
     namespace: str = "",
     style: Style = "orchestration",
     tracing: Tracing | None = None,
-) -> Service[sqlite3.Connection]:
+) -> Service[Any]:
     return assemble(
         "shipping",
         store,

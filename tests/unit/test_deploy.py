@@ -30,6 +30,7 @@ import yaml
 from sagakit import App, SqliteStore
 from sagakit._http import DEFAULT_HTTP_PORT, HEALTH_PATH, READY_PATH
 from sagakit._loader import load_as, load_object
+from sagakit._postgres import DSN_ENV as POSTGRES_DSN_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -703,7 +704,7 @@ def test_container_commands_use_real_cli_commands_and_options(
     builder, built = compose_builder(compose)
     errors += parse_argv(clis[SAGAKIT], built.get("command", []), {}, builder).errors
     assert errors == []
-    known = all_envvars(clis)
+    known = all_envvars(clis) | {POSTGRES_DSN_ENV}  # the one PostgresStore reads itself
     for c, p in cli_uses:
         unknown = {k for k in c.env if k.startswith("SAGAKIT_") and k not in known}
         assert unknown == set(), f"{c.where}: no CLI option reads {unknown}"
@@ -829,44 +830,109 @@ def test_both_styles_run_every_service_once(
         assert sorted(components) == sorted(sample_app(PROFILE_APPS[style]).components), style
         assert loads[style] == 1
     unprofiled = {n for n, s in compose["services"].items() if "profiles" not in s}
-    assert unprofiled == {"sagakit-image", "kafka", "kafka-init", "jaeger"}
+    assert unprofiled == {"sagakit-image", "kafka", "kafka-init", "jaeger", "postgres"}
     k8s = [p for c, p in cli_uses if c.where.startswith("deploy/") and is_run(p)]
     app = sample_app(PROFILE_APPS["orchestration"])
     assert {spec for p in k8s for spec in p.arguments} == {PROFILE_APPS["orchestration"]}
     assert sorted(c for p in k8s for c in components_of(p)) == sorted(app.components)
 
 
-def test_the_services_sqlite_files_are_on_volumes(
+_STORES = """
+import json, services.app as a
+print(json.dumps({
+    f"{app.name}/{s.name}": [type(s.store).__name__, s.store.dsn, s.store.table]
+    for app in (a.app, a.choreography) for s in app.services
+}))
+"""
+
+
+def test_with_a_postgres_dsn_every_sample_service_keeps_its_state_in_postgres() -> None:
+    dsn = "postgresql://u:p@db.example:5432/x"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SAGAKIT_POSTGRES_DSN": dsn}
+    done = subprocess.run(
+        [sys.executable, "-c", _STORES],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    stores = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(stores) == 8, stores
+    for where, (kind, used, table) in stores.items():
+        assert (kind, used, table) == ("PostgresStore", dsn, f"{where.split('/')[1]}_replies")
+
+
+def init_databases() -> set[str]:
+    """The databases deploy/postgres-init.sql creates."""
+    sql = (DEPLOY / "postgres-init.sql").read_text()
+    return set(re.findall(r"^CREATE DATABASE (\w+);", sql, flags=re.M))
+
+
+def test_the_services_keep_their_state_in_their_own_postgres_database(
     compose: dict[str, Any],
     manifests: list[dict[str, Any]],
     cli_uses: list[tuple[Container, Parsed]],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    created = init_databases()
     seen: set[tuple[str, str]] = set()
     for c, p in cli_uses:
         service = service_of(p)
         if service is None:
             continue
-        assert p.options["data_dir"] == "/data", c.where
-        monkeypatch.setenv("SAGAKIT_DATA_DIR", p.options["data_dir"])  # as `sagakit run` does
-        db = Path(service.store.location)  # where the service opens its SQLite file
-        assert db.name == f"{service.name}.sqlite3", c.where
-        if c.where.startswith("docker-compose.yml"):
-            mounts = dict(v.split(":")[::-1] for v in c.spec["volumes"])
-            volume = mounts[str(db.parent)]
-            assert volume in compose["volumes"], c.where
-        else:
-            container = the_container(c.spec)
-            pod = c.spec["spec"]["template"]["spec"]
-            (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == str(db.parent)]
-            (vol,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
-            volume = vol["persistentVolumeClaim"]["claimName"]
-            named(manifests, "PersistentVolumeClaim", volume)
-            assert c.spec["spec"]["replicas"] == 1, "one writer per SQLite file"
-            assert c.spec["spec"]["strategy"]["type"] == "Recreate"
+        dsn = urlsplit(c.env["SAGAKIT_POSTGRES_DSN"])
+        assert (dsn.scheme, dsn.hostname, dsn.port) == ("postgresql", "postgres", 5432), c.where
+        database = dsn.path.lstrip("/")
+        app = app_of(p)
+        suffix = "_choreography" if app.name.endswith("choreography") else ""
+        assert database == f"{service.name}{suffix}", c.where
+        assert database in created, f"{c.where}: postgres-init.sql creates no {database}"
         artefact = c.where.split(":")[0].split("/")[0]
-        assert (artefact, volume) not in seen, f"{c.where}: shares {volume}"
-        seen.add((artefact, volume))
+        assert (artefact, database) not in seen, f"{c.where}: shares {database}"
+        seen.add((artefact, database))
+        if artefact == "docker-compose.yml":
+            assert c.spec["depends_on"]["postgres"]["condition"] == "service_healthy", c.where
+            assert dsn.password == "${POSTGRES_PASSWORD:-sagakit}", (
+                "the password comes from one place"
+            )
+        else:
+            refs = {
+                e["name"]: e["valueFrom"]["secretKeyRef"]
+                for e in the_container(c.spec)["env"]
+                if "valueFrom" in e and "secretKeyRef" in e["valueFrom"]
+            }
+            secrets = {r["name"] for r in refs.values()}
+            assert len(secrets) == 1 and secrets.pop().startswith("postgres-credentials")
+            assert {r["key"] for r in refs.values()} == {"username", "password"}
+            assert (dsn.username, dsn.password) == ("$(POSTGRES_USER)", "$(POSTGRES_PASSWORD)")
+            assert list(refs) == ["POSTGRES_USER", "POSTGRES_PASSWORD"], "defined before the DSN"
+
+    # the server: its data on a volume, the databases created on first start
+    pg = compose["services"]["postgres"]
+    mounts = {target: source for source, target, *_mode in (v.split(":") for v in pg["volumes"])}
+    assert mounts["/var/lib/postgresql/data"] in compose["volumes"]
+    assert mounts["/docker-entrypoint-initdb.d/init.sql"] == "./deploy/postgres-init.sql"
+    assert (ROOT / "deploy/postgres-init.sql").is_file()
+    sts = named(manifests, "StatefulSet", "postgres")
+    (container,) = sts["spec"]["template"]["spec"]["containers"]
+    mounted = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    claims = {t["metadata"]["name"] for t in sts["spec"]["volumeClaimTemplates"]}
+    assert mounted["/var/lib/postgresql/data"] in claims
+    (svc,) = [d for d in of_kind(manifests, "Service") if d["metadata"]["name"] == "postgres"]
+    assert [p["port"] for p in svc["spec"]["ports"]] == [5432]
+    if kubectl() is not None:  # the generated ConfigMap holds the same script
+        init = next(
+            v
+            for v in sts["spec"]["template"]["spec"]["volumes"]
+            if v["name"] == mounted["/docker-entrypoint-initdb.d"]
+        )
+        (cm,) = [
+            d
+            for d in of_kind(manifests, "ConfigMap")
+            if d["metadata"]["name"] == init["configMap"]["name"]
+        ]
+        assert cm["data"]["init.sql"] == (DEPLOY / "postgres-init.sql").read_text()
 
 
 def test_bootstrap_points_at_the_kafka_of_the_artefact(
@@ -925,8 +991,12 @@ def test_the_dockerfile_installs_the_project_as_a_non_root_sagakit_entrypoint(
     project = pyproject()
     assert project["project"]["requires-python"] == ">=3.11"
     installs = [line for line in build if "pip install" in line]
-    assert installs and all(re.search(r"pip install \.(\s|$)", i) for i in installs), installs
-    assert not any("[" in i or "calfkit" in i for i in installs), "runtime dependencies only"
+    assert installs and all(
+        re.search(r"pip install '\.\[postgres\]'(\s|$)", i) for i in installs
+    ), installs
+    # the runtime extras only: PostgresStore's driver, which the services use in containers
+    assert project["project"]["optional-dependencies"]["postgres"] == ["asyncpg>=0.30"]
+    assert not any(re.search(r"calfkit|[\[,]dev\b", i) for i in installs), "runtime only"
     assert not any("pip install" in line for line in final), "the wheel is built once"
     # the build stage copies what the wheel is built from (the library alone), no more
     packages = project["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"]
@@ -1009,7 +1079,10 @@ def test_kustomize_renders_every_resource_into_one_namespace(
     files = {DEPLOY / r for r in kustomization["resources"]}
     assert files == set(DEPLOY.glob("*.yaml")) - {DEPLOY / "kustomization.yaml"}
     raw = [d for f in files for d in yaml.safe_load_all(f.read_text()) if d]
-    assert len(manifests) == len(raw)
+    generated = [
+        g for kind in ("configMapGenerator", "secretGenerator") for g in kustomization[kind]
+    ]
+    assert len(manifests) == len(raw) + len(generated)
     for d in manifests:
         if d["kind"] != "Namespace":
             assert d["metadata"]["namespace"] == kustomization["namespace"], d["metadata"]["name"]
