@@ -177,13 +177,19 @@ class ProcessSystem:
                 await member.ready.wait()
         return member
 
-    async def start_all(self, wait_ready: float = 60.0) -> None:
-        """Orchestrators one after another (one group), then the services together."""
+    async def start_all(
+        self, wait_ready: float = 60.0, envs: Mapping[str, Mapping[str, str]] | None = None
+    ) -> None:
+        """Orchestrators one after another (one group), then the services together;
+        `envs` adds to the environment of the members it names."""
+        envs = envs or {}
         for name in self.orchestrators:
-            await self.start(name, wait_ready=wait_ready)
+            await self.start(name, env=envs.get(name), wait_ready=wait_ready)
         async with anyio.create_task_group() as tg:
             for name in self.services:
-                tg.start_soon(lambda n: self.start(n, wait_ready=wait_ready), name)
+                tg.start_soon(
+                    lambda n: self.start(n, env=envs.get(n), wait_ready=wait_ready), name
+                )
 
     async def _watch(self, member: Member, process: Process) -> None:
         assert process.stdout is not None

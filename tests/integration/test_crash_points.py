@@ -40,9 +40,7 @@ async def test_crash_at_a_boundary_then_restart_loses_nothing(
     async with sample_processes(
         kafka_broker.bootstrap_servers, tmp_path, namespace=ns, orchestrators=1
     ) as processes:
-        for name in processes.members:
-            env = {"SAGAKIT_CRASH_AT": f"{point}@2"} if name == member else None
-            await processes.start(name, env=env)
+        await processes.start_all(envs={member: {"SAGAKIT_CRASH_AT": f"{point}@2"}})
         await system.orders.place(kafka_transport, orders)
 
         status = await processes.wait_exit(member, timeout=60)

@@ -71,13 +71,11 @@ async def test_a_zombie_orchestrators_late_writes_are_fenced(
     async with sample_processes(
         kafka_broker.bootstrap_servers, tmp_path, namespace=ns
     ) as processes:
-        await processes.start("orchestrator-1")
         # orchestrator-2 stops itself holding its second decided batch, before the append
-        zombie = await processes.start(
-            "orchestrator-2", env={"SAGAKIT_STALL_AT": "orchestrator.before-append@2"}
+        await processes.start_all(
+            envs={"orchestrator-2": {"SAGAKIT_STALL_AT": "orchestrator.before-append@2"}}
         )
-        for name in ("orders", "payments", "inventory", "shipping"):
-            await processes.start(name)
+        zombie = processes.members["orchestrator-2"]
         await system.orders.place(kafka_transport, orders)
         assert zombie.pid is not None
         with anyio.fail_after(30):
