@@ -187,9 +187,7 @@ class ProcessSystem:
             await self.start(name, env=envs.get(name), wait_ready=wait_ready)
         async with anyio.create_task_group() as tg:
             for name in self.services:
-                tg.start_soon(
-                    lambda n: self.start(n, env=envs.get(n), wait_ready=wait_ready), name
-                )
+                tg.start_soon(lambda n: self.start(n, env=envs.get(n), wait_ready=wait_ready), name)
 
     async def _watch(self, member: Member, process: Process) -> None:
         assert process.stdout is not None
