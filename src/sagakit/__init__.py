@@ -4,7 +4,7 @@ from ._app import App, AppRunner
 from ._client import SagaClient
 from ._clock import Clock, SystemClock
 from ._codec import Codec, Incoming, JsonCodec
-from ._definition import RetryPolicy, Saga, SagaInfo, Step
+from ._definition import Parallel, RetryPolicy, Saga, SagaInfo, Step, Switch
 from ._errors import (
     BrokerError,
     BusinessFailure,
@@ -80,6 +80,7 @@ __all__ = (
     "Message",
     "Orchestrator",
     "OutgoingRecord",
+    "Parallel",
     "PartitionsLost",
     "PendingCommand",
     "Phase",
@@ -101,6 +102,7 @@ __all__ = (
     "StartSaga",
     "Step",
     "StoredReply",
+    "Switch",
     "SystemClock",
     "TopicMismatch",
     "TopicPartition",

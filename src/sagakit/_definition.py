@@ -180,9 +180,57 @@ class Step(Generic[S]):
         )
 
 
+@dataclass(frozen=True, init=False)
+class Parallel(Generic[S]):
+    """Branches that run at the same time; the group is done when every branch is.
+
+        Parallel("equipment",
+            Step("order-laptop", ...),
+            [Step("create-mailbox", ...), Step("add-to-lists", ...)],  # a sequence
+        )
+
+    When a step of one branch fails, no new step of any branch starts; the commands in
+    flight are waited for (or time out); then every completed step of every branch is
+    compensated (the branches at the same time, each in reverse order), then the steps
+    before the group.
+    """
+
+    name: str
+    branches: tuple[Any, ...]
+
+    def __init__(self, name: str, *branches: Any) -> None:
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "branches", tuple(branches))
+
+
+@dataclass(frozen=True)
+class Switch(Generic[S]):
+    """One of several branches, chosen by `on(state)` when the saga reaches it.
+
+        Switch("contract", on=lambda s: s.contract, cases={
+            "employee": [Step("enrol-payroll", ...)],
+            "contractor": Step("register-vendor", ...),
+        }, default=[])
+
+    The chosen case is journaled when it is taken: a restart, and compensation, follow
+    it even if the state or the function would choose otherwise later. A key with no case
+    and no `default` fails the saga (it compensates) with the key in the reason.
+    """
+
+    name: str
+    on: Callable[[Any], Any]
+    cases: Mapping[Any, Any]
+    default: Any = None
+
+
+#: A node of a saga's steps.
+Node = Step[S] | Parallel[S] | Switch[S]
+
+
 @dataclass(frozen=True)
 class _ResolvedStep(Generic[S]):
     step: Step[S]
+    #: position among all the saga's steps, nested ones included (depth first)
     index: int
     action: Action[S] | None
     compensation: Action[S] | None
@@ -190,10 +238,63 @@ class _ResolvedStep(Generic[S]):
     failures: frozenset[type[Reply]]
     retryable: frozenset[type[Reply]]
     compensation_failures: frozenset[type[Reply]]
+    #: position of the top-level node holding it (what the pivot is compared with)
+    top: int = 0
 
     @property
     def name(self) -> str:
         return self.step.name
+
+
+@dataclass(frozen=True)
+class _Seq:
+    """Nodes run one after another (the saga's steps, a branch, a case)."""
+
+    nodes: tuple[_Leaf | _Par | _Choice, ...]
+
+
+@dataclass(frozen=True)
+class _Leaf:
+    step: _ResolvedStep[Any]
+
+
+@dataclass(frozen=True)
+class _Par:
+    name: str
+    branches: tuple[_Seq, ...]
+
+
+@dataclass(frozen=True)
+class _Choice:
+    name: str
+    on: Callable[[Any], Any]
+    cases: Mapping[str, _Seq]
+    default: _Seq | None
+
+
+def case_key(value: Any) -> str:
+    """How a `Switch` case is named in the journal (and matched): its key as a string."""
+    if isinstance(value, bool) or value is None:
+        return str(value).lower()
+    if hasattr(value, "value") and isinstance(getattr(value, "value", None), (str, int)):
+        return str(value.value)  # an Enum
+    return str(value)
+
+
+def _leaves(seq: _Seq) -> list[_ResolvedStep[Any]]:
+    found: list[_ResolvedStep[Any]] = []
+    for node in seq.nodes:
+        if isinstance(node, _Leaf):
+            found.append(node.step)
+        elif isinstance(node, _Par):
+            for branch in node.branches:
+                found += _leaves(branch)
+        else:
+            for case in node.cases.values():
+                found += _leaves(case)
+            if node.default is not None:
+                found += _leaves(node.default)
+    return found
 
 
 class Saga(Generic[S]):
@@ -205,7 +306,7 @@ class Saga(Generic[S]):
         *,
         version: int = 1,
         state: type[S],
-        steps: Sequence[Step[S]],
+        steps: Sequence[Node[S]],
         deadline_s: float | None = None,
     ):
         self.name = name
@@ -213,7 +314,8 @@ class Saga(Generic[S]):
         self.state = state
         self.deadline_s = deadline_s
         self.pivot_index: int | None = None
-        self.steps: tuple[Step[S], ...] = tuple(steps)
+        self.steps: tuple[Node[S], ...] = tuple(steps)
+        self.tree = _Seq(())
         self._resolved: tuple[_ResolvedStep[S], ...] = ()
         self._by_name: dict[str, _ResolvedStep[S]] = {}
         self._validate()
@@ -244,7 +346,7 @@ class Saga(Generic[S]):
 
     def after_pivot(self, step: _ResolvedStep[S]) -> bool:
         """True for steps after the pivot: retried forward, never compensated."""
-        return self.pivot_index is not None and step.index > self.pivot_index
+        return self.pivot_index is not None and step.top > self.pivot_index
 
     def step(self, name: str) -> _ResolvedStep[S]:
         try:
@@ -275,26 +377,76 @@ class Saga(Generic[S]):
             math.isfinite(self.deadline_s) and self.deadline_s > 0
         ):
             raise self._fail(None, f"deadline_s must be > 0, got {self.deadline_s!r}")
-        seen: set[str] = set()
-        resolved = []
-        for index, step in enumerate(self.steps):
-            if not isinstance(step, Step):
-                raise self._fail(None, f"steps[{index}] is {step!r}, not a Step")
-            if not isinstance(step.name, str):
-                raise self._fail(None, f"steps[{index}] has name {step.name!r}, not a string")
-            if not _NAME.match(step.name):
-                raise self._fail(
-                    step.name, "name must be lower-case letters, digits, '.', '_' or '-'"
-                )
-            if step.name in seen:
-                raise self._fail(step.name, "duplicate step name")
-            seen.add(step.name)
-            resolved.append(self._resolve(index, step))
+        self._seen: set[str] = set()
+        self._count = 0
+        self.tree = self._sequence(self.steps, "steps", top=None)
+        resolved = _leaves(self.tree)
         self._check_pivot_and_compensation(resolved)
         self._resolved = tuple(resolved)
         self._by_name = {r.name: r for r in resolved}
 
-    def _resolve(self, index: int, step: Step[S]) -> _ResolvedStep[S]:
+    def _named(self, name: object, where: str, what: str) -> str:
+        if not isinstance(name, str):
+            raise self._fail(None, f"{where} has name {name!r}, not a string")
+        if not _NAME.match(name):
+            raise self._fail(name, "name must be lower-case letters, digits, '.', '_' or '-'")
+        if name in self._seen:
+            raise self._fail(name, "duplicate name (every step and group of a saga has its own)")
+        self._seen.add(name)
+        return name
+
+    def _sequence(self, nodes: Any, where: str, top: int | None) -> _Seq:
+        """A branch: one node, or a list of them (the saga's steps when `top` is None)."""
+        if isinstance(nodes, (Step, Parallel, Switch)):
+            nodes = [nodes]
+        if not isinstance(nodes, (list, tuple)):
+            raise self._fail(None, f"{where} is {nodes!r}, not a step, group or list of them")
+        if top is not None and not nodes:
+            raise self._fail(None, f"{where} is empty")
+        out: list[_Leaf | _Par | _Choice] = []
+        for i, node in enumerate(nodes):
+            at = f"{where}[{i}]"
+            position = i if top is None else top
+            if isinstance(node, Step):
+                self._named(node.name, at, "step")
+                out.append(_Leaf(self._resolve(position, node)))
+            elif isinstance(node, Parallel):
+                name = self._named(node.name, at, "group")
+                if len(node.branches) < 2:
+                    raise self._fail(name, "a Parallel group needs at least two branches")
+                branches = tuple(
+                    self._sequence(b, f"{name}.branches[{j}]", position)
+                    for j, b in enumerate(node.branches)
+                )
+                out.append(_Par(name, branches))
+            elif isinstance(node, Switch):
+                out.append(self._switch(node, at, position))
+            else:
+                raise self._fail(None, f"{at} is {node!r}, not a Step, Parallel or Switch")
+        return _Seq(tuple(out))
+
+    def _switch(self, node: Switch[S], at: str, position: int) -> _Choice:
+        name = self._named(node.name, at, "switch")
+        if not callable(node.on):
+            raise self._fail(name, "on must be a function of the state")
+        if not isinstance(node.cases, Mapping) or not node.cases:
+            raise self._fail(name, "cases must be a non-empty dict of key -> steps")
+        cases: dict[str, _Seq] = {}
+        for key, branch in node.cases.items():
+            k = case_key(key)
+            if k in cases:
+                raise self._fail(name, f"two cases are both named {k!r}")
+            cases[k] = self._sequence(branch, f"{name}.cases[{k!r}]", position)
+        default = (
+            None
+            if node.default is None
+            else self._sequence(node.default, f"{name}.default", position)
+        )
+        return _Choice(name, node.on, cases, default)
+
+    def _resolve(self, top: int, step: Step[S]) -> _ResolvedStep[S]:
+        index = self._count
+        self._count += 1
         if step.invoke is None and step.compensate is None:
             raise self._fail(step.name, "has neither invoke nor compensate; it does nothing")
         action = self._action(step, step.invoke, "invoke") if step.invoke is not None else None
@@ -352,6 +504,7 @@ class Saga(Generic[S]):
             frozenset(step.failures),
             frozenset(step.retry_on),
             frozenset(step.compensation_failures),
+            top=top,
         )
 
     def _check_contract(
@@ -501,8 +654,15 @@ class Saga(Generic[S]):
         pivots = [r for r in resolved if r.step.pivot]
         if len(pivots) > 1:
             raise self._fail(pivots[1].name, f"second pivot; {pivots[0].name!r} already is one")
+        if pivots and self.steps[pivots[0].top] is not pivots[0].step:
+            raise self._fail(
+                pivots[0].name,
+                "a pivot must be a step of the saga itself, not inside a Parallel or Switch: "
+                "the point of no return is one moment of the whole saga (make the group's "
+                "steps compensable and put the pivot after it)",
+            )
         pivot = pivots[0].index if pivots else len(resolved)
-        self.pivot_index = pivots[0].index if pivots else None
+        self.pivot_index = pivots[0].top if pivots else None
         if pivots and pivots[0].action is None:
             raise self._fail(pivots[0].name, "a pivot must send a command (invoke)")
 
@@ -526,10 +686,53 @@ class Saga(Generic[S]):
         for r in resolved[:pivot]:
             if r.compensation is not None or r.action is None:
                 continue
-            later = [x for x in resolved[r.index + 1 : pivot + 1] if may_fail(x)]
+            later = [
+                (x, group)
+                for x, group in _followers(self.tree, r.name)
+                if x.index <= pivot and may_fail(x)
+            ]
             if later:
-                raise self._fail(
-                    r.name,
-                    f"has no compensation but is followed by step {later[0].name!r}, "
-                    "which may fail",
+                x, group = later[0]
+                how = (
+                    f"runs beside step {x.name!r} (group {group!r})"
+                    if group
+                    else f"is followed by step {x.name!r}"
                 )
+                raise self._fail(r.name, f"has no compensation but {how}, which may fail")
+
+
+def _followers(tree: _Seq, name: str) -> list[tuple[_ResolvedStep[Any], str | None]]:
+    """The steps that may run after step `name` or while it runs: later in its sequences,
+    and in the other branches of the groups around it (with the group's name). Other cases
+    of a Switch never run with it."""
+
+    def after(seq: _Seq) -> list[tuple[_ResolvedStep[Any], str | None]] | None:
+        for i, node in enumerate(seq.nodes):
+            found = inside(node)
+            if found is not None:
+                rest = [(leaf, None) for n in seq.nodes[i + 1 :] for leaf in _leaves(_Seq((n,)))]
+                return found + rest
+        return None
+
+    def inside(node: _Leaf | _Par | _Choice) -> list[tuple[_ResolvedStep[Any], str | None]] | None:
+        if isinstance(node, _Leaf):
+            return [] if node.step.name == name else None
+        if isinstance(node, _Par):
+            for branch in node.branches:
+                found = after(branch)
+                if found is not None:
+                    others = [
+                        (leaf, node.name)
+                        for b in node.branches
+                        if b is not branch
+                        for leaf in _leaves(b)
+                    ]
+                    return found + others
+            return None
+        for case in (*node.cases.values(), *([node.default] if node.default else [])):
+            found = after(case)
+            if found is not None:
+                return found
+        return None
+
+    return after(tree) or []

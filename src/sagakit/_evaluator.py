@@ -12,14 +12,24 @@ replies.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from ._codec import Incoming
-from ._definition import RetryPolicy, Saga, SagaInfo, _ResolvedStep
+from ._definition import (
+    RetryPolicy,
+    Saga,
+    SagaInfo,
+    _Choice,
+    _Leaf,
+    _Par,
+    _ResolvedStep,
+    _Seq,
+    case_key,
+)
 from ._failure_reply import HandlerFailed
 from ._messages import Command, Message, Reply, ResolveSaga, ResumeSaga, StartSaga, TimerFired
 
@@ -122,17 +132,33 @@ class Transition:
     state: BaseModel
     completed: tuple[str, ...]
     compensated: tuple[str, ...]
-    pending: PendingCommand | None
+    #: the commands sent and not yet answered (several while branches run in parallel)
+    in_flight: tuple[PendingCommand, ...]
     failure: str | None
     correlation_id: str
     started_ms: int
-    next: NextAttempt | None = None
+    #: attempts to send later: after a back-off (`due_ms`), or parked for a person (None)
+    waiting: tuple[NextAttempt, ...] = ()
     deadline_ms: int | None = None
     note: str | None = None
     trace: str | None = None
     #: A digest of the start request's state (on the start transition only): a second
     #: start with another state conflicts.
     start_digest: str | None = None
+    #: the case each `Switch` reached took, by switch name
+    choices: tuple[tuple[str, str], ...] = ()
+    #: a forward step failed (or the deadline passed): the saga is on its way back
+    aborted: bool = False
+
+    @property
+    def pending(self) -> PendingCommand | None:
+        """The command in flight (the first, when branches run in parallel)."""
+        return self.in_flight[0] if self.in_flight else None
+
+    @property
+    def next(self) -> NextAttempt | None:
+        """The attempt waiting to be sent (the first, when several are)."""
+        return self.waiting[0] if self.waiting else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,17 +172,29 @@ class SagaInstance:
     state: BaseModel
     completed: tuple[str, ...]
     compensated: tuple[str, ...]
-    pending: PendingCommand | None
+    in_flight: tuple[PendingCommand, ...]
     failure: str | None
     correlation_id: str
     started_ms: int
     updated_ms: int
     seq: int
     applied: frozenset[str]
-    next: NextAttempt | None = None
+    waiting: tuple[NextAttempt, ...] = ()
     deadline_ms: int | None = None
     trace: str | None = None
     start_digest: str | None = None
+    choices: tuple[tuple[str, str], ...] = ()
+    aborted: bool = False
+
+    @property
+    def pending(self) -> PendingCommand | None:
+        """The command in flight (the first, when branches run in parallel)."""
+        return self.in_flight[0] if self.in_flight else None
+
+    @property
+    def next(self) -> NextAttempt | None:
+        """The attempt waiting to be sent (the first, when several are)."""
+        return self.waiting[0] if self.waiting else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,14 +226,16 @@ def evolve(instance: SagaInstance | None, t: Transition) -> SagaInstance:
         state=t.state,
         completed=t.completed,
         compensated=t.compensated,
-        pending=t.pending,
+        in_flight=t.in_flight,
         failure=t.failure,
         correlation_id=t.correlation_id,
         started_ms=t.started_ms,
         updated_ms=t.at_ms,
         seq=t.seq,
         applied=applied | {t.cause},
-        next=t.next,
+        waiting=t.waiting,
+        choices=t.choices,
+        aborted=t.aborted,
         deadline_ms=t.deadline_ms,
         trace=t.trace if t.trace is not None else (instance.trace if instance else None),
         start_digest=t.start_digest
@@ -216,13 +256,16 @@ def timers(instance: SagaInstance) -> tuple[Timer, ...]:
     """The timers an instance is waiting on (none once it is ended or parked)."""
     if instance.status.settled:
         return ()
-    found = []
-    pending = instance.pending
-    if pending is not None and pending.deadline_ms is not None:
-        found.append(Timer(instance.saga_id, "timeout", pending.message_id, pending.deadline_ms))
-    nxt = instance.next
-    if nxt is not None and nxt.due_ms is not None:
-        found.append(Timer(instance.saga_id, "retry", nxt.ref, nxt.due_ms))
+    found = [
+        Timer(instance.saga_id, "timeout", p.message_id, p.deadline_ms)
+        for p in instance.in_flight
+        if p.deadline_ms is not None
+    ]
+    found += [
+        Timer(instance.saga_id, "retry", w.ref, w.due_ms)
+        for w in instance.waiting
+        if w.due_ms is not None
+    ]
     if instance.deadline_ms is not None and instance.status is SagaStatus.RUNNING:
         found.append(Timer(instance.saga_id, "deadline", "saga", instance.deadline_ms))
     return tuple(found)
@@ -320,7 +363,7 @@ def _start(
         deadline_ms=deadline,
         start_digest=digest,
     )
-    return draft.forward_from(0, "started", None)
+    return draft.progress("started", None)
 
 
 def state_digest(state: BaseModel) -> str:
@@ -335,17 +378,27 @@ def _reply(definition: Saga[Any], instance: SagaInstance, incoming: Incoming[Mes
     env = incoming.envelope
     reply = incoming.message
     assert isinstance(reply, Reply)
-    pending = instance.pending
-    if pending is None or env.causation_id != pending.message_id:
+    pending = next((p for p in instance.in_flight if p.message_id == env.causation_id), None)
+    if pending is None:
+        awaited = ", ".join(p.message_id for p in instance.in_flight) or "nothing"
         return Decision(
             instance=instance,
             ignored=f"reply to {env.causation_id} is not awaited "
-            f"(saga {instance.saga_id} is {instance.status}, awaiting "
-            f"{pending.message_id if pending else 'nothing'})",
+            f"(saga {instance.saga_id} is {instance.status}, awaiting {awaited})",
         )
     step = definition.step(pending.step)
-    draft = _Draft.from_instance(definition, instance, incoming)
     kind = type(reply)
+    if not isinstance(reply, HandlerFailed) and pending.phase is Phase.FORWARD:
+        known = (*step.success, *step.failures, *step.retryable)
+        if kind not in known:
+            expected = sorted(r.message_type for r in known)
+            return Decision(
+                instance=instance,
+                rejected=f"step {step.name!r} of saga {definition.name!r} does not expect "
+                f"{reply.message_type} (expects {', '.join(expected)})",
+            )
+    draft = _Draft.from_instance(definition, instance, incoming)
+    draft.in_flight.remove(pending)
     if isinstance(reply, HandlerFailed):
         # the participant could not handle it, and nothing of it took effect
         what = "compensation of " if pending.phase is Phase.COMPENSATE else ""
@@ -356,28 +409,22 @@ def _reply(definition: Saga[Any], instance: SagaInstance, incoming: Incoming[Mes
                 step, pending, f"compensation of {step.name} failed: {reply.message_type}"
             )
         draft.compensated = (*draft.compensated, step.name)
-        return draft.compensate_next("step-compensated", step.name)
+        return draft.progress("step-compensated", step.name)
     if kind in step.success:
         update = step.success[kind]
         if update is not None:
             draft.state = update(draft.state, reply)
         draft.completed = (*draft.completed, step.name)
-        return draft.forward_from(step.index + 1, "step-succeeded", step.name)
+        return draft.progress("step-succeeded", step.name)
     if kind in step.retryable:
         return draft.retry_or_give_up(step, pending, f"{step.name}: {reply.message_type}")
-    if kind in step.failures:
-        if step.step.on_failure is not None:
-            draft.state = step.step.on_failure(draft.state, reply)
-        draft.failure = f"{step.name}: {reply.message_type}"
-        if pending.uncertain and step.compensation is not None:
-            draft.completed = (*draft.completed, step.name)  # an earlier attempt timed out
-        return draft.compensate_next("step-failed", step.name)
-    expected = sorted(r.message_type for r in (*step.success, *step.failures, *step.retryable))
-    return Decision(
-        instance=instance,
-        rejected=f"step {step.name!r} of saga {definition.name!r} does not expect "
-        f"{reply.message_type} (expects {', '.join(expected)})",
-    )
+    # a business failure
+    if step.step.on_failure is not None:
+        draft.state = step.step.on_failure(draft.state, reply)
+    if pending.uncertain and step.compensation is not None:
+        draft.completed = (*draft.completed, step.name)  # an earlier attempt timed out
+    draft.abort(f"{step.name}: {reply.message_type}")
+    return draft.progress("step-failed", step.name)
 
 
 # -- timers --------------------------------------------------------------------------------
@@ -389,21 +436,17 @@ def _timer(
         return Decision(instance=instance, ignored=f"timer {fired.kind}:{fired.ref} is stale")
     draft = _Draft.from_instance(definition, instance, incoming)
     if fired.kind == "retry":
-        nxt = instance.next
-        assert nxt is not None
-        draft.next = None
-        return draft.issue(
-            "retry",
-            nxt.step,
-            definition.step(nxt.step),
-            nxt.phase,
-            nxt.attempt,
-            nxt.budget_from,
-            uncertain=nxt.uncertain,
-        )
+        nxt = next(w for w in draft.waiting if w.ref == fired.ref)
+        draft.waiting.remove(nxt)
+        step = definition.step(nxt.step)
+        if nxt.phase is Phase.FORWARD and draft.aborting:
+            draft.settle_unsent(step, nxt.uncertain)  # no new attempt once the saga fails
+        else:
+            draft.send(step, nxt.phase, nxt.attempt, nxt.budget_from, uncertain=nxt.uncertain)
+        return draft.progress("retry", nxt.step)
     if fired.kind == "timeout":
-        pending = instance.pending
-        assert pending is not None
+        pending = next(p for p in draft.in_flight if p.message_id == fired.ref)
+        draft.in_flight.remove(pending)
         step = definition.step(pending.step)
         policy = _policy(step, pending.phase)
         return draft.retry_or_give_up(
@@ -414,31 +457,33 @@ def _timer(
         )
     # the saga deadline
     draft.deadline_ms = None
-    current = instance.pending or instance.next
-    if current is not None and current.phase is Phase.FORWARD:
-        step = definition.step(current.step)
-        in_doubt = instance.pending is not None or (
-            instance.next is not None and instance.next.uncertain
+    forward = [p for p in draft.in_flight if p.phase is Phase.FORWARD]
+    later = [w for w in draft.waiting if w.phase is Phase.FORWARD and w.due_ms is not None]
+    doubtful = [
+        name
+        for name in (*(p.step for p in forward), *(w.step for w in later if w.uncertain))
+        if definition.step(name).compensation is None
+    ]
+    if doubtful:
+        # A step in flight may take (or have taken) effect and cannot be undone, so
+        # the steps before it must not be undone either: its outcome decides.
+        draft.note = (
+            f"saga deadline passed while {doubtful[0]} was in doubt; it has no "
+            "compensation, so the saga goes on until its outcome is known"
         )
-        if step.compensation is None and in_doubt:
-            # The step in flight may take (or have taken) effect and cannot be undone, so
-            # the steps before it must not be undone either: its outcome decides.
-            draft.note = (
-                f"saga deadline passed while {step.name} was in doubt; it has no "
-                "compensation, so the saga goes on until its outcome is known"
-            )
-            return draft._decide(
-                "deadline-deferred", step.name, SagaStatus.RUNNING, instance.pending, send=False
-            )
+        return draft.decide("deadline-deferred", doubtful[0], SagaStatus.RUNNING)
     draft.failure = "saga deadline passed"
-    # The step in flight (or waiting to retry after a timeout) may have taken effect:
-    # it is compensated too, so compensations must tolerate "nothing to undo".
-    if current is not None and current.phase is Phase.FORWARD:
-        step = definition.step(current.step)
-        if step.compensation is not None and step.name not in draft.completed:
-            draft.completed = (*draft.completed, step.name)
-    draft.next = None
-    return draft.compensate_next("deadline-passed", current.step if current else None)
+    draft.aborted = True
+    # The steps in flight (or waiting to retry) may have taken effect: they are
+    # compensated too, so compensations must tolerate "nothing to undo". Their late
+    # replies are no longer awaited.
+    for name in (*(p.step for p in forward), *(w.step for w in later)):
+        if name not in draft.completed and definition.step(name).compensation is not None:
+            draft.completed = (*draft.completed, name)
+    draft.in_flight = [p for p in draft.in_flight if p.phase is not Phase.FORWARD]
+    draft.waiting = [w for w in draft.waiting if not (w.phase is Phase.FORWARD and w.due_ms)]
+    current = forward[0].step if forward else (later[0].step if later else None)
+    return draft.progress("deadline-passed", current)
 
 
 # -- people ----------------------------------------------------------------------------------
@@ -457,20 +502,14 @@ def _operator(
     draft = _Draft.from_instance(definition, instance, incoming)
     draft.note = request.note or None
     if isinstance(request, ResolveSaga):
-        draft.next = None
+        draft.waiting = []
         return draft.finish("resolved", None, SagaStatus.RESOLVED)
-    nxt = instance.next
-    assert nxt is not None, "a parked saga records what to retry"
-    draft.next = None
-    return draft.issue(
-        "resumed",
-        nxt.step,
-        definition.step(nxt.step),
-        nxt.phase,
-        nxt.attempt,
-        nxt.attempt,
-        uncertain=nxt.uncertain,
-    )
+    parked = [w for w in draft.waiting if w.due_ms is None]
+    assert parked, "a parked saga records what to retry"
+    for w in parked:
+        draft.waiting.remove(w)
+        draft.send(definition.step(w.step), w.phase, w.attempt, w.attempt, uncertain=w.uncertain)
+    return draft.progress("resumed", parked[0].step)
 
 
 def _policy(step: _ResolvedStep[Any], phase: Phase) -> RetryPolicy:
@@ -494,10 +533,16 @@ class _Draft:
     correlation_id: str
     started_ms: int
     instance: SagaInstance | None = None
-    next: NextAttempt | None = None
+    in_flight: list[PendingCommand] = field(default_factory=list)
+    waiting: list[NextAttempt] = field(default_factory=list)
+    choices: dict[str, str] = field(default_factory=dict)
     deadline_ms: int | None = None
     note: str | None = None
     start_digest: str | None = None
+    #: a forward step failed for good: nothing new starts forward, then compensation
+    aborted: bool = False
+    #: commands to send with this decision
+    outgoing: list[PendingCommand] = field(default_factory=list)
 
     @classmethod
     def from_instance(
@@ -517,31 +562,150 @@ class _Draft:
             correlation_id=instance.correlation_id,
             started_ms=instance.started_ms,
             instance=instance,
-            next=instance.next,
+            in_flight=list(instance.in_flight),
+            waiting=list(instance.waiting),
+            choices=dict(instance.choices),
             deadline_ms=instance.deadline_ms,
+            # records from before the flag: compensating, or a compensation out or parked
+            aborted=instance.aborted
+            or instance.status is SagaStatus.COMPENSATING
+            or any(p.phase is Phase.COMPENSATE for p in instance.in_flight)
+            or any(w.phase is Phase.COMPENSATE for w in instance.waiting),
         )
 
-    def forward_from(self, index: int, event: str, step: str | None) -> Decision:
-        for r in self.definition.resolved()[index:]:
-            if r.action is None:
-                self.completed = (*self.completed, r.name)
-                continue
-            if self.definition.pivot_index is not None and r.index > self.definition.pivot_index:
-                self.deadline_ms = None  # past the point of no return: no more aborting
-            return self.issue(event, step, r, Phase.FORWARD, 1, 1)
-        self.deadline_ms = None
-        return self.finish(event, step, SagaStatus.COMPLETED)
+    # -- where the saga is ---------------------------------------------------------------
+    @property
+    def aborting(self) -> bool:
+        """A forward step failed (or the deadline passed): nothing new starts forward."""
+        return self.aborted
 
-    def compensate_next(self, event: str, step: str | None) -> Decision:
+    def _busy(self) -> set[str]:
+        return {p.step for p in self.in_flight} | {w.step for w in self.waiting}
+
+    def abort(self, reason: str) -> None:
+        """A forward step failed for good: start nothing new; what is in flight is waited
+        for, and attempts waiting for a back-off are dropped (and compensated if an
+        earlier one may have taken effect)."""
+        if not self.aborted:
+            self.failure = reason
+        self.aborted = True
+        for w in [w for w in self.waiting if w.phase is Phase.FORWARD and w.due_ms is not None]:
+            self.waiting.remove(w)
+            self.settle_unsent(self.definition.step(w.step), w.uncertain)
+
+    def settle_unsent(self, step: _ResolvedStep[Any], uncertain: bool) -> None:
+        """A forward step that will not be tried again while the saga fails: compensated
+        if an earlier attempt may have taken effect."""
+        if uncertain and step.compensation is not None and step.name not in self.completed:
+            self.completed = (*self.completed, step.name)
+
+    def progress(self, event: str, step: str | None) -> Decision:
+        """Send what can run now, and say where the saga is: forward while no step has
+        failed, else (once nothing forward is in flight) compensating."""
+        if not self.aborting:
+            ready, problem = self._forward_ready()
+            if problem is not None:
+                self.abort(problem)
+                return self.progress(event, step)
+            for r in ready:
+                if self.definition.pivot_index is not None and r.top > self.definition.pivot_index:
+                    self.deadline_ms = None  # past the point of no return: no more aborting
+                self.send(r, Phase.FORWARD, 1, 1)
+            if not self.in_flight and not self.waiting:
+                self.deadline_ms = None
+                return self.finish(event, step, SagaStatus.COMPLETED)
+            return self.decide(event, step, self._status(SagaStatus.RUNNING))
         self.deadline_ms = None
+        if any(p.phase is Phase.FORWARD for p in self.in_flight):
+            # a branch failed: the commands still out are waited for (or time out)
+            return self.decide(event, step, SagaStatus.COMPENSATING)
+        for r in self._compensation_ready():
+            self.send(r, Phase.COMPENSATE, 1, 1)
+        if not self.in_flight and not self.waiting:
+            return self.finish(event, step, SagaStatus.COMPENSATED)
+        return self.decide(event, step, self._status(SagaStatus.COMPENSATING))
+
+    def _status(self, moving: SagaStatus) -> SagaStatus:
+        """`moving`, unless all that is left waits for a person."""
+        if not self.in_flight and all(w.due_ms is None for w in self.waiting):
+            return SagaStatus.FAILED_NEEDS_ATTENTION
+        return moving
+
+    def _forward_ready(self) -> tuple[list[_ResolvedStep[Any]], str | None]:
+        """The steps that can start now (a Switch reached picks and journals its case);
+        or the reason the saga cannot go on (a Switch with no case for its key)."""
+        ready: list[_ResolvedStep[Any]] = []
+        busy = self._busy()
+        problem: list[str] = []
+
+        def seq(node: _Seq) -> bool:
+            return all(one(n) for n in node.nodes)  # stops at the first not done
+
+        def one(node: _Leaf | _Par | _Choice) -> bool:
+            if isinstance(node, _Leaf):
+                r = node.step
+                if r.name in self.completed:
+                    return True
+                if r.action is None:  # happened before the saga started
+                    self.completed = (*self.completed, r.name)
+                    return True
+                if r.name not in busy:
+                    ready.append(r)
+                return False
+            if isinstance(node, _Par):
+                return all([seq(b) for b in node.branches])  # every branch, at once
+            case = self._case(node)
+            if case is None:
+                problem.append(
+                    f"{node.name}: no case for {self.choices.get(node.name, '?')!r} "
+                    f"(cases: {', '.join(map(repr, node.cases))})"
+                )
+                return False
+            return seq(case)
+
+        seq(self.definition.tree)
+        return ready, (problem[0] if problem else None)
+
+    def _case(self, node: _Choice) -> _Seq | None:
+        key = self.choices.get(node.name)
+        if key is None:
+            try:
+                key = case_key(node.on(self.state))
+            except Exception as exc:  # the definition's own function failed
+                key = f"<{type(exc).__name__}: {exc}>"
+            self.choices[node.name] = key  # journaled: replay and compensation follow it
+        if key in node.cases:
+            return node.cases[key]
+        return node.default
+
+    def _compensation_ready(self) -> list[_ResolvedStep[Any]]:
+        """The compensations that can start now: in each sequence from the last step
+        back, the branches of a group at the same time, the case a Switch took."""
+        ready: list[_ResolvedStep[Any]] = []
+        busy = self._busy()
         done = set(self.compensated)
-        for name in reversed(self.completed):
-            r = self.definition.step(name)
-            if name in done or r.compensation is None:
-                continue
-            return self.issue(event, step, r, Phase.COMPENSATE, 1, 1)
-        return self.finish(event, step, SagaStatus.COMPENSATED)
 
+        def seq(node: _Seq) -> bool:
+            return all(one(n) for n in reversed(node.nodes))
+
+        def one(node: _Leaf | _Par | _Choice) -> bool:
+            if isinstance(node, _Leaf):
+                r = node.step
+                if r.name not in self.completed or r.compensation is None or r.name in done:
+                    return True
+                if r.name not in busy:
+                    ready.append(r)
+                return False
+            if isinstance(node, _Par):
+                return all([seq(b) for b in node.branches])
+            key = self.choices.get(node.name)
+            case = None if key is None else node.cases.get(key, node.default)
+            return case is None or seq(case)
+
+        seq(self.definition.tree)
+        return ready
+
+    # -- failures ------------------------------------------------------------------------
     def retry_or_give_up(
         self,
         step: _ResolvedStep[Any],
@@ -550,42 +714,40 @@ class _Draft:
         *,
         outcome_unknown: bool = False,
     ) -> Decision:
-        """After a retryable failure: the next attempt (now or after a back-off), or give up.
+        """After a retryable failure of `pending` (no longer in flight): the next attempt
+        (now or after a back-off), or give up.
 
-        Giving up compensates (forward, before the pivot) or parks the saga for a
-        person (a compensation, or a step after the pivot).
+        Giving up compensates (forward, before the pivot) or parks the step for a person
+        (a compensation, or a step after the pivot). While the saga is failing anyway, a
+        forward step is not tried again.
         """
         policy = _policy(step, pending.phase)
         made = pending.attempt - pending.budget_from + 1
         uncertain = pending.uncertain or outcome_unknown
+        forward = pending.phase is Phase.FORWARD
+        if forward and self.aborting and not self.definition.after_pivot(step):
+            self.settle_unsent(step, uncertain)
+            return self.progress("step-failed", step.name)
         if made < policy.max_attempts:
             attempt = pending.attempt + 1
             wait = policy.backoff_ms(made, f"{self.saga_id}:{step.name}:{attempt}")
             if wait <= 0:
-                return self.issue(
-                    "retry",
+                self.send(step, pending.phase, attempt, pending.budget_from, uncertain=uncertain)
+                return self.progress("retry", step.name)
+            self.waiting.append(
+                NextAttempt(
                     step.name,
-                    step,
                     pending.phase,
                     attempt,
                     pending.budget_from,
+                    self.at_ms + wait,
                     uncertain=uncertain,
                 )
-            self.next = NextAttempt(
-                step.name,
-                pending.phase,
-                attempt,
-                pending.budget_from,
-                self.at_ms + wait,
-                uncertain=uncertain,
-            )
-            status = (
-                SagaStatus.RUNNING if pending.phase is Phase.FORWARD else SagaStatus.COMPENSATING
             )
             self.note = reason
-            return self._decide("retry-scheduled", step.name, status, None)
+            return self.progress("retry-scheduled", step.name)
         give_up = f"{reason}; gave up after {made} attempt(s)"
-        if pending.phase is Phase.COMPENSATE or self.definition.after_pivot(step):
+        if not forward or self.definition.after_pivot(step):
             return self.park(step, pending, give_up)
         if uncertain and step.compensation is None:
             # It may have taken effect and nothing can undo it: undoing the steps before
@@ -596,36 +758,41 @@ class _Draft:
                 f"{give_up}; {step.name} may have taken effect and has no compensation, so "
                 "the steps before it are not undone (resume retries it, resolve ends the saga)",
             )
-        self.failure = give_up
         if uncertain and step.compensation is not None:
             # the command may have taken effect: compensations must tolerate "nothing to undo"
             self.completed = (*self.completed, step.name)
-        return self.compensate_next("step-failed", step.name)
+        self.abort(give_up)
+        return self.progress("step-failed", step.name)
 
     def park(self, step: _ResolvedStep[Any], pending: PendingCommand, reason: str) -> Decision:
+        """Leave `step` for a person: resume sends it again, resolve ends the saga."""
         self.failure = reason
-        self.next = NextAttempt(
-            step.name,
-            pending.phase,
-            pending.attempt + 1,
-            pending.attempt + 1,
-            None,
-            uncertain=pending.uncertain,
+        self.waiting.append(
+            NextAttempt(
+                step.name,
+                pending.phase,
+                pending.attempt + 1,
+                pending.attempt + 1,
+                None,
+                uncertain=pending.uncertain,
+            )
         )
         self.deadline_ms = None
-        return self._decide("parked", step.name, SagaStatus.FAILED_NEEDS_ATTENTION, None)
+        self.note = None
+        moving = SagaStatus.RUNNING if pending.phase is Phase.FORWARD else SagaStatus.COMPENSATING
+        return self.decide("parked", step.name, self._status(moving))
 
-    def issue(
+    # -- the record ----------------------------------------------------------------------
+    def send(
         self,
-        event: str,
-        step: str | None,
         target: _ResolvedStep[Any],
         phase: Phase,
         attempt: int,
         budget_from: int,
         *,
         uncertain: bool = False,
-    ) -> Decision:
+    ) -> None:
+        """Put an attempt of `target` in flight, to be sent with this decision."""
         action = target.action if phase is Phase.FORWARD else target.compensation
         assert action is not None
         timeout = _policy(target, phase).timeout_s
@@ -649,25 +816,16 @@ class _Draft:
             budget_from=budget_from,
             uncertain=uncertain,
         )
-        self.next = None
-        status = SagaStatus.RUNNING if phase is Phase.FORWARD else SagaStatus.COMPENSATING
-        return self._decide(event, step, status, pending)
+        self.in_flight.append(pending)
+        self.outgoing.append(pending)
 
     def finish(self, event: str, step: str | None, status: SagaStatus) -> Decision:
-        self.next = None
+        self.waiting = []
         self.deadline_ms = None
-        return self._decide(event, step, status, None)
+        return self.decide(event, step, status)
 
-    def _decide(
-        self,
-        event: str,
-        step: str | None,
-        status: SagaStatus,
-        pending: PendingCommand | None,
-        *,
-        send: bool = True,
-    ) -> Decision:
-        """The transition, and `pending` to send unless it is already out (`send` False)."""
+    def decide(self, event: str, step: str | None, status: SagaStatus) -> Decision:
+        """The transition, and the commands this decision put in flight."""
         record = Transition(
             saga_id=self.saga_id,
             saga_type=self.definition.name,
@@ -682,19 +840,21 @@ class _Draft:
             state=self.state,
             completed=self.completed,
             compensated=self.compensated,
-            pending=pending,
+            in_flight=tuple(self.in_flight),
             failure=self.failure,
             correlation_id=self.correlation_id,
             started_ms=self.started_ms,
-            next=self.next,
+            waiting=tuple(self.waiting),
             deadline_ms=self.deadline_ms,
             note=self.note,
             start_digest=self.start_digest,
+            choices=tuple(sorted(self.choices.items())),
+            aborted=self.aborted,
         )
         instance = evolve(self.instance, record)
         return Decision(
             records=(record,),
-            commands=(pending,) if pending is not None and send else (),
+            commands=tuple(self.outgoing),
             timers=timers(instance),
             instance=instance,
         )

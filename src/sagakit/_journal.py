@@ -41,8 +41,37 @@ TRANSITIONS = "transitions"
 CLAIM = "claim"
 
 
+def _encode_pending(p: PendingCommand) -> dict[str, Any]:
+    return {
+        "step": p.step,
+        "phase": p.phase.value,
+        "attempt": p.attempt,
+        "message_id": p.message_id,
+        "topic": p.topic,
+        "type": p.command.message_type,
+        "command": p.command.model_dump(mode="json"),
+        "causation_id": p.causation_id,
+        "deadline": p.deadline_ms,
+        "budget_from": p.budget_from,
+        "uncertain": p.uncertain,
+    }
+
+
+def _encode_next(n: NextAttempt) -> dict[str, Any]:
+    return {
+        "step": n.step,
+        "phase": n.phase.value,
+        "attempt": n.attempt,
+        "budget_from": n.budget_from,
+        "due": n.due_ms,
+        "uncertain": n.uncertain,
+    }
+
+
 def encode_transition(t: Transition) -> bytes:
-    pending = t.pending
+    """One transition as JSON. ``pending`` and ``next`` are lists (a saga with parallel
+    branches has several commands out); records written before they were lists hold one
+    object or null, and are read the same."""
     return orjson.dumps(
         {
             "saga_id": t.saga_id,
@@ -58,41 +87,27 @@ def encode_transition(t: Transition) -> bytes:
             "state": t.state.model_dump(mode="json"),
             "completed": t.completed,
             "compensated": t.compensated,
-            "pending": None
-            if pending is None
-            else {
-                "step": pending.step,
-                "phase": pending.phase.value,
-                "attempt": pending.attempt,
-                "message_id": pending.message_id,
-                "topic": pending.topic,
-                "type": pending.command.message_type,
-                "command": pending.command.model_dump(mode="json"),
-                "causation_id": pending.causation_id,
-                "deadline": pending.deadline_ms,
-                "budget_from": pending.budget_from,
-                "uncertain": pending.uncertain,
-            },
+            "pending": [_encode_pending(p) for p in t.in_flight],
             "failure": t.failure,
             "correlation_id": t.correlation_id,
             "started": t.started_ms,
-            "next": None
-            if t.next is None
-            else {
-                "step": t.next.step,
-                "phase": t.next.phase.value,
-                "attempt": t.next.attempt,
-                "budget_from": t.next.budget_from,
-                "due": t.next.due_ms,
-                "uncertain": t.next.uncertain,
-            },
+            "next": [_encode_next(n) for n in t.waiting],
             "deadline": t.deadline_ms,
             "note": t.note,
             "trace": t.trace,
             **({"start_digest": t.start_digest} if t.start_digest is not None else {}),
+            **({"choices": dict(t.choices)} if t.choices else {}),
+            **({"aborted": True} if t.aborted else {}),
         },
         default=_default,
     )
+
+
+def _listed(value: Any) -> list[Any]:
+    """A list field that older records hold as one object or null."""
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
 
 
 class RawState(BaseModel):
@@ -108,6 +123,29 @@ class RawCommand(Command):
     journaled_type: str = ""
 
 
+def _decode_pending(p: dict[str, Any], saga: Saga[Any] | None) -> PendingCommand:
+    model = registered(p["type"])
+    command: Command
+    if model is not None and issubclass(model, Command):
+        command = model.model_validate(p["command"])
+    elif saga is None:
+        command = RawCommand.model_validate({**p["command"], "journaled_type": p["type"]})
+    else:
+        raise DecodeError(f"journal names unknown command type {p['type']!r}")
+    return PendingCommand(
+        step=p["step"],
+        phase=Phase(p["phase"]),
+        attempt=p["attempt"],
+        message_id=p["message_id"],
+        topic=p["topic"],
+        command=command,
+        causation_id=p["causation_id"],
+        deadline_ms=p.get("deadline"),
+        budget_from=p.get("budget_from", 1),
+        uncertain=p.get("uncertain", False),
+    )
+
+
 def decode_transition(data: bytes, saga: Saga[Any] | None) -> Transition:
     """A journal record; with `saga` None, state and commands stay raw (for display)."""
     try:
@@ -116,34 +154,9 @@ def decode_transition(data: bytes, saga: Saga[Any] | None) -> Transition:
             raise DecodeError(
                 f"journal record of saga type {d['saga_type']!r}, expected {saga.name!r}"
             )
-        p = d["pending"]
-        pending = None
-        if p is not None:
-            model = registered(p["type"])
-            command: Command
-            if model is not None and issubclass(model, Command):
-                command = model.model_validate(p["command"])
-            elif saga is None:
-                command = RawCommand.model_validate({**p["command"], "journaled_type": p["type"]})
-            else:
-                raise DecodeError(f"journal names unknown command type {p['type']!r}")
-            pending = PendingCommand(
-                step=p["step"],
-                phase=Phase(p["phase"]),
-                attempt=p["attempt"],
-                message_id=p["message_id"],
-                topic=p["topic"],
-                command=command,
-                causation_id=p["causation_id"],
-                deadline_ms=p.get("deadline"),
-                budget_from=p.get("budget_from", 1),
-                uncertain=p.get("uncertain", False),
-            )
-        n = d.get("next")
-        nxt = (
-            None
-            if n is None
-            else NextAttempt(
+        in_flight = tuple(_decode_pending(p, saga) for p in _listed(d["pending"]))
+        waiting = tuple(
+            NextAttempt(
                 n["step"],
                 Phase(n["phase"]),
                 n["attempt"],
@@ -151,7 +164,11 @@ def decode_transition(data: bytes, saga: Saga[Any] | None) -> Transition:
                 n["due"],
                 uncertain=n.get("uncertain", False),
             )
+            for n in _listed(d.get("next"))
         )
+        choices = d.get("choices") or {}
+        if not isinstance(choices, dict):
+            raise DecodeError(f"journal choices must be an object, got {choices!r}")
         state_model: type[BaseModel] = saga.state if saga is not None else RawState
         return Transition(
             saga_id=d["saga_id"],
@@ -167,15 +184,17 @@ def decode_transition(data: bytes, saga: Saga[Any] | None) -> Transition:
             state=state_model.model_validate(d["state"]),
             completed=tuple(d["completed"]),
             compensated=tuple(d["compensated"]),
-            pending=pending,
+            in_flight=in_flight,
             failure=d["failure"],
             correlation_id=d["correlation_id"],
             started_ms=d["started"],
-            next=nxt,
+            waiting=waiting,
+            choices=tuple(sorted((str(k), str(v)) for k, v in choices.items())),
             deadline_ms=d.get("deadline"),
             note=d.get("note"),
             trace=d.get("trace"),
             start_digest=d.get("start_digest"),
+            aborted=bool(d.get("aborted", False)),
         )
     except DecodeError:
         raise

@@ -149,18 +149,21 @@ class Metrics(Interceptor):
         labels = (t.saga_type, str(t.version))
         if previous is None:
             self._child(self.started, labels).inc()
-        elif previous.pending is not None and t.pending is not previous.pending:
-            pending = previous.pending
-            outcome = {
-                "step-succeeded": "success",
-                "step-compensated": "compensated",
-                "step-failed": "failure",
-                "deadline-passed": "deadline",
-            }.get(t.event, "retry" if t.event in ("retry", "retry-scheduled") else t.event)
-            phase = "compensate" if pending.phase is Phase.COMPENSATE else "forward"
-            self._child(self.step_seconds, (*labels, pending.step, phase, outcome)).observe(
-                max(0, t.at_ms - previous.updated_ms) / 1000
-            )
+        else:
+            still = {p.message_id for p in t.in_flight}
+            for pending in previous.in_flight:
+                if pending.message_id in still:
+                    continue  # another branch's command was answered
+                outcome = {
+                    "step-succeeded": "success",
+                    "step-compensated": "compensated",
+                    "step-failed": "failure",
+                    "deadline-passed": "deadline",
+                }.get(t.event, "retry" if t.event in ("retry", "retry-scheduled") else t.event)
+                phase = "compensate" if pending.phase is Phase.COMPENSATE else "forward"
+                self._child(self.step_seconds, (*labels, pending.step, phase, outcome)).observe(
+                    max(0, t.at_ms - previous.updated_ms) / 1000
+                )
         if previous is None or previous.status is not t.status:
             counter = {
                 SagaStatus.COMPLETED: self.completed,

@@ -317,9 +317,9 @@ class Orchestrator(Observed):
             part.epoch = replayed.epoch
             part.instances = replayed.instances
             resend = [
-                self._command_record(inst, inst.pending, parent=inst.trace)
+                self._command_record(inst, pending, parent=inst.trace)
                 for inst in replayed.instances.values()
-                if inst.pending is not None
+                for pending in inst.in_flight
             ]
             if resend:
                 await self.transport.send(resend)

@@ -831,8 +831,10 @@ def test_a_compensation_that_keeps_failing_parks_the_saga() -> None:
 def test_timers_are_derived_only_while_the_saga_can_still_move_on_its_own() -> None:
     parked = parked_in_compensation("rtest-no-timers").inst
     due = NextAttempt("a", Phase.COMPENSATE, 4, 4, 9_000)
-    assert timers(replace(parked, next=due, deadline_ms=9_000)) == ()
-    compensating = replace(parked, status=SagaStatus.COMPENSATING, next=due, deadline_ms=9_000)
+    assert timers(replace(parked, waiting=(due,), deadline_ms=9_000)) == ()
+    compensating = replace(
+        parked, status=SagaStatus.COMPENSATING, waiting=(due,), deadline_ms=9_000
+    )
     assert timers(compensating) == (Timer(SAGA_ID, "retry", "a:compensate:4", 9_000),)
     for status in (SagaStatus.COMPENSATED, SagaStatus.RESOLVED, SagaStatus.COMPLETED):
         assert timers(replace(compensating, status=status)) == ()

@@ -70,7 +70,7 @@ def transition(saga_id: str, seq: int, *, cause: str | None = None, amount: int 
         state=STATE.model_copy(update={"amount": amount}),
         completed=("create-order",),
         compensated=(),
-        pending=pending,
+        in_flight=() if pending is None else (pending,),
         failure=None,
         correlation_id=f"{saga_id}-m1",
         started_ms=1_000,
