@@ -4,7 +4,7 @@ from ._app import App, AppRunner
 from ._client import SagaClient
 from ._clock import Clock, SystemClock
 from ._codec import Codec, Incoming, JsonCodec
-from ._definition import Parallel, RetryPolicy, Saga, SagaInfo, Step, Switch
+from ._definition import Parallel, RetryPolicy, Saga, SagaInfo, Step, Switch, WaitFor
 from ._errors import (
     BrokerError,
     BusinessFailure,
@@ -109,6 +109,7 @@ __all__ = (
     "Transition",
     "Transport",
     "TransportError",
+    "WaitFor",
     "World",
     "decide",
     "evolve",

@@ -11,7 +11,7 @@ replies.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from ._codec import Incoming
 from ._definition import (
+    TIMED_OUT,
     RetryPolicy,
     Saga,
     SagaInfo,
@@ -28,10 +29,21 @@ from ._definition import (
     _Par,
     _ResolvedStep,
     _Seq,
+    _Wait,
     case_key,
 )
 from ._failure_reply import HandlerFailed
-from ._messages import Command, Message, Reply, ResolveSaga, ResumeSaga, StartSaga, TimerFired
+from ._messages import (
+    CancelSaga,
+    Command,
+    Message,
+    Reply,
+    ResolveSaga,
+    ResumeSaga,
+    StartSaga,
+    TimerFired,
+    registered,
+)
 
 
 class SagaStatus(StrEnum):
@@ -149,6 +161,10 @@ class Transition:
     choices: tuple[tuple[str, str], ...] = ()
     #: a forward step failed (or the deadline passed): the saga is on its way back
     aborted: bool = False
+    #: the waits (`WaitFor`) the saga has reached, with when each times out (None: never)
+    waits: tuple[tuple[str, int | None], ...] = ()
+    #: signals that came before the saga reached their wait: (type, message id, JSON)
+    signals: tuple[tuple[str, str, str], ...] = ()
 
     @property
     def pending(self) -> PendingCommand | None:
@@ -185,6 +201,8 @@ class SagaInstance:
     start_digest: str | None = None
     choices: tuple[tuple[str, str], ...] = ()
     aborted: bool = False
+    waits: tuple[tuple[str, int | None], ...] = ()
+    signals: tuple[tuple[str, str, str], ...] = ()
 
     @property
     def pending(self) -> PendingCommand | None:
@@ -236,6 +254,8 @@ def evolve(instance: SagaInstance | None, t: Transition) -> SagaInstance:
         waiting=t.waiting,
         choices=t.choices,
         aborted=t.aborted,
+        waits=t.waits,
+        signals=t.signals,
         deadline_ms=t.deadline_ms,
         trace=t.trace if t.trace is not None else (instance.trace if instance else None),
         start_digest=t.start_digest
@@ -265,6 +285,11 @@ def timers(instance: SagaInstance) -> tuple[Timer, ...]:
         Timer(instance.saga_id, "retry", w.ref, w.due_ms)
         for w in instance.waiting
         if w.due_ms is not None
+    ]
+    found += [
+        Timer(instance.saga_id, "wait", name, due)
+        for name, due in instance.waits
+        if due is not None
     ]
     if instance.deadline_ms is not None and instance.status is SagaStatus.RUNNING:
         found.append(Timer(instance.saga_id, "deadline", "saga", instance.deadline_ms))
@@ -300,10 +325,15 @@ def decide(
         return _timer(definition, instance, incoming, message)
     if isinstance(message, (ResumeSaga, ResolveSaga)):
         return _operator(definition, instance, incoming, message)
+    if isinstance(message, CancelSaga):
+        return _cancel(definition, instance, incoming, message)
+    wait = definition.signal_wait(type(message))
+    if wait is not None:
+        return _signal(definition, instance, incoming, wait)
     return Decision(
         instance=instance,
-        rejected=f"{env.message_type} is not a start request, reply, timer or operator "
-        f"request; saga {definition.name!r} cannot handle it",
+        rejected=f"{env.message_type} is not a start request, reply, timer, operator request "
+        f"or a signal one of its waits takes; saga {definition.name!r} cannot handle it",
     )
 
 
@@ -444,6 +474,17 @@ def _timer(
         else:
             draft.send(step, nxt.phase, nxt.attempt, nxt.budget_from, uncertain=nxt.uncertain)
         return draft.progress("retry", nxt.step)
+    if fired.kind == "wait":
+        wait = next(w for w in definition.waits() if w.name == fired.ref)
+        draft.waits.pop(wait.name)
+        reason = f"{wait.name}: no {' or '.join(k.message_type for k in wait.events)} within "
+        reason += f"{wait.timeout_s:g}s"
+        draft.note = reason
+        if wait.on_timeout is None:
+            draft.abort(reason)
+        else:
+            draft.choices[wait.name] = TIMED_OUT  # the steps for a timeout run instead
+        return draft.progress("wait-timed-out", wait.name)
     if fired.kind == "timeout":
         pending = next(p for p in draft.in_flight if p.message_id == fired.ref)
         draft.in_flight.remove(pending)
@@ -484,6 +525,73 @@ def _timer(
     draft.waiting = [w for w in draft.waiting if not (w.phase is Phase.FORWARD and w.due_ms)]
     current = forward[0].step if forward else (later[0].step if later else None)
     return draft.progress("deadline-passed", current)
+
+
+# -- signals and cancel ----------------------------------------------------------------------
+def _signal(
+    definition: Saga[Any], instance: SagaInstance, incoming: Incoming[Message], wait: _Wait
+) -> Decision:
+    """A message for one of the saga's waits: taken now if the saga is at that wait, kept
+    if it has not got there yet, dead-lettered if the saga ended or is past the wait."""
+    env = incoming.envelope
+    if instance.status.terminal:
+        return Decision(
+            instance=instance,
+            rejected=f"signal {env.message_type} for saga {instance.saga_id}, which is "
+            f"{instance.status.value}: nothing waits for it any more",
+            rejected_as="SignalTooLate",
+        )
+    if wait.name in instance.completed or wait.name in dict(instance.choices):
+        return Decision(
+            instance=instance,
+            rejected=f"signal {env.message_type} for saga {instance.saga_id}: it is past "
+            f"{wait.name!r} (that wait was already answered or timed out)",
+            rejected_as="SignalTooLate",
+        )
+    if any(message_id == env.message_id for _t, message_id, _p in instance.signals):
+        return Decision(instance=instance, ignored=f"duplicate signal {env.message_id}")
+    draft = _Draft.from_instance(definition, instance, incoming)
+    message = incoming.message
+    if wait.name in draft.waits:  # the saga is there: the signal decides the wait
+        draft.take_signal(wait, message)
+        return draft.progress("signalled", wait.name)
+    payload = message.__pydantic_serializer__.to_json(message).decode()
+    draft.signals.append((env.message_type, env.message_id, payload))
+    draft.note = f"signal {env.message_type} kept until the saga reaches {wait.name!r}"
+    status = instance.status
+    return draft.decide("signal-kept", wait.name, status)
+
+
+def _cancel(
+    definition: Saga[Any], instance: SagaInstance, incoming: Incoming[Message], request: CancelSaga
+) -> Decision:
+    if instance.status.settled:
+        return Decision(
+            instance=instance,
+            rejected=f"cancel of saga {instance.saga_id} refused: it is {instance.status.value}"
+            + (" (resolve a parked saga instead)" if not instance.status.terminal else ""),
+            rejected_as="CancelRefused",
+        )
+    pivot = definition.pivot_index
+    if pivot is not None:
+        sent = {p.step for p in instance.in_flight} | set(instance.completed)
+        sent |= {w.step for w in instance.waiting}
+        past = [r.name for r in definition.resolved() if r.top >= pivot and r.name in sent]
+        if past:
+            return Decision(
+                instance=instance,
+                rejected=f"cancel of saga {instance.saga_id} refused: it is past its pivot "
+                f"{definition.steps[pivot].name!r} ({past[0]} was sent), so it can only go "
+                "forward",
+                rejected_as="CancelRefused",
+            )
+    draft = _Draft.from_instance(definition, instance, incoming)
+    if draft.aborting:
+        return Decision(instance=instance, ignored=f"saga {instance.saga_id} is already undoing")
+    reason = f"cancelled: {request.reason}" if request.reason else "cancelled"
+    draft.abort(reason)
+    draft.note = reason
+    return draft.progress("cancelled", None)
 
 
 # -- people ----------------------------------------------------------------------------------
@@ -541,6 +649,8 @@ class _Draft:
     start_digest: str | None = None
     #: a forward step failed for good: nothing new starts forward, then compensation
     aborted: bool = False
+    waits: dict[str, int | None] = field(default_factory=dict)
+    signals: list[tuple[str, str, str]] = field(default_factory=list)
     #: commands to send with this decision
     outgoing: list[PendingCommand] = field(default_factory=list)
 
@@ -565,6 +675,8 @@ class _Draft:
             in_flight=list(instance.in_flight),
             waiting=list(instance.waiting),
             choices=dict(instance.choices),
+            waits=dict(instance.waits),
+            signals=list(instance.signals),
             deadline_ms=instance.deadline_ms,
             # records from before the flag: compensating, or a compensation out or parked
             aborted=instance.aborted
@@ -589,6 +701,7 @@ class _Draft:
         if not self.aborted:
             self.failure = reason
         self.aborted = True
+        self.waits = {}  # nobody waits for a signal on the way back
         for w in [w for w in self.waiting if w.phase is Phase.FORWARD and w.due_ms is not None]:
             self.waiting.remove(w)
             self.settle_unsent(self.definition.step(w.step), w.uncertain)
@@ -603,7 +716,7 @@ class _Draft:
         """Send what can run now, and say where the saga is: forward while no step has
         failed, else (once nothing forward is in flight) compensating."""
         if not self.aborting:
-            ready, problem = self._forward_ready()
+            ready, problem, done = self._forward_ready()
             if problem is not None:
                 self.abort(problem)
                 return self.progress(event, step)
@@ -611,7 +724,7 @@ class _Draft:
                 if self.definition.pivot_index is not None and r.top > self.definition.pivot_index:
                     self.deadline_ms = None  # past the point of no return: no more aborting
                 self.send(r, Phase.FORWARD, 1, 1)
-            if not self.in_flight and not self.waiting:
+            if done and not self.in_flight and not self.waiting:
                 self.deadline_ms = None
                 return self.finish(event, step, SagaStatus.COMPLETED)
             return self.decide(event, step, self._status(SagaStatus.RUNNING))
@@ -626,14 +739,17 @@ class _Draft:
         return self.decide(event, step, self._status(SagaStatus.COMPENSATING))
 
     def _status(self, moving: SagaStatus) -> SagaStatus:
-        """`moving`, unless all that is left waits for a person."""
-        if not self.in_flight and all(w.due_ms is None for w in self.waiting):
+        """`moving`, unless all that is left waits for a person to resume or resolve it."""
+        idle = not self.in_flight and not self.waits
+        if idle and self.waiting and all(w.due_ms is None for w in self.waiting):
             return SagaStatus.FAILED_NEEDS_ATTENTION
         return moving
 
-    def _forward_ready(self) -> tuple[list[_ResolvedStep[Any]], str | None]:
-        """The steps that can start now (a Switch reached picks and journals its case);
-        or the reason the saga cannot go on (a Switch with no case for its key)."""
+    def _forward_ready(self) -> tuple[list[_ResolvedStep[Any]], str | None, bool]:
+        """The steps that can start now (a Switch reached picks and journals its case, a
+        wait reached takes a signal kept for it or starts waiting), the reason the saga
+        cannot go on (a Switch with no case for its key, a failure signal), and whether
+        every step is done."""
         ready: list[_ResolvedStep[Any]] = []
         busy = self._busy()
         problem: list[str] = []
@@ -641,7 +757,9 @@ class _Draft:
         def seq(node: _Seq) -> bool:
             return all(one(n) for n in node.nodes)  # stops at the first not done
 
-        def one(node: _Leaf | _Par | _Choice) -> bool:
+        def one(node: _Leaf | _Par | _Choice | _Wait) -> bool:
+            if isinstance(node, _Wait):
+                return self._at_wait(node, problem, seq)
             if isinstance(node, _Leaf):
                 r = node.step
                 if r.name in self.completed:
@@ -663,8 +781,42 @@ class _Draft:
                 return False
             return seq(case)
 
-        seq(self.definition.tree)
-        return ready, (problem[0] if problem else None)
+        done = seq(self.definition.tree)
+        return ready, (problem[0] if problem else None), done
+
+    def _at_wait(self, node: _Wait, problem: list[str], seq: Callable[[_Seq], bool]) -> bool:
+        """The saga has reached `node`: done if its signal came, the timeout steps if it
+        timed out, else waiting (a signal kept for it is taken now)."""
+        if node.name in self.completed:
+            return True
+        if self.choices.get(node.name) == TIMED_OUT:
+            assert node.on_timeout is not None
+            return seq(node.on_timeout)
+        for kept in self.signals:
+            model = registered(kept[0])
+            if model is not None and node.accepts(model):
+                self.signals.remove(kept)
+                failed = self.take_signal(node, model.model_validate_json(kept[2]))
+                if failed is not None:
+                    problem.append(failed)
+                    return False
+                return True
+        if node.name not in self.waits:
+            due = None if node.timeout_s is None else self.at_ms + round(node.timeout_s * 1000)
+            self.waits[node.name] = due
+        return False
+
+    def take_signal(self, wait: _Wait, message: Message) -> str | None:
+        """`message` answers `wait`: on (None) or a failure (the reason)."""
+        self.waits.pop(wait.name, None)
+        if type(message) in wait.failures:
+            reason = f"{wait.name}: {message.message_type}"
+            self.abort(reason)
+            return reason
+        if wait.on_event is not None:
+            self.state = wait.on_event(self.state, message)
+        self.completed = (*self.completed, wait.name)
+        return None
 
     def _case(self, node: _Choice) -> _Seq | None:
         key = self.choices.get(node.name)
@@ -688,7 +840,10 @@ class _Draft:
         def seq(node: _Seq) -> bool:
             return all(one(n) for n in reversed(node.nodes))
 
-        def one(node: _Leaf | _Par | _Choice) -> bool:
+        def one(node: _Leaf | _Par | _Choice | _Wait) -> bool:
+            if isinstance(node, _Wait):
+                timed_out = self.choices.get(node.name) == TIMED_OUT
+                return not timed_out or node.on_timeout is None or seq(node.on_timeout)
             if isinstance(node, _Leaf):
                 r = node.step
                 if r.name not in self.completed or r.compensation is None or r.name in done:
@@ -821,6 +976,7 @@ class _Draft:
 
     def finish(self, event: str, step: str | None, status: SagaStatus) -> Decision:
         self.waiting = []
+        self.waits = {}
         self.deadline_ms = None
         return self.decide(event, step, status)
 
@@ -850,6 +1006,8 @@ class _Draft:
             start_digest=self.start_digest,
             choices=tuple(sorted(self.choices.items())),
             aborted=self.aborted,
+            waits=tuple(sorted(self.waits.items())),
+            signals=tuple(self.signals),
         )
         instance = evolve(self.instance, record)
         return Decision(

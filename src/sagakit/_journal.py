@@ -98,6 +98,8 @@ def encode_transition(t: Transition) -> bytes:
             **({"start_digest": t.start_digest} if t.start_digest is not None else {}),
             **({"choices": dict(t.choices)} if t.choices else {}),
             **({"aborted": True} if t.aborted else {}),
+            **({"waits": dict(t.waits)} if t.waits else {}),
+            **({"signals": [list(x) for x in t.signals]} if t.signals else {}),
         },
         default=_default,
     )
@@ -195,6 +197,8 @@ def decode_transition(data: bytes, saga: Saga[Any] | None) -> Transition:
             trace=d.get("trace"),
             start_digest=d.get("start_digest"),
             aborted=bool(d.get("aborted", False)),
+            waits=tuple(sorted((str(k), v) for k, v in (d.get("waits") or {}).items())),
+            signals=tuple((str(a), str(b), str(c)) for a, b, c in d.get("signals") or ()),
         )
     except DecodeError:
         raise

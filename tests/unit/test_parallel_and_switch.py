@@ -52,14 +52,14 @@ def command(name: str) -> type[Command]:
         ns["__annotations__"] = {"person": str}
         ns["__module__"] = __name__
 
-    return types.new_class(name, (Command,), {"type": f"ptest.{name}"}, body)
+    return types.new_class(name, (Command,), {"type": f"pstest.{name}"}, body)
 
 
 def reply_type(name: str) -> type[Reply]:
     def body(ns: dict[str, Any]) -> None:
         ns["__module__"] = __name__
 
-    return types.new_class(name, (Reply,), {"type": f"ptest.{name}"}, body)
+    return types.new_class(name, (Reply,), {"type": f"pstest.{name}"}, body)
 
 
 DO = {n: command(f"Do{n.title()}") for n in "abcdefg"}
@@ -196,7 +196,7 @@ def test_a_failing_branch_stops_the_others_waits_for_what_is_out_then_undoes_eve
     failed = run.answer("b", REFUSED["b"]())
     # nothing new starts; d is still out, so nothing is undone yet
     assert sent(failed) == [] and run.inst.status is SagaStatus.COMPENSATING
-    assert run.inst.failure == "b: ptest.BRefused"
+    assert run.inst.failure == "b: pstest.BRefused"
     assert [p.step for p in run.inst.in_flight] == ["d"]
     # d answers (it took effect): now its branch is undone, d before c, then a
     undone = run.answer("d", DONE["d"]())
