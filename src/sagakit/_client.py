@@ -137,9 +137,7 @@ class SagaClient:
         ``Approved``. A saga that has not reached the wait yet keeps it; one that has
         ended, or is past that wait, dead-letters it with the reason. Give a `message_id`
         (the webhook's delivery id, say) to make a signal sent twice count once."""
-        await self.transport.send(
-            [self.operator_record(saga_type, saga_id, message, message_id)]
-        )
+        await self.transport.send([self.operator_record(saga_type, saga_id, message, message_id)])
 
     async def cancel(self, saga_type: str, saga_id: str, reason: str) -> None:
         """Ask a running saga to stop: before its pivot it compensates what it did and

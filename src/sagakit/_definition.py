@@ -55,6 +55,9 @@ class SagaInfo:
     step: str
     attempt: int
     failure: str | None = None
+    #: for the step of a `ForEach`: which item (its index in the list) and the item
+    index: int | None = None
+    item: Any = None
 
 
 #: Builds a command from the saga state: a Command class (fields copied from the
@@ -245,8 +248,34 @@ class WaitFor(Generic[S]):
     on_timeout: Any = "fail"
 
 
+@dataclass(frozen=True)
+class ForEach(Generic[S]):
+    """The same step for every item of a list in the state, up to `max_parallel` at once.
+
+        def book(state: Hire, saga: SagaInfo) -> BookTraining:
+            return BookTraining(person=state.person, course=saga.item)
+
+        ForEach("trainings", items=lambda s: s.trainings,
+                step=Step("book-training", invoke=book, on_reply={Booked: note_booking},
+                          compensate=cancel_booking),
+                max_parallel=5)
+
+    The list is read when the saga reaches the ForEach, and its length journaled; each
+    item's command is built with ``saga.item`` (and ``saga.index``) from the list as the
+    state holds it then, so fold results into other fields rather than reorder it. Each
+    item is its own step instance (``book-training#0``, ...: command ids per item and
+    attempt). If one fails, the others in flight are waited for and every completed item
+    is undone.
+    """
+
+    name: str
+    items: Callable[[Any], Sequence[Any]]
+    step: Step[S]
+    max_parallel: int = 10
+
+
 #: A node of a saga's steps.
-Node = Step[S] | Parallel[S] | Switch[S] | WaitFor[S]
+Node = Step[S] | Parallel[S] | Switch[S] | WaitFor[S] | ForEach[S]
 
 
 @dataclass(frozen=True)
@@ -272,7 +301,7 @@ class _ResolvedStep(Generic[S]):
 class _Seq:
     """Nodes run one after another (the saga's steps, a branch, a case)."""
 
-    nodes: tuple[_Leaf | _Par | _Choice | _Wait, ...]
+    nodes: tuple[_Leaf | _Par | _Choice | _Wait | _Each, ...]
 
 
 @dataclass(frozen=True)
@@ -310,6 +339,14 @@ class _Wait:
         return kind in self.events or kind in self.failures
 
 
+@dataclass(frozen=True)
+class _Each:
+    name: str
+    items: Callable[[Any], Sequence[Any]]
+    step: _ResolvedStep[Any]
+    max_parallel: int
+
+
 #: What the case of a wait that timed out is called (in `choices`).
 TIMED_OUT = "timed-out"
 
@@ -334,6 +371,8 @@ def _leaves(seq: _Seq) -> list[_ResolvedStep[Any]]:
         elif isinstance(node, _Wait):
             if node.on_timeout is not None:
                 found += _leaves(node.on_timeout)
+        elif isinstance(node, _Each):
+            found.append(node.step)
         else:
             for case in node.cases.values():
                 found += _leaves(case)
@@ -394,8 +433,9 @@ class Saga(Generic[S]):
         return self.pivot_index is not None and step.top > self.pivot_index
 
     def step(self, name: str) -> _ResolvedStep[S]:
+        """A step by name (``name#index``: the step of a ForEach, for that item)."""
         try:
-            return self._by_name[name]
+            return self._by_name[name.partition("#")[0]]
         except KeyError:
             raise DefinitionError(f"saga {self.name!r} has no step {name!r}") from None
 
@@ -424,6 +464,7 @@ class Saga(Generic[S]):
             raise self._fail(None, f"deadline_s must be > 0, got {self.deadline_s!r}")
         self._seen: set[str] = set()
         self._waits: list[_Wait] = []
+        self._each: dict[str, _Each] = {}
         self._count = 0
         self.tree = self._sequence(self.steps, "steps", top=None)
         resolved = _leaves(self.tree)
@@ -443,13 +484,13 @@ class Saga(Generic[S]):
 
     def _sequence(self, nodes: Any, where: str, top: int | None) -> _Seq:
         """A branch: one node, or a list of them (the saga's steps when `top` is None)."""
-        if isinstance(nodes, (Step, Parallel, Switch, WaitFor)):
+        if isinstance(nodes, (Step, Parallel, Switch, WaitFor, ForEach)):
             nodes = [nodes]
         if not isinstance(nodes, (list, tuple)):
             raise self._fail(None, f"{where} is {nodes!r}, not a step, group or list of them")
         if top is not None and not nodes:
             raise self._fail(None, f"{where} is empty")
-        out: list[_Leaf | _Par | _Choice | _Wait] = []
+        out: list[_Leaf | _Par | _Choice | _Wait | _Each] = []
         for i, node in enumerate(nodes):
             at = f"{where}[{i}]"
             position = i if top is None else top
@@ -469,6 +510,20 @@ class Saga(Generic[S]):
                 out.append(self._switch(node, at, position))
             elif isinstance(node, WaitFor):
                 out.append(self._wait(node, at, position))
+            elif isinstance(node, ForEach):
+                name = self._named(node.name, at, "foreach")
+                if not callable(node.items):
+                    raise self._fail(name, "items must be a function of the state")
+                if not isinstance(node.step, Step):
+                    raise self._fail(name, f"step is {node.step!r}, not a Step")
+                if not isinstance(node.max_parallel, int) or node.max_parallel < 1:
+                    raise self._fail(name, "max_parallel must be a positive integer")
+                self._named(node.step.name, f"{name}.step", "step")
+                each = _Each(
+                    name, node.items, self._resolve(position, node.step), node.max_parallel
+                )
+                self._each[node.step.name] = each
+                out.append(each)
             else:
                 raise self._fail(None, f"{at} is {node!r}, not a Step, Parallel, Switch or WaitFor")
         return _Seq(tuple(out))
@@ -519,6 +574,10 @@ class Saga(Generic[S]):
         wait = _Wait(name, events, failures, node.timeout_s, node.on_event, on_timeout, position)
         self._waits.append(wait)
         return wait
+
+    def foreach_of(self, step: str) -> _Each:
+        """The ForEach whose step is named `step`."""
+        return self._each[step]
 
     def waits(self) -> tuple[_Wait, ...]:
         """Every `WaitFor` of the saga, in order."""
@@ -818,10 +877,12 @@ def _followers(tree: _Seq, name: str) -> list[tuple[_ResolvedStep[Any], str | No
         return None
 
     def inside(
-        node: _Leaf | _Par | _Choice | _Wait,
+        node: _Leaf | _Par | _Choice | _Wait | _Each,
     ) -> list[tuple[_ResolvedStep[Any], str | None]] | None:
         if isinstance(node, _Wait):
             return None if node.on_timeout is None else after(node.on_timeout)
+        if isinstance(node, _Each):  # its items run beside each other
+            return [(node.step, node.name)] if node.step.name == name else None
         if isinstance(node, _Leaf):
             return [] if node.step.name == name else None
         if isinstance(node, _Par):

@@ -25,6 +25,7 @@ from ._definition import (
     Saga,
     SagaInfo,
     _Choice,
+    _Each,
     _Leaf,
     _Par,
     _ResolvedStep,
@@ -416,7 +417,8 @@ def _reply(definition: Saga[Any], instance: SagaInstance, incoming: Incoming[Mes
             ignored=f"reply to {env.causation_id} is not awaited "
             f"(saga {instance.saga_id} is {instance.status}, awaiting {awaited})",
         )
-    step = definition.step(pending.step)
+    key = pending.step  # the step's name; for an item of a ForEach, name#index
+    step = definition.step(key)
     kind = type(reply)
     if not isinstance(reply, HandlerFailed) and pending.phase is Phase.FORWARD:
         known = (*step.success, *step.failures, *step.retryable)
@@ -424,7 +426,7 @@ def _reply(definition: Saga[Any], instance: SagaInstance, incoming: Incoming[Mes
             expected = sorted(r.message_type for r in known)
             return Decision(
                 instance=instance,
-                rejected=f"step {step.name!r} of saga {definition.name!r} does not expect "
+                rejected=f"step {key!r} of saga {definition.name!r} does not expect "
                 f"{reply.message_type} (expects {', '.join(expected)})",
             )
     draft = _Draft.from_instance(definition, instance, incoming)
@@ -432,29 +434,29 @@ def _reply(definition: Saga[Any], instance: SagaInstance, incoming: Incoming[Mes
     if isinstance(reply, HandlerFailed):
         # the participant could not handle it, and nothing of it took effect
         what = "compensation of " if pending.phase is Phase.COMPENSATE else ""
-        return draft.retry_or_give_up(step, pending, f"{what}{step.name}: {reply.describe()}")
+        return draft.retry_or_give_up(step, pending, f"{what}{key}: {reply.describe()}")
     if pending.phase is Phase.COMPENSATE:
         if kind in step.compensation_failures:
             return draft.retry_or_give_up(
-                step, pending, f"compensation of {step.name} failed: {reply.message_type}"
+                step, pending, f"compensation of {key} failed: {reply.message_type}"
             )
-        draft.compensated = (*draft.compensated, step.name)
-        return draft.progress("step-compensated", step.name)
+        draft.compensated = (*draft.compensated, key)
+        return draft.progress("step-compensated", key)
     if kind in step.success:
         update = step.success[kind]
         if update is not None:
             draft.state = update(draft.state, reply)
-        draft.completed = (*draft.completed, step.name)
-        return draft.progress("step-succeeded", step.name)
+        draft.completed = (*draft.completed, key)
+        return draft.progress("step-succeeded", key)
     if kind in step.retryable:
-        return draft.retry_or_give_up(step, pending, f"{step.name}: {reply.message_type}")
+        return draft.retry_or_give_up(step, pending, f"{key}: {reply.message_type}")
     # a business failure
     if step.step.on_failure is not None:
         draft.state = step.step.on_failure(draft.state, reply)
     if pending.uncertain and step.compensation is not None:
-        draft.completed = (*draft.completed, step.name)  # an earlier attempt timed out
-    draft.abort(f"{step.name}: {reply.message_type}")
-    return draft.progress("step-failed", step.name)
+        draft.completed = (*draft.completed, key)  # an earlier attempt timed out
+    draft.abort(f"{key}: {reply.message_type}")
+    return draft.progress("step-failed", key)
 
 
 # -- timers --------------------------------------------------------------------------------
@@ -470,9 +472,11 @@ def _timer(
         draft.waiting.remove(nxt)
         step = definition.step(nxt.step)
         if nxt.phase is Phase.FORWARD and draft.aborting:
-            draft.settle_unsent(step, nxt.uncertain)  # no new attempt once the saga fails
+            draft.settle_unsent(step, nxt.uncertain, nxt.step)  # no new attempt now
         else:
-            draft.send(step, nxt.phase, nxt.attempt, nxt.budget_from, uncertain=nxt.uncertain)
+            draft.send(
+                step, nxt.phase, nxt.attempt, nxt.budget_from, uncertain=nxt.uncertain, key=nxt.step
+            )
         return draft.progress("retry", nxt.step)
     if fired.kind == "wait":
         wait = next(w for w in definition.waits() if w.name == fired.ref)
@@ -493,7 +497,7 @@ def _timer(
         return draft.retry_or_give_up(
             step,
             pending,
-            f"{step.name} attempt {pending.attempt} got no reply within {policy.timeout_s}s",
+            f"{pending.step} attempt {pending.attempt} got no reply within {policy.timeout_s}s",
             outcome_unknown=True,
         )
     # the saga deadline
@@ -616,7 +620,14 @@ def _operator(
     assert parked, "a parked saga records what to retry"
     for w in parked:
         draft.waiting.remove(w)
-        draft.send(definition.step(w.step), w.phase, w.attempt, w.attempt, uncertain=w.uncertain)
+        draft.send(
+            definition.step(w.step),
+            w.phase,
+            w.attempt,
+            w.attempt,
+            uncertain=w.uncertain,
+            key=w.step,
+        )
     return draft.progress("resumed", parked[0].step)
 
 
@@ -704,13 +715,16 @@ class _Draft:
         self.waits = {}  # nobody waits for a signal on the way back
         for w in [w for w in self.waiting if w.phase is Phase.FORWARD and w.due_ms is not None]:
             self.waiting.remove(w)
-            self.settle_unsent(self.definition.step(w.step), w.uncertain)
+            self.settle_unsent(self.definition.step(w.step), w.uncertain, w.step)
 
-    def settle_unsent(self, step: _ResolvedStep[Any], uncertain: bool) -> None:
+    def settle_unsent(
+        self, step: _ResolvedStep[Any], uncertain: bool, key: str | None = None
+    ) -> None:
         """A forward step that will not be tried again while the saga fails: compensated
         if an earlier attempt may have taken effect."""
-        if uncertain and step.compensation is not None and step.name not in self.completed:
-            self.completed = (*self.completed, step.name)
+        key = key or step.name
+        if uncertain and step.compensation is not None and key not in self.completed:
+            self.completed = (*self.completed, key)
 
     def progress(self, event: str, step: str | None) -> Decision:
         """Send what can run now, and say where the saga is: forward while no step has
@@ -720,10 +734,10 @@ class _Draft:
             if problem is not None:
                 self.abort(problem)
                 return self.progress(event, step)
-            for r in ready:
+            for r, key in ready:
                 if self.definition.pivot_index is not None and r.top > self.definition.pivot_index:
                     self.deadline_ms = None  # past the point of no return: no more aborting
-                self.send(r, Phase.FORWARD, 1, 1)
+                self.send(r, Phase.FORWARD, 1, 1, key=key)
             if done and not self.in_flight and not self.waiting:
                 self.deadline_ms = None
                 return self.finish(event, step, SagaStatus.COMPLETED)
@@ -732,8 +746,8 @@ class _Draft:
         if any(p.phase is Phase.FORWARD for p in self.in_flight):
             # a branch failed: the commands still out are waited for (or time out)
             return self.decide(event, step, SagaStatus.COMPENSATING)
-        for r in self._compensation_ready():
-            self.send(r, Phase.COMPENSATE, 1, 1)
+        for r, key in self._compensation_ready():
+            self.send(r, Phase.COMPENSATE, 1, 1, key=key)
         if not self.in_flight and not self.waiting:
             return self.finish(event, step, SagaStatus.COMPENSATED)
         return self.decide(event, step, self._status(SagaStatus.COMPENSATING))
@@ -745,21 +759,28 @@ class _Draft:
             return SagaStatus.FAILED_NEEDS_ATTENTION
         return moving
 
-    def _forward_ready(self) -> tuple[list[_ResolvedStep[Any]], str | None, bool]:
+    def _forward_ready(self) -> tuple[list[tuple[_ResolvedStep[Any], str]], str | None, bool]:
         """The steps that can start now (a Switch reached picks and journals its case, a
         wait reached takes a signal kept for it or starts waiting), the reason the saga
         cannot go on (a Switch with no case for its key, a failure signal), and whether
         every step is done."""
-        ready: list[_ResolvedStep[Any]] = []
+        ready: list[tuple[_ResolvedStep[Any], str]] = []
         busy = self._busy()
         problem: list[str] = []
 
         def seq(node: _Seq) -> bool:
             return all(one(n) for n in node.nodes)  # stops at the first not done
 
-        def one(node: _Leaf | _Par | _Choice | _Wait) -> bool:
+        def one(node: _Leaf | _Par | _Choice | _Wait | _Each) -> bool:
             if isinstance(node, _Wait):
                 return self._at_wait(node, problem, seq)
+            if isinstance(node, _Each):
+                keys = self._item_keys(node)
+                left = [k for k in keys if k not in self.completed]
+                free = node.max_parallel - sum(1 for k in keys if k in busy)
+                for k in [k for k in left if k not in busy][: max(0, free)]:
+                    ready.append((node.step, k))
+                return not left
             if isinstance(node, _Leaf):
                 r = node.step
                 if r.name in self.completed:
@@ -768,7 +789,7 @@ class _Draft:
                     self.completed = (*self.completed, r.name)
                     return True
                 if r.name not in busy:
-                    ready.append(r)
+                    ready.append((r, r.name))
                 return False
             if isinstance(node, _Par):
                 return all([seq(b) for b in node.branches])  # every branch, at once
@@ -830,26 +851,41 @@ class _Draft:
             return node.cases[key]
         return node.default
 
-    def _compensation_ready(self) -> list[_ResolvedStep[Any]]:
+    def _item_keys(self, node: _Each) -> list[str]:
+        """``name#0`` ... of a ForEach: its list is counted when the saga reaches it, and
+        the count journaled (with the Switch cases), so replay sends the same items."""
+        count = self.choices.get(node.name)
+        if count is None:
+            count = str(len(list(node.items(self.state))))
+            self.choices[node.name] = count
+        return [f"{node.step.name}#{i}" for i in range(int(count))]
+
+    def _compensation_ready(self) -> list[tuple[_ResolvedStep[Any], str]]:
         """The compensations that can start now: in each sequence from the last step
         back, the branches of a group at the same time, the case a Switch took."""
-        ready: list[_ResolvedStep[Any]] = []
+        ready: list[tuple[_ResolvedStep[Any], str]] = []
         busy = self._busy()
         done = set(self.compensated)
 
         def seq(node: _Seq) -> bool:
             return all(one(n) for n in reversed(node.nodes))
 
-        def one(node: _Leaf | _Par | _Choice | _Wait) -> bool:
+        def one(node: _Leaf | _Par | _Choice | _Wait | _Each) -> bool:
             if isinstance(node, _Wait):
                 timed_out = self.choices.get(node.name) == TIMED_OUT
                 return not timed_out or node.on_timeout is None or seq(node.on_timeout)
+            if isinstance(node, _Each):
+                if node.name not in self.choices or node.step.compensation is None:
+                    return True
+                undo = [k for k in self._item_keys(node) if k in self.completed and k not in done]
+                ready.extend((node.step, k) for k in undo if k not in busy)
+                return not undo
             if isinstance(node, _Leaf):
                 r = node.step
                 if r.name not in self.completed or r.compensation is None or r.name in done:
                     return True
                 if r.name not in busy:
-                    ready.append(r)
+                    ready.append((r, r.name))
                 return False
             if isinstance(node, _Par):
                 return all([seq(b) for b in node.branches])
@@ -881,17 +917,24 @@ class _Draft:
         uncertain = pending.uncertain or outcome_unknown
         forward = pending.phase is Phase.FORWARD
         if forward and self.aborting and not self.definition.after_pivot(step):
-            self.settle_unsent(step, uncertain)
-            return self.progress("step-failed", step.name)
+            self.settle_unsent(step, uncertain, pending.step)
+            return self.progress("step-failed", pending.step)
         if made < policy.max_attempts:
             attempt = pending.attempt + 1
-            wait = policy.backoff_ms(made, f"{self.saga_id}:{step.name}:{attempt}")
+            wait = policy.backoff_ms(made, f"{self.saga_id}:{pending.step}:{attempt}")
             if wait <= 0:
-                self.send(step, pending.phase, attempt, pending.budget_from, uncertain=uncertain)
-                return self.progress("retry", step.name)
+                self.send(
+                    step,
+                    pending.phase,
+                    attempt,
+                    pending.budget_from,
+                    uncertain=uncertain,
+                    key=pending.step,
+                )
+                return self.progress("retry", pending.step)
             self.waiting.append(
                 NextAttempt(
-                    step.name,
+                    pending.step,
                     pending.phase,
                     attempt,
                     pending.budget_from,
@@ -900,7 +943,7 @@ class _Draft:
                 )
             )
             self.note = reason
-            return self.progress("retry-scheduled", step.name)
+            return self.progress("retry-scheduled", pending.step)
         give_up = f"{reason}; gave up after {made} attempt(s)"
         if not forward or self.definition.after_pivot(step):
             return self.park(step, pending, give_up)
@@ -910,21 +953,21 @@ class _Draft:
             return self.park(
                 step,
                 pending,
-                f"{give_up}; {step.name} may have taken effect and has no compensation, so "
+                f"{give_up}; {pending.step} may have taken effect and has no compensation, so "
                 "the steps before it are not undone (resume retries it, resolve ends the saga)",
             )
         if uncertain and step.compensation is not None:
             # the command may have taken effect: compensations must tolerate "nothing to undo"
-            self.completed = (*self.completed, step.name)
+            self.completed = (*self.completed, pending.step)
         self.abort(give_up)
-        return self.progress("step-failed", step.name)
+        return self.progress("step-failed", pending.step)
 
     def park(self, step: _ResolvedStep[Any], pending: PendingCommand, reason: str) -> Decision:
         """Leave `step` for a person: resume sends it again, resolve ends the saga."""
         self.failure = reason
         self.waiting.append(
             NextAttempt(
-                step.name,
+                pending.step,
                 pending.phase,
                 pending.attempt + 1,
                 pending.attempt + 1,
@@ -935,7 +978,7 @@ class _Draft:
         self.deadline_ms = None
         self.note = None
         moving = SagaStatus.RUNNING if pending.phase is Phase.FORWARD else SagaStatus.COMPENSATING
-        return self.decide("parked", step.name, self._status(moving))
+        return self.decide("parked", pending.step, self._status(moving))
 
     # -- the record ----------------------------------------------------------------------
     def send(
@@ -946,11 +989,15 @@ class _Draft:
         budget_from: int,
         *,
         uncertain: bool = False,
+        key: str | None = None,
     ) -> None:
-        """Put an attempt of `target` in flight, to be sent with this decision."""
+        """Put an attempt of `target` in flight, to be sent with this decision (`key`:
+        ``name#index`` for an item of a ForEach)."""
         action = target.action if phase is Phase.FORWARD else target.compensation
         assert action is not None
+        key = key or target.name
         timeout = _policy(target, phase).timeout_s
+        index, item = self._item(key)
         info = SagaInfo(
             saga_id=self.saga_id,
             saga_type=self.definition.name,
@@ -958,12 +1005,14 @@ class _Draft:
             step=target.name,
             attempt=attempt,
             failure=self.failure,
+            index=index,
+            item=item,
         )
         pending = PendingCommand(
-            step=target.name,
+            step=key,
             phase=phase,
             attempt=attempt,
-            message_id=command_id(self.saga_id, target.name, phase, attempt),
+            message_id=command_id(self.saga_id, key, phase, attempt),
             topic=action.topic,
             command=action.build(self.state, info),
             causation_id=self.cause,
@@ -973,6 +1022,16 @@ class _Draft:
         )
         self.in_flight.append(pending)
         self.outgoing.append(pending)
+
+    def _item(self, key: str) -> tuple[int | None, Any]:
+        """For ``name#index``, the index and the item of its ForEach's list now."""
+        name, sep, number = key.partition("#")
+        if not sep:
+            return None, None
+        index = int(number)
+        each = self.definition.foreach_of(name)
+        items = list(each.items(self.state))
+        return index, items[index] if index < len(items) else None
 
     def finish(self, event: str, step: str | None, status: SagaStatus) -> Decision:
         self.waiting = []
