@@ -400,12 +400,25 @@ class Saga(Generic[S]):
         self.pivot_index: int | None = None
         self.steps: tuple[Node[S], ...] = tuple(steps)
         self.tree = _Seq(())
+        self._shape: str | None = None
         self._resolved: tuple[_ResolvedStep[S], ...] = ()
         self._by_name: dict[str, _ResolvedStep[S]] = {}
         self._validate()
 
     def __repr__(self) -> str:
         return f"Saga({self.name!r}, version={self.version}, steps={[s.name for s in self.steps]})"
+
+    @property
+    def shape(self) -> str:
+        """A digest of the saga's shape: its nodes and steps in order, with their kinds,
+        names, command and reply types, retry policies and pivot. Recorded in the journal
+        when a saga starts: the same version number with another shape is an error (give a
+        changed definition a new version; running sagas keep theirs)."""
+        if self._shape is None:
+            import hashlib
+
+            self._shape = hashlib.sha256(repr(_describe_shape(self.tree)).encode()).hexdigest()[:16]
+        return self._shape
 
     # topics --------------------------------------------------------------
     @property
@@ -904,3 +917,52 @@ def _followers(tree: _Seq, name: str) -> list[tuple[_ResolvedStep[Any], str | No
         return None
 
     return after(tree) or []
+
+
+def _types(replies: Iterable[type[Any]]) -> list[str]:
+    return sorted(getattr(r, "message_type", r.__qualname__) for r in replies)
+
+
+def _describe_shape(seq: _Seq) -> list[Any]:
+    """What `Saga.shape` digests: structure and types, not the functions' code."""
+    out: list[Any] = []
+    for node in seq.nodes:
+        if isinstance(node, (_Leaf, _Each)):
+            r = node.step
+            step = r.step
+            out.append(
+                (
+                    "each" if isinstance(node, _Each) else "step",
+                    r.name,
+                    node.name if isinstance(node, _Each) else None,
+                    node.max_parallel if isinstance(node, _Each) else None,
+                    r.action.command.message_type if r.action else None,
+                    r.compensation.command.message_type if r.compensation else None,
+                    _types(r.success),
+                    _types(r.failures),
+                    _types(r.retryable),
+                    _types(r.compensation_failures),
+                    repr(step.retry),
+                    repr(step.compensation_retry),
+                    step.pivot,
+                )
+            )
+        elif isinstance(node, _Par):
+            out.append(("parallel", node.name, [_describe_shape(b) for b in node.branches]))
+        elif isinstance(node, _Choice):
+            cases = [(k, _describe_shape(c)) for k, c in node.cases.items()]
+            default = None if node.default is None else _describe_shape(node.default)
+            out.append(("switch", node.name, cases, default))
+        else:
+            timeout = None if node.on_timeout is None else _describe_shape(node.on_timeout)
+            out.append(
+                (
+                    "wait",
+                    node.name,
+                    _types(node.events),
+                    _types(node.failures),
+                    node.timeout_s,
+                    timeout,
+                )
+            )
+    return out

@@ -166,6 +166,8 @@ class Transition:
     waits: tuple[tuple[str, int | None], ...] = ()
     #: signals that came before the saga reached their wait: (type, message id, JSON)
     signals: tuple[tuple[str, str, str], ...] = ()
+    #: the definition's shape (`Saga.shape`), on the start transition only
+    shape: str | None = None
 
     @property
     def pending(self) -> PendingCommand | None:
@@ -204,6 +206,8 @@ class SagaInstance:
     aborted: bool = False
     waits: tuple[tuple[str, int | None], ...] = ()
     signals: tuple[tuple[str, str, str], ...] = ()
+    #: the shape of the definition version the saga started on (None: journaled before)
+    shape: str | None = None
 
     @property
     def pending(self) -> PendingCommand | None:
@@ -257,6 +261,7 @@ def evolve(instance: SagaInstance | None, t: Transition) -> SagaInstance:
         aborted=t.aborted,
         waits=t.waits,
         signals=t.signals,
+        shape=t.shape if t.shape is not None else (instance.shape if instance else None),
         deadline_ms=t.deadline_ms,
         trace=t.trace if t.trace is not None else (instance.trace if instance else None),
         start_digest=t.start_digest
@@ -393,6 +398,7 @@ def _start(
         started_ms=incoming.at_ms,
         deadline_ms=deadline,
         start_digest=digest,
+        shape=definition.shape,
     )
     return draft.progress("started", None)
 
@@ -658,6 +664,7 @@ class _Draft:
     deadline_ms: int | None = None
     note: str | None = None
     start_digest: str | None = None
+    shape: str | None = None
     #: a forward step failed for good: nothing new starts forward, then compensation
     aborted: bool = False
     waits: dict[str, int | None] = field(default_factory=dict)
@@ -1063,6 +1070,7 @@ class _Draft:
             deadline_ms=self.deadline_ms,
             note=self.note,
             start_digest=self.start_digest,
+            shape=self.shape,
             choices=tuple(sorted(self.choices.items())),
             aborted=self.aborted,
             waits=tuple(sorted(self.waits.items())),
