@@ -59,24 +59,34 @@ class App:
         interceptors: Sequence[Interceptor] = (),
     ) -> None:
         """`interceptors` are called by every component (after tracing, logs and
-        metrics): an audit log of every transition, say."""
+        metrics): an audit log of every transition, say. `sagas` may hold several versions
+        of one saga (same name, different `version`): one orchestrator runs them all, new
+        sagas start on the newest, running ones keep theirs."""
         if not isinstance(name, str) or not _NAME.match(name):
             raise DefinitionError(
                 f"app name {name!r} must be lower-case letters, digits, '.', '_' or '-'"
             )
         self.name = name
-        self.sagas: tuple[Saga[Any], ...] = tuple(sagas)
+        for saga in sagas:
+            if not isinstance(saga, Saga):
+                raise DefinitionError(f"app {name!r}: {saga!r} in sagas is not a Saga")
+        self._versions: dict[str, dict[int, Saga[Any]]] = {}
+        for saga in sagas:
+            by_number = self._versions.setdefault(saga.name, {})
+            if saga.version in by_number:
+                raise DefinitionError(
+                    f"app {name!r} has two sagas named {saga.name!r} of version {saga.version}"
+                )
+            by_number[saga.version] = saga
+        #: the newest version of each saga type (what starts new sagas)
+        self.sagas: tuple[Saga[Any], ...] = tuple(v[max(v)] for v in self._versions.values())
         self.services: tuple[Service[Any], ...] = tuple(services)
         self.namespace = namespace
         self.partitions = partitions
         self.interceptors: tuple[Interceptor, ...] = tuple(interceptors)
-        for saga in self.sagas:
-            if not isinstance(saga, Saga):
-                raise DefinitionError(f"app {name!r}: {saga!r} in sagas is not a Saga")
         for service in self.services:
             if not isinstance(service, Service):
                 raise DefinitionError(f"app {name!r}: {service!r} in services is not a Service")
-        _unique(name, "saga", [s.name for s in self.sagas])
         _unique(name, "service", [s.name for s in self.services])
         if not self.sagas and not self.services:
             raise DefinitionError(f"app {name!r} has neither sagas nor services")
@@ -100,6 +110,11 @@ class App:
             f"app {self.name!r} has no saga {name!r}; its sagas: "
             f"{', '.join(s.name for s in self.sagas) or 'none'}"
         )
+
+    def versions(self, name: str) -> tuple[Saga[Any], ...]:
+        """Every version of saga `name` the app runs, oldest first."""
+        self.saga(name)  # the error naming the app's sagas
+        return tuple(v for _, v in sorted(self._versions[name].items()))
 
     def service(self, name: str) -> Service[Any]:
         for service in self.services:
@@ -286,6 +301,7 @@ class AppRunner:
                 self.orchestrators[which] = Orchestrator(
                     app.saga(which),
                     transport,
+                    versions=app.versions(which),
                     partitions=self.partitions,
                     namespace=self.namespace,
                     on_transition=on_transition,

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from ._codec import DEFAULT_CODEC, Codec, encode_record
 from ._definition import Saga
 from ._evaluator import SagaInstance
-from ._messages import Envelope, Message, ResolveSaga, ResumeSaga, StartSaga
+from ._messages import CancelSaga, Envelope, Message, ResolveSaga, ResumeSaga, StartSaga
 from .tracing import Tracing
 from .transport._base import OutgoingRecord, Transport
 
@@ -102,9 +102,12 @@ class SagaClient:
         history = await saga_history(self.transport, topic, partitions, saga_id)
         return replay(history).get(saga_id) if history else None
 
-    def operator_record(self, saga_type: str, saga_id: str, request: Message) -> OutgoingRecord:
-        """A person's request (resume, resolve) for one saga, on that saga's inbox partition."""
-        message_id = f"{saga_id}:operator:{uuid.uuid4().hex}"
+    def operator_record(
+        self, saga_type: str, saga_id: str, request: Message, message_id: str | None = None
+    ) -> OutgoingRecord:
+        """A person's request (resume, resolve, signal, cancel) for one saga, on that saga's
+        inbox partition."""
+        message_id = message_id or f"{saga_id}:operator:{uuid.uuid4().hex}"
         envelope = Envelope(
             message_id=message_id,
             message_type=request.message_type,
@@ -125,4 +128,21 @@ class SagaClient:
         """Mark a FAILED_NEEDS_ATTENTION saga resolved by hand (it ends as RESOLVED)."""
         await self.transport.send(
             [self.operator_record(saga_type, saga_id, ResolveSaga(note=note))]
+        )
+
+    async def signal(
+        self, saga_type: str, saga_id: str, message: Message, *, message_id: str | None = None
+    ) -> None:
+        """Send a saga the message one of its waits (`WaitFor`) takes, e.g. a manager's
+        ``Approved``. A saga that has not reached the wait yet keeps it; one that has
+        ended, or is past that wait, dead-letters it with the reason. Give a `message_id`
+        (the webhook's delivery id, say) to make a signal sent twice count once."""
+        await self.transport.send([self.operator_record(saga_type, saga_id, message, message_id)])
+
+    async def cancel(self, saga_type: str, saga_id: str, reason: str) -> None:
+        """Ask a running saga to stop: before its pivot it compensates what it did and
+        ends COMPENSATED with ``cancelled: <reason>``; after the pivot (or once it has
+        ended) the request is refused and dead-lettered with why."""
+        await self.transport.send(
+            [self.operator_record(saga_type, saga_id, CancelSaga(reason=reason))]
         )

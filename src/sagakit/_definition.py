@@ -35,7 +35,7 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel
 
 from ._errors import DefinitionError
-from ._messages import Command, Reply, declares, describe_replies, is_registered
+from ._messages import Command, Message, Reply, declares, describe_replies, is_registered
 
 S = TypeVar("S", bound=BaseModel)
 
@@ -55,6 +55,9 @@ class SagaInfo:
     step: str
     attempt: int
     failure: str | None = None
+    #: for the step of a `ForEach`: which item (its index in the list) and the item
+    index: int | None = None
+    item: Any = None
 
 
 #: Builds a command from the saga state: a Command class (fields copied from the
@@ -223,8 +226,56 @@ class Switch(Generic[S]):
     default: Any = None
 
 
+@dataclass(frozen=True)
+class WaitFor(Generic[S]):
+    """Wait for a message from outside: a person's approval, a webhook, another system.
+
+        WaitFor("manager-approval", event=Approved, failures=[Declined], timeout_s=86400,
+                on_event=lambda s, e: s.model_copy(update={"approved_by": e.manager}))
+
+    `SagaClient.signal` (or ``sagakit sagas signal``) sends it to the saga. A signal that
+    arrives before the saga reaches the wait is kept and taken when it gets there. `event`
+    types go on (`on_event` folds one into the state); `failures` make the saga compensate.
+    `timeout_s` (None: wait for ever): with no signal by then, ``on_timeout="fail"``
+    compensates, or a list of steps runs instead and the saga goes on after the wait.
+    """
+
+    name: str
+    event: type[Message] | Sequence[type[Message]]
+    failures: Sequence[type[Message]] = ()
+    timeout_s: float | None = None
+    on_event: Callable[[Any, Any], Any] | None = None
+    on_timeout: Any = "fail"
+
+
+@dataclass(frozen=True)
+class ForEach(Generic[S]):
+    """The same step for every item of a list in the state, up to `max_parallel` at once.
+
+        def book(state: Hire, saga: SagaInfo) -> BookTraining:
+            return BookTraining(person=state.person, course=saga.item)
+
+        ForEach("trainings", items=lambda s: s.trainings,
+                step=Step("book-training", invoke=book, on_reply={Booked: note_booking},
+                          compensate=cancel_booking),
+                max_parallel=5)
+
+    The list is read when the saga reaches the ForEach, and its length journaled; each
+    item's command is built with ``saga.item`` (and ``saga.index``) from the list as the
+    state holds it then, so fold results into other fields rather than reorder it. Each
+    item is its own step instance (``book-training#0``, ...: command ids per item and
+    attempt). If one fails, the others in flight are waited for and every completed item
+    is undone.
+    """
+
+    name: str
+    items: Callable[[Any], Sequence[Any]]
+    step: Step[S]
+    max_parallel: int = 10
+
+
 #: A node of a saga's steps.
-Node = Step[S] | Parallel[S] | Switch[S]
+Node = Step[S] | Parallel[S] | Switch[S] | WaitFor[S] | ForEach[S]
 
 
 @dataclass(frozen=True)
@@ -250,7 +301,7 @@ class _ResolvedStep(Generic[S]):
 class _Seq:
     """Nodes run one after another (the saga's steps, a branch, a case)."""
 
-    nodes: tuple[_Leaf | _Par | _Choice, ...]
+    nodes: tuple[_Leaf | _Par | _Choice | _Wait | _Each, ...]
 
 
 @dataclass(frozen=True)
@@ -272,6 +323,34 @@ class _Choice:
     default: _Seq | None
 
 
+@dataclass(frozen=True)
+class _Wait:
+    name: str
+    events: tuple[type[Message], ...]
+    failures: tuple[type[Message], ...]
+    timeout_s: float | None
+    on_event: Callable[[Any, Any], Any] | None
+    #: None: a timeout fails the saga; else the steps to run instead
+    on_timeout: _Seq | None
+    #: position of the top-level node holding it
+    top: int = 0
+
+    def accepts(self, kind: type[Message]) -> bool:
+        return kind in self.events or kind in self.failures
+
+
+@dataclass(frozen=True)
+class _Each:
+    name: str
+    items: Callable[[Any], Sequence[Any]]
+    step: _ResolvedStep[Any]
+    max_parallel: int
+
+
+#: What the case of a wait that timed out is called (in `choices`).
+TIMED_OUT = "timed-out"
+
+
 def case_key(value: Any) -> str:
     """How a `Switch` case is named in the journal (and matched): its key as a string."""
     if isinstance(value, bool) or value is None:
@@ -289,6 +368,11 @@ def _leaves(seq: _Seq) -> list[_ResolvedStep[Any]]:
         elif isinstance(node, _Par):
             for branch in node.branches:
                 found += _leaves(branch)
+        elif isinstance(node, _Wait):
+            if node.on_timeout is not None:
+                found += _leaves(node.on_timeout)
+        elif isinstance(node, _Each):
+            found.append(node.step)
         else:
             for case in node.cases.values():
                 found += _leaves(case)
@@ -316,12 +400,25 @@ class Saga(Generic[S]):
         self.pivot_index: int | None = None
         self.steps: tuple[Node[S], ...] = tuple(steps)
         self.tree = _Seq(())
+        self._shape: str | None = None
         self._resolved: tuple[_ResolvedStep[S], ...] = ()
         self._by_name: dict[str, _ResolvedStep[S]] = {}
         self._validate()
 
     def __repr__(self) -> str:
         return f"Saga({self.name!r}, version={self.version}, steps={[s.name for s in self.steps]})"
+
+    @property
+    def shape(self) -> str:
+        """A digest of the saga's shape: its nodes and steps in order, with their kinds,
+        names, command and reply types, retry policies and pivot. Recorded in the journal
+        when a saga starts: the same version number with another shape is an error (give a
+        changed definition a new version; running sagas keep theirs)."""
+        if self._shape is None:
+            import hashlib
+
+            self._shape = hashlib.sha256(repr(_describe_shape(self.tree)).encode()).hexdigest()[:16]
+        return self._shape
 
     # topics --------------------------------------------------------------
     @property
@@ -349,8 +446,9 @@ class Saga(Generic[S]):
         return self.pivot_index is not None and step.top > self.pivot_index
 
     def step(self, name: str) -> _ResolvedStep[S]:
+        """A step by name (``name#index``: the step of a ForEach, for that item)."""
         try:
-            return self._by_name[name]
+            return self._by_name[name.partition("#")[0]]
         except KeyError:
             raise DefinitionError(f"saga {self.name!r} has no step {name!r}") from None
 
@@ -378,6 +476,8 @@ class Saga(Generic[S]):
         ):
             raise self._fail(None, f"deadline_s must be > 0, got {self.deadline_s!r}")
         self._seen: set[str] = set()
+        self._waits: list[_Wait] = []
+        self._each: dict[str, _Each] = {}
         self._count = 0
         self.tree = self._sequence(self.steps, "steps", top=None)
         resolved = _leaves(self.tree)
@@ -397,13 +497,13 @@ class Saga(Generic[S]):
 
     def _sequence(self, nodes: Any, where: str, top: int | None) -> _Seq:
         """A branch: one node, or a list of them (the saga's steps when `top` is None)."""
-        if isinstance(nodes, (Step, Parallel, Switch)):
+        if isinstance(nodes, (Step, Parallel, Switch, WaitFor, ForEach)):
             nodes = [nodes]
         if not isinstance(nodes, (list, tuple)):
             raise self._fail(None, f"{where} is {nodes!r}, not a step, group or list of them")
         if top is not None and not nodes:
             raise self._fail(None, f"{where} is empty")
-        out: list[_Leaf | _Par | _Choice] = []
+        out: list[_Leaf | _Par | _Choice | _Wait | _Each] = []
         for i, node in enumerate(nodes):
             at = f"{where}[{i}]"
             position = i if top is None else top
@@ -421,9 +521,84 @@ class Saga(Generic[S]):
                 out.append(_Par(name, branches))
             elif isinstance(node, Switch):
                 out.append(self._switch(node, at, position))
+            elif isinstance(node, WaitFor):
+                out.append(self._wait(node, at, position))
+            elif isinstance(node, ForEach):
+                name = self._named(node.name, at, "foreach")
+                if not callable(node.items):
+                    raise self._fail(name, "items must be a function of the state")
+                if not isinstance(node.step, Step):
+                    raise self._fail(name, f"step is {node.step!r}, not a Step")
+                if not isinstance(node.max_parallel, int) or node.max_parallel < 1:
+                    raise self._fail(name, "max_parallel must be a positive integer")
+                self._named(node.step.name, f"{name}.step", "step")
+                each = _Each(
+                    name, node.items, self._resolve(position, node.step), node.max_parallel
+                )
+                self._each[node.step.name] = each
+                out.append(each)
             else:
-                raise self._fail(None, f"{at} is {node!r}, not a Step, Parallel or Switch")
+                raise self._fail(None, f"{at} is {node!r}, not a Step, Parallel, Switch or WaitFor")
         return _Seq(tuple(out))
+
+    def _wait(self, node: WaitFor[S], at: str, position: int) -> _Wait:
+        name = self._named(node.name, at, "wait")
+        events = tuple(node.event) if isinstance(node.event, (list, tuple)) else (node.event,)
+        failures = tuple(node.failures)
+        for kind in (*events, *failures):
+            if not (isinstance(kind, type) and issubclass(kind, Message)) or not is_registered(
+                kind
+            ):
+                raise self._fail(
+                    name,
+                    f"{kind!r} is not a registered message type: declare it as "
+                    f'class {getattr(kind, "__name__", "Approved")}(Event, type="<system>.<Name>")',
+                )
+            if issubclass(kind, (Command, Reply)):
+                raise self._fail(
+                    name,
+                    f"{kind.message_type} is a {kind.__mro__[1].__name__}; a wait takes "
+                    "Event types (what a person or another system says happened)",
+                )
+        if not events:
+            raise self._fail(name, "event names no message type to wait for")
+        if set(events) & set(failures):
+            raise self._fail(name, "a message type is listed both as event and as failure")
+        for other in self._waits:
+            shared = {k.message_type for k in (*events, *failures) if other.accepts(k)}
+            if shared:
+                raise self._fail(
+                    name,
+                    f"waits for {', '.join(sorted(shared))} like {other.name!r}: a signal must "
+                    "name one wait (use another message type)",
+                )
+        if node.timeout_s is not None and not (
+            math.isfinite(node.timeout_s) and node.timeout_s > 0
+        ):
+            raise self._fail(name, f"timeout_s must be > 0, got {node.timeout_s!r}")
+        if node.on_event is not None and not callable(node.on_event):
+            raise self._fail(name, "on_event must be a function (state, event) -> state")
+        if node.on_timeout == "fail":
+            on_timeout = None
+        else:
+            if node.timeout_s is None:
+                raise self._fail(name, "on_timeout steps need a timeout_s")
+            on_timeout = self._sequence(node.on_timeout, f"{name}.on_timeout", position)
+        wait = _Wait(name, events, failures, node.timeout_s, node.on_event, on_timeout, position)
+        self._waits.append(wait)
+        return wait
+
+    def foreach_of(self, step: str) -> _Each:
+        """The ForEach whose step is named `step`."""
+        return self._each[step]
+
+    def waits(self) -> tuple[_Wait, ...]:
+        """Every `WaitFor` of the saga, in order."""
+        return tuple(self._waits)
+
+    def signal_wait(self, kind: type[Message]) -> _Wait | None:
+        """The wait a signal of type `kind` is for (None: no wait takes it)."""
+        return next((w for w in self._waits if w.accepts(kind)), None)
 
     def _switch(self, node: Switch[S], at: str, position: int) -> _Choice:
         name = self._named(node.name, at, "switch")
@@ -714,7 +889,13 @@ def _followers(tree: _Seq, name: str) -> list[tuple[_ResolvedStep[Any], str | No
                 return found + rest
         return None
 
-    def inside(node: _Leaf | _Par | _Choice) -> list[tuple[_ResolvedStep[Any], str | None]] | None:
+    def inside(
+        node: _Leaf | _Par | _Choice | _Wait | _Each,
+    ) -> list[tuple[_ResolvedStep[Any], str | None]] | None:
+        if isinstance(node, _Wait):
+            return None if node.on_timeout is None else after(node.on_timeout)
+        if isinstance(node, _Each):  # its items run beside each other
+            return [(node.step, node.name)] if node.step.name == name else None
         if isinstance(node, _Leaf):
             return [] if node.step.name == name else None
         if isinstance(node, _Par):
@@ -736,3 +917,52 @@ def _followers(tree: _Seq, name: str) -> list[tuple[_ResolvedStep[Any], str | No
         return None
 
     return after(tree) or []
+
+
+def _types(replies: Iterable[type[Any]]) -> list[str]:
+    return sorted(getattr(r, "message_type", r.__qualname__) for r in replies)
+
+
+def _describe_shape(seq: _Seq) -> list[Any]:
+    """What `Saga.shape` digests: structure and types, not the functions' code."""
+    out: list[Any] = []
+    for node in seq.nodes:
+        if isinstance(node, (_Leaf, _Each)):
+            r = node.step
+            step = r.step
+            out.append(
+                (
+                    "each" if isinstance(node, _Each) else "step",
+                    r.name,
+                    node.name if isinstance(node, _Each) else None,
+                    node.max_parallel if isinstance(node, _Each) else None,
+                    r.action.command.message_type if r.action else None,
+                    r.compensation.command.message_type if r.compensation else None,
+                    _types(r.success),
+                    _types(r.failures),
+                    _types(r.retryable),
+                    _types(r.compensation_failures),
+                    repr(step.retry),
+                    repr(step.compensation_retry),
+                    step.pivot,
+                )
+            )
+        elif isinstance(node, _Par):
+            out.append(("parallel", node.name, [_describe_shape(b) for b in node.branches]))
+        elif isinstance(node, _Choice):
+            cases = [(k, _describe_shape(c)) for k, c in node.cases.items()]
+            default = None if node.default is None else _describe_shape(node.default)
+            out.append(("switch", node.name, cases, default))
+        else:
+            timeout = None if node.on_timeout is None else _describe_shape(node.on_timeout)
+            out.append(
+                (
+                    "wait",
+                    node.name,
+                    _types(node.events),
+                    _types(node.failures),
+                    node.timeout_s,
+                    timeout,
+                )
+            )
+    return out

@@ -11,7 +11,7 @@ replies.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -20,18 +20,31 @@ from pydantic import BaseModel, ValidationError
 
 from ._codec import Incoming
 from ._definition import (
+    TIMED_OUT,
     RetryPolicy,
     Saga,
     SagaInfo,
     _Choice,
+    _Each,
     _Leaf,
     _Par,
     _ResolvedStep,
     _Seq,
+    _Wait,
     case_key,
 )
 from ._failure_reply import HandlerFailed
-from ._messages import Command, Message, Reply, ResolveSaga, ResumeSaga, StartSaga, TimerFired
+from ._messages import (
+    CancelSaga,
+    Command,
+    Message,
+    Reply,
+    ResolveSaga,
+    ResumeSaga,
+    StartSaga,
+    TimerFired,
+    registered,
+)
 
 
 class SagaStatus(StrEnum):
@@ -149,6 +162,12 @@ class Transition:
     choices: tuple[tuple[str, str], ...] = ()
     #: a forward step failed (or the deadline passed): the saga is on its way back
     aborted: bool = False
+    #: the waits (`WaitFor`) the saga has reached, with when each times out (None: never)
+    waits: tuple[tuple[str, int | None], ...] = ()
+    #: signals that came before the saga reached their wait: (type, message id, JSON)
+    signals: tuple[tuple[str, str, str], ...] = ()
+    #: the definition's shape (`Saga.shape`), on the start transition only
+    shape: str | None = None
 
     @property
     def pending(self) -> PendingCommand | None:
@@ -185,6 +204,10 @@ class SagaInstance:
     start_digest: str | None = None
     choices: tuple[tuple[str, str], ...] = ()
     aborted: bool = False
+    waits: tuple[tuple[str, int | None], ...] = ()
+    signals: tuple[tuple[str, str, str], ...] = ()
+    #: the shape of the definition version the saga started on (None: journaled before)
+    shape: str | None = None
 
     @property
     def pending(self) -> PendingCommand | None:
@@ -236,6 +259,9 @@ def evolve(instance: SagaInstance | None, t: Transition) -> SagaInstance:
         waiting=t.waiting,
         choices=t.choices,
         aborted=t.aborted,
+        waits=t.waits,
+        signals=t.signals,
+        shape=t.shape if t.shape is not None else (instance.shape if instance else None),
         deadline_ms=t.deadline_ms,
         trace=t.trace if t.trace is not None else (instance.trace if instance else None),
         start_digest=t.start_digest
@@ -265,6 +291,11 @@ def timers(instance: SagaInstance) -> tuple[Timer, ...]:
         Timer(instance.saga_id, "retry", w.ref, w.due_ms)
         for w in instance.waiting
         if w.due_ms is not None
+    ]
+    found += [
+        Timer(instance.saga_id, "wait", name, due)
+        for name, due in instance.waits
+        if due is not None
     ]
     if instance.deadline_ms is not None and instance.status is SagaStatus.RUNNING:
         found.append(Timer(instance.saga_id, "deadline", "saga", instance.deadline_ms))
@@ -300,10 +331,15 @@ def decide(
         return _timer(definition, instance, incoming, message)
     if isinstance(message, (ResumeSaga, ResolveSaga)):
         return _operator(definition, instance, incoming, message)
+    if isinstance(message, CancelSaga):
+        return _cancel(definition, instance, incoming, message)
+    wait = definition.signal_wait(type(message))
+    if wait is not None:
+        return _signal(definition, instance, incoming, wait)
     return Decision(
         instance=instance,
-        rejected=f"{env.message_type} is not a start request, reply, timer or operator "
-        f"request; saga {definition.name!r} cannot handle it",
+        rejected=f"{env.message_type} is not a start request, reply, timer, operator request "
+        f"or a signal one of its waits takes; saga {definition.name!r} cannot handle it",
     )
 
 
@@ -362,6 +398,7 @@ def _start(
         started_ms=incoming.at_ms,
         deadline_ms=deadline,
         start_digest=digest,
+        shape=definition.shape,
     )
     return draft.progress("started", None)
 
@@ -386,7 +423,8 @@ def _reply(definition: Saga[Any], instance: SagaInstance, incoming: Incoming[Mes
             ignored=f"reply to {env.causation_id} is not awaited "
             f"(saga {instance.saga_id} is {instance.status}, awaiting {awaited})",
         )
-    step = definition.step(pending.step)
+    key = pending.step  # the step's name; for an item of a ForEach, name#index
+    step = definition.step(key)
     kind = type(reply)
     if not isinstance(reply, HandlerFailed) and pending.phase is Phase.FORWARD:
         known = (*step.success, *step.failures, *step.retryable)
@@ -394,7 +432,7 @@ def _reply(definition: Saga[Any], instance: SagaInstance, incoming: Incoming[Mes
             expected = sorted(r.message_type for r in known)
             return Decision(
                 instance=instance,
-                rejected=f"step {step.name!r} of saga {definition.name!r} does not expect "
+                rejected=f"step {key!r} of saga {definition.name!r} does not expect "
                 f"{reply.message_type} (expects {', '.join(expected)})",
             )
     draft = _Draft.from_instance(definition, instance, incoming)
@@ -402,29 +440,29 @@ def _reply(definition: Saga[Any], instance: SagaInstance, incoming: Incoming[Mes
     if isinstance(reply, HandlerFailed):
         # the participant could not handle it, and nothing of it took effect
         what = "compensation of " if pending.phase is Phase.COMPENSATE else ""
-        return draft.retry_or_give_up(step, pending, f"{what}{step.name}: {reply.describe()}")
+        return draft.retry_or_give_up(step, pending, f"{what}{key}: {reply.describe()}")
     if pending.phase is Phase.COMPENSATE:
         if kind in step.compensation_failures:
             return draft.retry_or_give_up(
-                step, pending, f"compensation of {step.name} failed: {reply.message_type}"
+                step, pending, f"compensation of {key} failed: {reply.message_type}"
             )
-        draft.compensated = (*draft.compensated, step.name)
-        return draft.progress("step-compensated", step.name)
+        draft.compensated = (*draft.compensated, key)
+        return draft.progress("step-compensated", key)
     if kind in step.success:
         update = step.success[kind]
         if update is not None:
             draft.state = update(draft.state, reply)
-        draft.completed = (*draft.completed, step.name)
-        return draft.progress("step-succeeded", step.name)
+        draft.completed = (*draft.completed, key)
+        return draft.progress("step-succeeded", key)
     if kind in step.retryable:
-        return draft.retry_or_give_up(step, pending, f"{step.name}: {reply.message_type}")
+        return draft.retry_or_give_up(step, pending, f"{key}: {reply.message_type}")
     # a business failure
     if step.step.on_failure is not None:
         draft.state = step.step.on_failure(draft.state, reply)
     if pending.uncertain and step.compensation is not None:
-        draft.completed = (*draft.completed, step.name)  # an earlier attempt timed out
-    draft.abort(f"{step.name}: {reply.message_type}")
-    return draft.progress("step-failed", step.name)
+        draft.completed = (*draft.completed, key)  # an earlier attempt timed out
+    draft.abort(f"{key}: {reply.message_type}")
+    return draft.progress("step-failed", key)
 
 
 # -- timers --------------------------------------------------------------------------------
@@ -440,10 +478,23 @@ def _timer(
         draft.waiting.remove(nxt)
         step = definition.step(nxt.step)
         if nxt.phase is Phase.FORWARD and draft.aborting:
-            draft.settle_unsent(step, nxt.uncertain)  # no new attempt once the saga fails
+            draft.settle_unsent(step, nxt.uncertain, nxt.step)  # no new attempt now
         else:
-            draft.send(step, nxt.phase, nxt.attempt, nxt.budget_from, uncertain=nxt.uncertain)
+            draft.send(
+                step, nxt.phase, nxt.attempt, nxt.budget_from, uncertain=nxt.uncertain, key=nxt.step
+            )
         return draft.progress("retry", nxt.step)
+    if fired.kind == "wait":
+        wait = next(w for w in definition.waits() if w.name == fired.ref)
+        draft.waits.pop(wait.name)
+        reason = f"{wait.name}: no {' or '.join(k.message_type for k in wait.events)} within "
+        reason += f"{wait.timeout_s:g}s"
+        draft.note = reason
+        if wait.on_timeout is None:
+            draft.abort(reason)
+        else:
+            draft.choices[wait.name] = TIMED_OUT  # the steps for a timeout run instead
+        return draft.progress("wait-timed-out", wait.name)
     if fired.kind == "timeout":
         pending = next(p for p in draft.in_flight if p.message_id == fired.ref)
         draft.in_flight.remove(pending)
@@ -452,7 +503,7 @@ def _timer(
         return draft.retry_or_give_up(
             step,
             pending,
-            f"{step.name} attempt {pending.attempt} got no reply within {policy.timeout_s}s",
+            f"{pending.step} attempt {pending.attempt} got no reply within {policy.timeout_s}s",
             outcome_unknown=True,
         )
     # the saga deadline
@@ -486,6 +537,73 @@ def _timer(
     return draft.progress("deadline-passed", current)
 
 
+# -- signals and cancel ----------------------------------------------------------------------
+def _signal(
+    definition: Saga[Any], instance: SagaInstance, incoming: Incoming[Message], wait: _Wait
+) -> Decision:
+    """A message for one of the saga's waits: taken now if the saga is at that wait, kept
+    if it has not got there yet, dead-lettered if the saga ended or is past the wait."""
+    env = incoming.envelope
+    if instance.status.terminal:
+        return Decision(
+            instance=instance,
+            rejected=f"signal {env.message_type} for saga {instance.saga_id}, which is "
+            f"{instance.status.value}: nothing waits for it any more",
+            rejected_as="SignalTooLate",
+        )
+    if wait.name in instance.completed or wait.name in dict(instance.choices):
+        return Decision(
+            instance=instance,
+            rejected=f"signal {env.message_type} for saga {instance.saga_id}: it is past "
+            f"{wait.name!r} (that wait was already answered or timed out)",
+            rejected_as="SignalTooLate",
+        )
+    if any(message_id == env.message_id for _t, message_id, _p in instance.signals):
+        return Decision(instance=instance, ignored=f"duplicate signal {env.message_id}")
+    draft = _Draft.from_instance(definition, instance, incoming)
+    message = incoming.message
+    if wait.name in draft.waits:  # the saga is there: the signal decides the wait
+        draft.take_signal(wait, message)
+        return draft.progress("signalled", wait.name)
+    payload = message.__pydantic_serializer__.to_json(message).decode()
+    draft.signals.append((env.message_type, env.message_id, payload))
+    draft.note = f"signal {env.message_type} kept until the saga reaches {wait.name!r}"
+    status = instance.status
+    return draft.decide("signal-kept", wait.name, status)
+
+
+def _cancel(
+    definition: Saga[Any], instance: SagaInstance, incoming: Incoming[Message], request: CancelSaga
+) -> Decision:
+    if instance.status.settled:
+        return Decision(
+            instance=instance,
+            rejected=f"cancel of saga {instance.saga_id} refused: it is {instance.status.value}"
+            + (" (resolve a parked saga instead)" if not instance.status.terminal else ""),
+            rejected_as="CancelRefused",
+        )
+    pivot = definition.pivot_index
+    if pivot is not None:
+        sent = {p.step for p in instance.in_flight} | set(instance.completed)
+        sent |= {w.step for w in instance.waiting}
+        past = [r.name for r in definition.resolved() if r.top >= pivot and r.name in sent]
+        if past:
+            return Decision(
+                instance=instance,
+                rejected=f"cancel of saga {instance.saga_id} refused: it is past its pivot "
+                f"{definition.steps[pivot].name!r} ({past[0]} was sent), so it can only go "
+                "forward",
+                rejected_as="CancelRefused",
+            )
+    draft = _Draft.from_instance(definition, instance, incoming)
+    if draft.aborting:
+        return Decision(instance=instance, ignored=f"saga {instance.saga_id} is already undoing")
+    reason = f"cancelled: {request.reason}" if request.reason else "cancelled"
+    draft.abort(reason)
+    draft.note = reason
+    return draft.progress("cancelled", None)
+
+
 # -- people ----------------------------------------------------------------------------------
 def _operator(
     definition: Saga[Any],
@@ -508,7 +626,14 @@ def _operator(
     assert parked, "a parked saga records what to retry"
     for w in parked:
         draft.waiting.remove(w)
-        draft.send(definition.step(w.step), w.phase, w.attempt, w.attempt, uncertain=w.uncertain)
+        draft.send(
+            definition.step(w.step),
+            w.phase,
+            w.attempt,
+            w.attempt,
+            uncertain=w.uncertain,
+            key=w.step,
+        )
     return draft.progress("resumed", parked[0].step)
 
 
@@ -539,8 +664,11 @@ class _Draft:
     deadline_ms: int | None = None
     note: str | None = None
     start_digest: str | None = None
+    shape: str | None = None
     #: a forward step failed for good: nothing new starts forward, then compensation
     aborted: bool = False
+    waits: dict[str, int | None] = field(default_factory=dict)
+    signals: list[tuple[str, str, str]] = field(default_factory=list)
     #: commands to send with this decision
     outgoing: list[PendingCommand] = field(default_factory=list)
 
@@ -565,6 +693,8 @@ class _Draft:
             in_flight=list(instance.in_flight),
             waiting=list(instance.waiting),
             choices=dict(instance.choices),
+            waits=dict(instance.waits),
+            signals=list(instance.signals),
             deadline_ms=instance.deadline_ms,
             # records from before the flag: compensating, or a compensation out or parked
             aborted=instance.aborted
@@ -589,29 +719,33 @@ class _Draft:
         if not self.aborted:
             self.failure = reason
         self.aborted = True
+        self.waits = {}  # nobody waits for a signal on the way back
         for w in [w for w in self.waiting if w.phase is Phase.FORWARD and w.due_ms is not None]:
             self.waiting.remove(w)
-            self.settle_unsent(self.definition.step(w.step), w.uncertain)
+            self.settle_unsent(self.definition.step(w.step), w.uncertain, w.step)
 
-    def settle_unsent(self, step: _ResolvedStep[Any], uncertain: bool) -> None:
+    def settle_unsent(
+        self, step: _ResolvedStep[Any], uncertain: bool, key: str | None = None
+    ) -> None:
         """A forward step that will not be tried again while the saga fails: compensated
         if an earlier attempt may have taken effect."""
-        if uncertain and step.compensation is not None and step.name not in self.completed:
-            self.completed = (*self.completed, step.name)
+        key = key or step.name
+        if uncertain and step.compensation is not None and key not in self.completed:
+            self.completed = (*self.completed, key)
 
     def progress(self, event: str, step: str | None) -> Decision:
         """Send what can run now, and say where the saga is: forward while no step has
         failed, else (once nothing forward is in flight) compensating."""
         if not self.aborting:
-            ready, problem = self._forward_ready()
+            ready, problem, done = self._forward_ready()
             if problem is not None:
                 self.abort(problem)
                 return self.progress(event, step)
-            for r in ready:
+            for r, key in ready:
                 if self.definition.pivot_index is not None and r.top > self.definition.pivot_index:
                     self.deadline_ms = None  # past the point of no return: no more aborting
-                self.send(r, Phase.FORWARD, 1, 1)
-            if not self.in_flight and not self.waiting:
+                self.send(r, Phase.FORWARD, 1, 1, key=key)
+            if done and not self.in_flight and not self.waiting:
                 self.deadline_ms = None
                 return self.finish(event, step, SagaStatus.COMPLETED)
             return self.decide(event, step, self._status(SagaStatus.RUNNING))
@@ -619,29 +753,41 @@ class _Draft:
         if any(p.phase is Phase.FORWARD for p in self.in_flight):
             # a branch failed: the commands still out are waited for (or time out)
             return self.decide(event, step, SagaStatus.COMPENSATING)
-        for r in self._compensation_ready():
-            self.send(r, Phase.COMPENSATE, 1, 1)
+        for r, key in self._compensation_ready():
+            self.send(r, Phase.COMPENSATE, 1, 1, key=key)
         if not self.in_flight and not self.waiting:
             return self.finish(event, step, SagaStatus.COMPENSATED)
         return self.decide(event, step, self._status(SagaStatus.COMPENSATING))
 
     def _status(self, moving: SagaStatus) -> SagaStatus:
-        """`moving`, unless all that is left waits for a person."""
-        if not self.in_flight and all(w.due_ms is None for w in self.waiting):
+        """`moving`, unless all that is left waits for a person to resume or resolve it."""
+        idle = not self.in_flight and not self.waits
+        if idle and self.waiting and all(w.due_ms is None for w in self.waiting):
             return SagaStatus.FAILED_NEEDS_ATTENTION
         return moving
 
-    def _forward_ready(self) -> tuple[list[_ResolvedStep[Any]], str | None]:
-        """The steps that can start now (a Switch reached picks and journals its case);
-        or the reason the saga cannot go on (a Switch with no case for its key)."""
-        ready: list[_ResolvedStep[Any]] = []
+    def _forward_ready(self) -> tuple[list[tuple[_ResolvedStep[Any], str]], str | None, bool]:
+        """The steps that can start now (a Switch reached picks and journals its case, a
+        wait reached takes a signal kept for it or starts waiting), the reason the saga
+        cannot go on (a Switch with no case for its key, a failure signal), and whether
+        every step is done."""
+        ready: list[tuple[_ResolvedStep[Any], str]] = []
         busy = self._busy()
         problem: list[str] = []
 
         def seq(node: _Seq) -> bool:
             return all(one(n) for n in node.nodes)  # stops at the first not done
 
-        def one(node: _Leaf | _Par | _Choice) -> bool:
+        def one(node: _Leaf | _Par | _Choice | _Wait | _Each) -> bool:
+            if isinstance(node, _Wait):
+                return self._at_wait(node, problem, seq)
+            if isinstance(node, _Each):
+                keys = self._item_keys(node)
+                left = [k for k in keys if k not in self.completed]
+                free = node.max_parallel - sum(1 for k in keys if k in busy)
+                for k in [k for k in left if k not in busy][: max(0, free)]:
+                    ready.append((node.step, k))
+                return not left
             if isinstance(node, _Leaf):
                 r = node.step
                 if r.name in self.completed:
@@ -650,7 +796,7 @@ class _Draft:
                     self.completed = (*self.completed, r.name)
                     return True
                 if r.name not in busy:
-                    ready.append(r)
+                    ready.append((r, r.name))
                 return False
             if isinstance(node, _Par):
                 return all([seq(b) for b in node.branches])  # every branch, at once
@@ -663,8 +809,42 @@ class _Draft:
                 return False
             return seq(case)
 
-        seq(self.definition.tree)
-        return ready, (problem[0] if problem else None)
+        done = seq(self.definition.tree)
+        return ready, (problem[0] if problem else None), done
+
+    def _at_wait(self, node: _Wait, problem: list[str], seq: Callable[[_Seq], bool]) -> bool:
+        """The saga has reached `node`: done if its signal came, the timeout steps if it
+        timed out, else waiting (a signal kept for it is taken now)."""
+        if node.name in self.completed:
+            return True
+        if self.choices.get(node.name) == TIMED_OUT:
+            assert node.on_timeout is not None
+            return seq(node.on_timeout)
+        for kept in self.signals:
+            model = registered(kept[0])
+            if model is not None and node.accepts(model):
+                self.signals.remove(kept)
+                failed = self.take_signal(node, model.model_validate_json(kept[2]))
+                if failed is not None:
+                    problem.append(failed)
+                    return False
+                return True
+        if node.name not in self.waits:
+            due = None if node.timeout_s is None else self.at_ms + round(node.timeout_s * 1000)
+            self.waits[node.name] = due
+        return False
+
+    def take_signal(self, wait: _Wait, message: Message) -> str | None:
+        """`message` answers `wait`: on (None) or a failure (the reason)."""
+        self.waits.pop(wait.name, None)
+        if type(message) in wait.failures:
+            reason = f"{wait.name}: {message.message_type}"
+            self.abort(reason)
+            return reason
+        if wait.on_event is not None:
+            self.state = wait.on_event(self.state, message)
+        self.completed = (*self.completed, wait.name)
+        return None
 
     def _case(self, node: _Choice) -> _Seq | None:
         key = self.choices.get(node.name)
@@ -678,23 +858,41 @@ class _Draft:
             return node.cases[key]
         return node.default
 
-    def _compensation_ready(self) -> list[_ResolvedStep[Any]]:
+    def _item_keys(self, node: _Each) -> list[str]:
+        """``name#0`` ... of a ForEach: its list is counted when the saga reaches it, and
+        the count journaled (with the Switch cases), so replay sends the same items."""
+        count = self.choices.get(node.name)
+        if count is None:
+            count = str(len(list(node.items(self.state))))
+            self.choices[node.name] = count
+        return [f"{node.step.name}#{i}" for i in range(int(count))]
+
+    def _compensation_ready(self) -> list[tuple[_ResolvedStep[Any], str]]:
         """The compensations that can start now: in each sequence from the last step
         back, the branches of a group at the same time, the case a Switch took."""
-        ready: list[_ResolvedStep[Any]] = []
+        ready: list[tuple[_ResolvedStep[Any], str]] = []
         busy = self._busy()
         done = set(self.compensated)
 
         def seq(node: _Seq) -> bool:
             return all(one(n) for n in reversed(node.nodes))
 
-        def one(node: _Leaf | _Par | _Choice) -> bool:
+        def one(node: _Leaf | _Par | _Choice | _Wait | _Each) -> bool:
+            if isinstance(node, _Wait):
+                timed_out = self.choices.get(node.name) == TIMED_OUT
+                return not timed_out or node.on_timeout is None or seq(node.on_timeout)
+            if isinstance(node, _Each):
+                if node.name not in self.choices or node.step.compensation is None:
+                    return True
+                undo = [k for k in self._item_keys(node) if k in self.completed and k not in done]
+                ready.extend((node.step, k) for k in undo if k not in busy)
+                return not undo
             if isinstance(node, _Leaf):
                 r = node.step
                 if r.name not in self.completed or r.compensation is None or r.name in done:
                     return True
                 if r.name not in busy:
-                    ready.append(r)
+                    ready.append((r, r.name))
                 return False
             if isinstance(node, _Par):
                 return all([seq(b) for b in node.branches])
@@ -726,17 +924,24 @@ class _Draft:
         uncertain = pending.uncertain or outcome_unknown
         forward = pending.phase is Phase.FORWARD
         if forward and self.aborting and not self.definition.after_pivot(step):
-            self.settle_unsent(step, uncertain)
-            return self.progress("step-failed", step.name)
+            self.settle_unsent(step, uncertain, pending.step)
+            return self.progress("step-failed", pending.step)
         if made < policy.max_attempts:
             attempt = pending.attempt + 1
-            wait = policy.backoff_ms(made, f"{self.saga_id}:{step.name}:{attempt}")
+            wait = policy.backoff_ms(made, f"{self.saga_id}:{pending.step}:{attempt}")
             if wait <= 0:
-                self.send(step, pending.phase, attempt, pending.budget_from, uncertain=uncertain)
-                return self.progress("retry", step.name)
+                self.send(
+                    step,
+                    pending.phase,
+                    attempt,
+                    pending.budget_from,
+                    uncertain=uncertain,
+                    key=pending.step,
+                )
+                return self.progress("retry", pending.step)
             self.waiting.append(
                 NextAttempt(
-                    step.name,
+                    pending.step,
                     pending.phase,
                     attempt,
                     pending.budget_from,
@@ -745,7 +950,7 @@ class _Draft:
                 )
             )
             self.note = reason
-            return self.progress("retry-scheduled", step.name)
+            return self.progress("retry-scheduled", pending.step)
         give_up = f"{reason}; gave up after {made} attempt(s)"
         if not forward or self.definition.after_pivot(step):
             return self.park(step, pending, give_up)
@@ -755,21 +960,21 @@ class _Draft:
             return self.park(
                 step,
                 pending,
-                f"{give_up}; {step.name} may have taken effect and has no compensation, so "
+                f"{give_up}; {pending.step} may have taken effect and has no compensation, so "
                 "the steps before it are not undone (resume retries it, resolve ends the saga)",
             )
         if uncertain and step.compensation is not None:
             # the command may have taken effect: compensations must tolerate "nothing to undo"
-            self.completed = (*self.completed, step.name)
+            self.completed = (*self.completed, pending.step)
         self.abort(give_up)
-        return self.progress("step-failed", step.name)
+        return self.progress("step-failed", pending.step)
 
     def park(self, step: _ResolvedStep[Any], pending: PendingCommand, reason: str) -> Decision:
         """Leave `step` for a person: resume sends it again, resolve ends the saga."""
         self.failure = reason
         self.waiting.append(
             NextAttempt(
-                step.name,
+                pending.step,
                 pending.phase,
                 pending.attempt + 1,
                 pending.attempt + 1,
@@ -780,7 +985,7 @@ class _Draft:
         self.deadline_ms = None
         self.note = None
         moving = SagaStatus.RUNNING if pending.phase is Phase.FORWARD else SagaStatus.COMPENSATING
-        return self.decide("parked", step.name, self._status(moving))
+        return self.decide("parked", pending.step, self._status(moving))
 
     # -- the record ----------------------------------------------------------------------
     def send(
@@ -791,11 +996,15 @@ class _Draft:
         budget_from: int,
         *,
         uncertain: bool = False,
+        key: str | None = None,
     ) -> None:
-        """Put an attempt of `target` in flight, to be sent with this decision."""
+        """Put an attempt of `target` in flight, to be sent with this decision (`key`:
+        ``name#index`` for an item of a ForEach)."""
         action = target.action if phase is Phase.FORWARD else target.compensation
         assert action is not None
+        key = key or target.name
         timeout = _policy(target, phase).timeout_s
+        index, item = self._item(key)
         info = SagaInfo(
             saga_id=self.saga_id,
             saga_type=self.definition.name,
@@ -803,12 +1012,14 @@ class _Draft:
             step=target.name,
             attempt=attempt,
             failure=self.failure,
+            index=index,
+            item=item,
         )
         pending = PendingCommand(
-            step=target.name,
+            step=key,
             phase=phase,
             attempt=attempt,
-            message_id=command_id(self.saga_id, target.name, phase, attempt),
+            message_id=command_id(self.saga_id, key, phase, attempt),
             topic=action.topic,
             command=action.build(self.state, info),
             causation_id=self.cause,
@@ -819,8 +1030,19 @@ class _Draft:
         self.in_flight.append(pending)
         self.outgoing.append(pending)
 
+    def _item(self, key: str) -> tuple[int | None, Any]:
+        """For ``name#index``, the index and the item of its ForEach's list now."""
+        name, sep, number = key.partition("#")
+        if not sep:
+            return None, None
+        index = int(number)
+        each = self.definition.foreach_of(name)
+        items = list(each.items(self.state))
+        return index, items[index] if index < len(items) else None
+
     def finish(self, event: str, step: str | None, status: SagaStatus) -> Decision:
         self.waiting = []
+        self.waits = {}
         self.deadline_ms = None
         return self.decide(event, step, status)
 
@@ -848,8 +1070,11 @@ class _Draft:
             deadline_ms=self.deadline_ms,
             note=self.note,
             start_digest=self.start_digest,
+            shape=self.shape,
             choices=tuple(sorted(self.choices.items())),
             aborted=self.aborted,
+            waits=tuple(sorted(self.waits.items())),
+            signals=tuple(self.signals),
         )
         instance = evolve(self.instance, record)
         return Decision(

@@ -11,7 +11,7 @@ fenced, without broker transactions.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,8 +96,11 @@ def encode_transition(t: Transition) -> bytes:
             "note": t.note,
             "trace": t.trace,
             **({"start_digest": t.start_digest} if t.start_digest is not None else {}),
+            **({"shape": t.shape} if t.shape is not None else {}),
             **({"choices": dict(t.choices)} if t.choices else {}),
             **({"aborted": True} if t.aborted else {}),
+            **({"waits": dict(t.waits)} if t.waits else {}),
+            **({"signals": [list(x) for x in t.signals]} if t.signals else {}),
         },
         default=_default,
     )
@@ -146,10 +149,19 @@ def _decode_pending(p: dict[str, Any], saga: Saga[Any] | None) -> PendingCommand
     )
 
 
-def decode_transition(data: bytes, saga: Saga[Any] | None) -> Transition:
-    """A journal record; with `saga` None, state and commands stay raw (for display)."""
+def decode_transition(data: bytes, saga: Saga[Any] | Mapping[int, Saga[Any]] | None) -> Transition:
+    """A journal record, read with its saga's definition: `saga`, or of several versions
+    the one the record names. With no definition (None, or a version not given) the state
+    and commands stay raw (for display, and for telling which versions live sagas use)."""
     try:
         d = orjson.loads(data)
+        if isinstance(saga, Mapping):
+            name = next(iter(saga.values())).name if saga else d["saga_type"]
+            if d["saga_type"] != name:
+                raise DecodeError(
+                    f"journal record of saga type {d['saga_type']!r}, expected {name!r}"
+                )
+            saga = saga.get(d["version"])
         if saga is not None and d["saga_type"] != saga.name:
             raise DecodeError(
                 f"journal record of saga type {d['saga_type']!r}, expected {saga.name!r}"
@@ -194,7 +206,10 @@ def decode_transition(data: bytes, saga: Saga[Any] | None) -> Transition:
             note=d.get("note"),
             trace=d.get("trace"),
             start_digest=d.get("start_digest"),
+            shape=d.get("shape"),
             aborted=bool(d.get("aborted", False)),
+            waits=tuple(sorted((str(k), v) for k, v in (d.get("waits") or {}).items())),
+            signals=tuple((str(a), str(b), str(c)) for a, b, c in d.get("signals") or ()),
         )
     except DecodeError:
         raise

@@ -199,6 +199,14 @@ class ResolveSaga(Message, type="sagakit.ResolveSaga"):
     note: str
 
 
+class CancelSaga(Message, type="sagakit.CancelSaga"):
+    """Someone asks a running saga to stop: before its pivot it compensates and ends
+    COMPENSATED with the reason; after the pivot the request is refused (dead-lettered
+    with why)."""
+
+    reason: str
+
+
 def registered(message_type: str) -> type[Message] | None:
     """The model registered under `message_type`, or None."""
     return _REGISTRY.get(message_type)

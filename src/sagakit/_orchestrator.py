@@ -10,7 +10,7 @@ commands without a recorded reply are re-sent when a partition is restored.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -21,7 +21,7 @@ from ._clock import Clock, as_clock
 from ._codec import DEFAULT_CODEC, Codec, decode_record, encode_record
 from ._definition import Saga
 from ._dlq import dead_letter, dlq_topic
-from ._errors import DecodeError, PartitionsLost, TransportError
+from ._errors import DecodeError, DefinitionError, PartitionsLost, TransportError
 from ._evaluator import PendingCommand, Phase, SagaInstance, Timer, Transition, decide, timers
 from ._faults import fault_point
 from ._interceptors import Interceptor, Interceptors
@@ -102,9 +102,63 @@ def command_envelope(
         correlation_id=instance.correlation_id,
         causation_id=pending.causation_id,
         saga_type=saga.name,
-        saga_version=str(saga.version),
+        saga_version=str(instance.version),
         reply_to=namespace + saga.inbox_topic,
     )
+
+
+def saga_versions(sagas: Sequence[Saga[Any]]) -> dict[int, Saga[Any]]:
+    """The versions of one saga type by number; DefinitionError if they are not one type,
+    or two different definitions share a number."""
+    versions: dict[int, Saga[Any]] = {}
+    for saga in sagas:
+        if saga.name != sagas[0].name:
+            raise DefinitionError(
+                f"one orchestrator runs versions of one saga type: {sagas[0].name!r} and "
+                f"{saga.name!r} are two"
+            )
+        other = versions.get(saga.version)
+        if other is not None and other is not saga and other.shape != saga.shape:
+            raise DefinitionError(
+                f"saga {saga.name!r} has two definitions of version {saga.version} with "
+                "different shapes: give the changed one a new version number"
+            )
+        versions.setdefault(saga.version, saga)
+    return versions
+
+
+def check_versions(
+    versions: Mapping[int, Saga[Any]], instances: Iterable[SagaInstance], partition: int
+) -> None:
+    """DefinitionError listing live sagas whose version is not given, or whose version
+    number now has another shape than the one they started on."""
+    missing: dict[int, list[str]] = {}
+    changed: dict[int, list[str]] = {}
+    for i in instances:
+        if i.status.terminal:
+            continue
+        definition = versions.get(i.version)
+        if definition is None:
+            missing.setdefault(i.version, []).append(i.saga_id)
+        elif i.shape is not None and i.shape != definition.shape:
+            changed.setdefault(i.version, []).append(i.saga_id)
+    name = next(iter(versions.values())).name
+    problems = []
+    for version, ids in sorted(missing.items()):
+        problems.append(
+            f"version {version}, which this orchestrator does not run, still has "
+            f"{len(ids)} live saga(s) in partition {partition}: {', '.join(sorted(ids)[:5])}"
+            + (" ..." if len(ids) > 5 else "")
+            + f"; run it beside the others (App(sagas=[...{name} v{version}, ...]))"
+        )
+    for version, ids in sorted(changed.items()):
+        problems.append(
+            f"version {version} has changed shape since {len(ids)} live saga(s) started on "
+            f"it ({', '.join(sorted(ids)[:5])}): give the changed definition a new version "
+            "number and keep the old one running"
+        )
+    if problems:
+        raise DefinitionError(f"saga {name!r}: " + "; ".join(problems))
 
 
 class Orchestrator(Observed):
@@ -132,10 +186,17 @@ class Orchestrator(Observed):
         metrics: Metrics | None = None,
         interceptors: Sequence[Interceptor] = (),
         reader_check_s: float | None = 30.0,
+        versions: Sequence[Saga[Any]] = (),
     ) -> None:
         """`tracing` and `metrics` are interceptors too; `interceptors` are yours, called
         after them (see `Interceptor`). `reader_check_s` after joining, the orchestrator
-        warns about each command topic no consumer group reads (None: it does not check)."""
+        warns about each command topic no consumer group reads (None: it does not check).
+
+        `versions`: other versions of the saga to run beside `saga` (one orchestrator runs
+        them all). A new saga starts on the newest, or on the version its start request
+        names; every saga goes on with the version it started on."""
+        self.versions = saga_versions([saga, *versions])
+        saga = self.versions[max(self.versions)]
         self.saga = saga
         self.namespace = namespace
         self.inbox_topic = namespace + saga.inbox_topic
@@ -179,8 +240,9 @@ class Orchestrator(Observed):
     async def ensure_topics(self) -> None:
         """Create inbox, journal (same partition count), DLQ and command topics, or check them."""
         topics = {self.inbox_topic: self.partitions, dlq_topic(self.inbox_topic): 1}
-        for topic in self.saga.command_topics():
-            topics[self.namespace + topic] = self.partitions
+        for version in self.versions.values():
+            for topic in version.command_topics():
+                topics[self.namespace + topic] = self.partitions
         await self.transport.ensure_topics(topics)
         await self.event_log.ensure(self.partitions)
 
@@ -293,6 +355,15 @@ class Orchestrator(Observed):
             )
         return encode_record(topic, envelope, pending.command, codec=self.codec)
 
+    def _definition(self, instance: SagaInstance | None, env: Envelope) -> Saga[Any]:
+        """The version that decides: the saga's own, else the one its start names, else the
+        newest (which refuses a start naming a version this orchestrator does not run)."""
+        if instance is not None:
+            return self.versions.get(instance.version, self.saga)
+        if env.saga_version is not None and env.saga_version.isdigit():
+            return self.versions.get(int(env.saga_version), self.saga)
+        return self.saga
+
     # restore ------------------------------------------------------------------------------
     async def _restore(self, tp: TopicPartition, part: _Partition) -> None:
         """Restore `tp`, trying again (with back-off) while the broker cannot be reached."""
@@ -310,8 +381,9 @@ class Orchestrator(Observed):
         with anyio.CancelScope() as scope:
             part.restore_scope = scope
             replayed = await restore_partition(
-                self.event_log, tp.partition, lambda data: decode_transition(data, self.saga)
+                self.event_log, tp.partition, lambda data: decode_transition(data, self.versions)
             )
+            check_versions(self.versions, replayed.instances.values(), tp.partition)
             if self._owned.get(tp) is not part:
                 return
             part.epoch = replayed.epoch
@@ -463,7 +535,8 @@ class Orchestrator(Observed):
         env = incoming.envelope
         with interceptors.handle(name, record, env) as span:
             try:
-                decision = decide(self.saga, part.instances.get(env.saga_id), incoming)
+                instance = part.instances.get(env.saga_id)
+                decision = decide(self._definition(instance, env), instance, incoming)
             except Exception as exc:  # a state update or command builder of the definition raised
                 log.exception("deciding %s for saga %s failed", env.message_type, env.saga_id)
                 span.exception(exc)
@@ -508,7 +581,7 @@ class Orchestrator(Observed):
                 return
             previous = part.instances.get(env.saga_id)
             for t in records:
-                interceptors.transition(self.saga, previous, t)
+                interceptors.transition(self.versions.get(t.version, self.saga), previous, t)
             part.instances[env.saga_id] = instance
             span.set(
                 saga_type=self.saga.name,
@@ -583,7 +656,7 @@ class Orchestrator(Observed):
             correlation_id=instance.correlation_id,
             causation_id=timer.message_id,
             saga_type=self.saga.name,
-            saga_version=str(self.saga.version),
+            saga_version=str(instance.version),
         )
         message = TimerFired(kind=timer.kind, ref=timer.ref)
         envelope = self.interceptors.send(

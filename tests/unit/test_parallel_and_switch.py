@@ -17,6 +17,7 @@ from sagakit import (
     Command,
     DefinitionError,
     Envelope,
+    ForEach,
     Incoming,
     Message,
     Parallel,
@@ -25,6 +26,7 @@ from sagakit import (
     Reply,
     RetryPolicy,
     Saga,
+    SagaInfo,
     SagaInstance,
     SagaStatus,
     StartSaga,
@@ -386,3 +388,111 @@ def test_a_journal_record_from_before_lists_still_reads() -> None:
     record["pending"], record["next"] = p, None  # how a single command was written before
     old = decode_transition(orjson.dumps(record), run.saga)
     assert old.in_flight == run.records[-1].in_flight and old.waiting == ()
+
+
+# -- ForEach ---------------------------------------------------------------------------------
+
+
+class Team(BaseModel):
+    person: str
+    trainings: list[str] = []
+    booked: list[str] = []
+
+
+class Book(Command, type="pstest.Book"):
+    person: str
+    course: str
+
+
+class Booked(Reply, type="pstest.Booked"):
+    course: str
+
+
+class Full(Reply, type="pstest.Full"):
+    pass
+
+
+class Unbook(Command, type="pstest.Unbook"):
+    person: str
+    course: str
+
+
+def book(state: Team, saga: SagaInfo) -> Book:
+    return Book(person=state.person, course=saga.item)
+
+
+def unbook(state: Team, saga: SagaInfo) -> Unbook:
+    return Unbook(person=state.person, course=saga.item)
+
+
+def note(state: Team, reply: Booked) -> Team:
+    return state.model_copy(update={"booked": [*state.booked, reply.course]})
+
+
+def trainings(max_parallel: int = 2) -> Saga[Team]:
+    return Saga(
+        "pstest-trainings",
+        state=Team,
+        steps=[
+            Step("a", invoke=DO["a"], on_reply={DONE["a"]: None}, compensate=UNDO["a"]),
+            ForEach(
+                "trainings",
+                items=lambda s: s.trainings,
+                step=Step(
+                    "book",
+                    invoke=book,
+                    on_reply={Booked: note},
+                    failures=(Full,),
+                    compensate=unbook,
+                ),
+                max_parallel=max_parallel,
+            ),
+        ],
+    )
+
+
+def courses(d: Decision) -> list[str]:
+    return [c.command.course for c in d.commands]  # type: ignore[attr-defined]
+
+
+def test_foreach_sends_each_item_with_a_bound_and_folds_the_results() -> None:
+    run = Run(trainings(max_parallel=2))
+    run.feed(start(run.saga, {"person": "ada", "trainings": ["fire", "first-aid", "gdpr"]}))
+    first = run.answer("a", DONE["a"]())
+    assert courses(first) == ["fire", "first-aid"]  # two at once
+    assert [c.message_id for c in first.commands] == [f"{SAGA_ID}:book#0:1", f"{SAGA_ID}:book#1:1"]
+    assert courses(run.answer("book#1", Booked(course="first-aid"))) == ["gdpr"]
+    run.answer("book#0", Booked(course="fire"))
+    done = run.answer("book#2", Booked(course="gdpr"))
+    assert done.commands == () and run.inst.status is SagaStatus.COMPLETED
+    assert run.inst.state.booked == ["first-aid", "fire", "gdpr"]
+
+
+def test_a_failing_item_undoes_the_completed_items_and_the_steps_before() -> None:
+    run = Run(trainings(max_parallel=3))
+    run.feed(start(run.saga, {"person": "ada", "trainings": ["fire", "first-aid", "gdpr"]}))
+    run.answer("a", DONE["a"]())
+    run.answer("book#0", Booked(course="fire"))
+    assert run.answer("book#1", Full()).commands == ()  # gdpr is still out
+    undo = run.answer("book#2", Booked(course="gdpr"))
+    assert sorted(c.message_id for c in undo.commands) == [
+        f"{SAGA_ID}:book#0:c1",
+        f"{SAGA_ID}:book#2:c1",
+    ]
+    assert sorted(courses(undo)) == ["fire", "gdpr"]  # each undo built from its own item
+    assert run.undo_all()[-1] == "a" and run.inst.status is SagaStatus.COMPENSATED
+    assert set(run.inst.compensated) == {"book#0", "book#2", "a"}
+
+
+def test_an_empty_list_goes_straight_on() -> None:
+    run = Run(trainings())
+    run.feed(start(run.saga, {"person": "ada"}))
+    assert run.answer("a", DONE["a"]()).commands == ()
+    assert run.inst.status is SagaStatus.COMPLETED
+
+
+def test_a_foreach_step_that_may_fail_without_compensation_is_refused() -> None:
+    message = build_error(
+        ForEach("each", items=lambda s: [], step=step("b", compensate=False), max_parallel=2)
+    )
+    assert "step 'b'" in message and "runs beside step 'b' (group 'each')" in message

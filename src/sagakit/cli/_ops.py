@@ -7,13 +7,16 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import anyio
+import orjson
 import typer
+from pydantic import ValidationError
 
 from .._app import App
 from .._client import SagaClient
+from .._codec import Incoming
 from .._dlq import DeadLetter
 from .._errors import SagaError, TransportError
-from .._evaluator import SagaInstance, SagaStatus, Transition
+from .._evaluator import SagaInstance, SagaStatus, Transition, decide, replay
 from .._inspect import (
     consumed_topics,
     dlq_name,
@@ -26,6 +29,7 @@ from .._inspect import (
     replay_dead_letters,
     saga_type_of,
 )
+from .._messages import CancelSaga, Envelope, Message, registered
 from ..transport._base import Record
 from ..transport.kafka import KafkaTransport
 from ._common import (
@@ -43,7 +47,9 @@ from ._common import (
     run_with,
 )
 
-sagas_app = typer.Typer(help="List, inspect, resume and resolve sagas of a running system.")
+sagas_app = typer.Typer(
+    help="List, inspect, resume, resolve, signal and cancel sagas of a running system."
+)
 dlq_app = typer.Typer(help="Inspect and replay dead letters.")
 
 SagaType = Annotated[str | None, typer.Option(help="Saga type, to search one journal.")]
@@ -288,6 +294,19 @@ def _print_events(saga_id: str, events: list[Record], json_output: bool) -> None
     )
 
 
+def _parked_only(saga_id: str) -> Callable[[list[Transition]], str | None]:
+    def check(history: list[Transition]) -> str | None:
+        status = history[-1].status
+        if status is SagaStatus.FAILED_NEEDS_ATTENTION:
+            return None
+        return (
+            f"saga {saga_id} is {status.value}; only FAILED_NEEDS_ATTENTION sagas "
+            "can be resumed or resolved"
+        )
+
+    return check
+
+
 def _operator(
     saga_id: str,
     bootstrap: str,
@@ -296,27 +315,28 @@ def _operator(
     saga_type: str | None,
     wait_s: float,
     send: Callable[[SagaClient, str], Awaitable[None]],
-    event: str,
+    events: tuple[str, ...],
     json_output: bool,
+    check: Callable[[list[Transition]], str | None],
 ) -> None:
+    """Send a person's request for one saga, after `check` (its history: None if the
+    request may go, else why not); print what the orchestrator recorded for it."""
+
     async def action(transport: KafkaTransport) -> tuple[str, list[Transition]]:
         found_type, history = await _find(transport, saga_id, namespace, app, saga_type)
-        status = history[-1].status
-        if status is not SagaStatus.FAILED_NEEDS_ATTENTION:
-            raise SagaError(
-                f"saga {saga_id} is {status.value}; only FAILED_NEEDS_ATTENTION sagas "
-                "can be resumed or resolved"
-            )
+        refused = check(history)
+        if refused is not None:
+            raise SagaError(refused)
         seen = history[-1].seq
         await send(SagaClient(transport, namespace=namespace), found_type)
         with anyio.move_on_after(wait_s):
-            while not any(t.event == event for t in history if t.seq > seen):
+            while not any(t.event in events for t in history if t.seq > seen):
                 await anyio.sleep(0.2)
                 _, history = await find_saga(transport, saga_id, namespace, found_type)
         return found_type, [t for t in history if t.seq > seen]
 
     found_type, recorded = run_with(bootstrap, action)
-    if not any(t.event == event for t in recorded):
+    if not any(t.event in events for t in recorded):
         err.print(f"request sent; the orchestrator has not recorded it within {wait_s}s")
         raise typer.Exit(1)
     _print_history(found_type, recorded, json_output)
@@ -348,8 +368,9 @@ def sagas_resume(
         saga_type,
         wait,
         lambda client, kind: client.resume(kind, saga_id, note),
-        "resumed",
+        ("resumed",),
         json_output,
+        _parked_only(saga_id),
     )
 
 
@@ -375,8 +396,116 @@ def sagas_resolve(
         saga_type,
         wait,
         lambda client, kind: client.resolve(kind, saga_id, note),
-        "resolved",
+        ("resolved",),
         json_output,
+        _parked_only(saga_id),
+    )
+
+
+def _definition(app: App | None, saga_type: str) -> Any:
+    if app is None:
+        return None
+    try:
+        return app.saga(saga_type)
+    except Exception:
+        return None
+
+
+def _refusal(app: App | None, saga_type: str | None, request: Message, saga_id: str) -> Any:
+    """A check that asks the saga's own definition (when the app is given) whether it
+    would take `request`, so a refusal is said here instead of in a dead letter."""
+
+    def check(history: list[Transition]) -> str | None:
+        status = history[-1].status
+        if status.terminal:
+            return f"saga {saga_id} is {status.value}: it has ended"
+        definition = _definition(app, history[-1].saga_type)
+        if definition is None:
+            return None
+        instance = replay(history)[saga_id]
+        envelope = Envelope(
+            message_id=f"{saga_id}:check",
+            message_type=request.message_type,
+            saga_id=saga_id,
+            correlation_id=saga_id,
+            causation_id=f"{saga_id}:check",
+        )
+        decision = decide(definition, instance, Incoming(envelope, request, instance.updated_ms))
+        return decision.rejected
+
+    return check
+
+
+@sagas_app.command("signal")
+def sagas_signal(
+    saga_id: str,
+    message_type: Annotated[
+        str, typer.Argument(metavar="TYPE", help="The signal's message type, e.g. hr.Approved.")
+    ],
+    bootstrap: Bootstrap,
+    app_spec: AppSpec = None,
+    data: Annotated[str, typer.Option(help="The signal's fields as a JSON object.")] = "{}",
+    saga_type: SagaType = None,
+    namespace: Namespace = None,
+    wait: Wait = 15.0,
+    json_output: JsonOpt = False,
+    app_dir: AppDir = None,
+) -> None:
+    """Send a saga the message one of its waits (WaitFor) is waiting for: a person's
+    approval, say. Kept by the saga if it has not reached that wait yet."""
+    app = maybe_app(app_spec, app_dir)
+    model = registered(message_type)
+    if model is None:
+        raise typer.BadParameter(
+            f"no message type {message_type!r} is known"
+            + ("" if app is not None else ": pass --app MODULE:ATTR of the app that defines it"),
+            param_hint="TYPE",
+        )
+    try:
+        fields = orjson.loads(data)
+        message = model.model_validate(fields)
+    except (orjson.JSONDecodeError, ValidationError) as exc:
+        raise typer.BadParameter(f"not a {message_type}: {exc}", param_hint="--data") from None
+    _operator(
+        saga_id,
+        bootstrap,
+        app,
+        namespace_of(app, namespace),
+        saga_type,
+        wait,
+        lambda client, kind: client.signal(kind, saga_id, message),
+        ("signalled", "signal-kept"),
+        json_output,
+        _refusal(app, saga_type, message, saga_id),
+    )
+
+
+@sagas_app.command("cancel")
+def sagas_cancel(
+    saga_id: str,
+    bootstrap: Bootstrap,
+    reason: Annotated[str, typer.Option(help="Why, for the journal and the saga's failure.")],
+    app_spec: AppSpec = None,
+    saga_type: SagaType = None,
+    namespace: Namespace = None,
+    wait: Wait = 15.0,
+    json_output: JsonOpt = False,
+    app_dir: AppDir = None,
+) -> None:
+    """Stop a running saga: before its pivot it compensates and ends COMPENSATED with the
+    reason; after the pivot it is refused (with --app the refusal is said here)."""
+    app = maybe_app(app_spec, app_dir)
+    _operator(
+        saga_id,
+        bootstrap,
+        app,
+        namespace_of(app, namespace),
+        saga_type,
+        wait,
+        lambda client, kind: client.cancel(kind, saga_id, reason),
+        ("cancelled",),
+        json_output,
+        _refusal(app, saga_type, CancelSaga(reason=reason), saga_id),
     )
 
 

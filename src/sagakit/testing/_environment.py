@@ -70,7 +70,8 @@ class SagaTestEnvironment:
     ) -> None:
         if isinstance(sagas, App):
             app = sagas
-            sagas, services = app.sagas, (*app.services, *services)
+            sagas = [v for saga in app.sagas for v in app.versions(saga.name)]
+            services = (*app.services, *services)
             interceptors = (*app.interceptors, *interceptors)
         self.clock: VirtualClock | None = (clock or VirtualClock()) if virtual_time else None
         time_source: Clock = self.clock if self.clock is not None else SYSTEM_CLOCK
@@ -82,17 +83,21 @@ class SagaTestEnvironment:
         self.services = list(services)
         self.fresh_stores = fresh_stores
         self._stores = StoreSwap()
+        by_type: dict[str, list[Saga[Any]]] = {}
+        for saga in sagas:  # several versions of one type share an orchestrator
+            by_type.setdefault(saga.name, []).append(saga)
         self.orchestrators = {
-            saga.name: Orchestrator(
-                saga,
+            name: Orchestrator(
+                versions[0],
                 self.transport,
+                versions=versions[1:],
                 partitions=partitions,
                 namespace=namespace,
                 on_transition=self._observe,
                 interceptors=interceptors,
                 clock=time_source,
             )
-            for saga in sagas
+            for name, versions in by_type.items()
         }
         for service in self.services:
             service.configure(

@@ -1,0 +1,188 @@
+"""Onboarding an employee: a saga with a parallel group and a wait for a manager, and the
+one service that does the work (in memory), for the integration tests of those nodes.
+
+    create-account
+    equipment: order-laptop  |  create-mailbox -> add-to-lists
+    manager-approval (Approved goes on, Declined compensates; 60 s)
+    welcome (the pivot)
+
+``laptop="none"`` in the state makes order-laptop fail (no laptop in stock) while the
+mailbox is still being created (it takes `MAILBOX_S`), so the failure meets a command in
+flight. Every effect and undo is counted in `LEDGER`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import anyio
+from pydantic import BaseModel
+
+from sagakit import (
+    App,
+    BusinessFailure,
+    Command,
+    Event,
+    HandlerContext,
+    MemoryStore,
+    Parallel,
+    Reply,
+    Saga,
+    Service,
+    Step,
+    WaitFor,
+)
+
+MAILBOX_S = 0.5
+LEDGER: Counter[str] = Counter()
+
+
+class Hire(BaseModel):
+    person: str
+    laptop: str = "standard"
+    approved_by: str = ""
+
+
+class Done(Reply, type="it.Done"):
+    what: str
+
+
+class NoLaptop(Reply, type="it.NoLaptop"):
+    pass
+
+
+class CreateAccount(Command, type="it.CreateAccount", replies=(Done,)):
+    person: str
+
+
+class DisableAccount(Command, type="it.DisableAccount", replies=(Done,)):
+    person: str
+
+
+class OrderLaptop(Command, type="it.OrderLaptop", replies=(Done, NoLaptop)):
+    person: str
+    laptop: str
+
+
+class ReturnLaptop(Command, type="it.ReturnLaptop", replies=(Done,)):
+    person: str
+    laptop: str
+
+
+class CreateMailbox(Command, type="it.CreateMailbox", replies=(Done,)):
+    person: str
+
+
+class DeleteMailbox(Command, type="it.DeleteMailbox", replies=(Done,)):
+    person: str
+
+
+class AddToLists(Command, type="it.AddToLists", replies=(Done,)):
+    person: str
+
+
+class RemoveFromLists(Command, type="it.RemoveFromLists", replies=(Done,)):
+    person: str
+
+
+class SendWelcome(Command, type="it.SendWelcome", replies=(Done,)):
+    person: str
+
+
+class Approved(Event, type="hr.Approved"):
+    manager: str
+
+
+class Declined(Event, type="hr.Declined"):
+    why: str = ""
+
+
+def _approve(state: Hire, e: Approved) -> Hire:
+    return state.model_copy(update={"approved_by": e.manager})
+
+
+def _step(name: str, do: type[Command], undo: type[Command] | None, **more: object) -> Step[Hire]:
+    return Step(name, invoke=do, on_reply={Done: None}, compensate=undo, **more)  # type: ignore[arg-type]
+
+
+onboard = Saga(
+    "onboard",
+    state=Hire,
+    steps=[
+        _step("create-account", CreateAccount, DisableAccount),
+        Parallel(
+            "equipment",
+            _step("order-laptop", OrderLaptop, ReturnLaptop, failures=[NoLaptop]),
+            [
+                _step("create-mailbox", CreateMailbox, DeleteMailbox),
+                _step("add-to-lists", AddToLists, RemoveFromLists),
+            ],
+        ),
+        WaitFor(
+            "manager-approval",
+            event=Approved,
+            failures=[Declined],
+            timeout_s=60,
+            on_event=_approve,
+        ),
+        Step("welcome", invoke=SendWelcome, on_reply={Done: None}, pivot=True),
+    ],
+)
+
+it = Service("it", MemoryStore())
+
+
+def _did(what: str, person: str) -> Done:
+    LEDGER[f"{what}:{person}"] += 1
+    return Done(what=what)
+
+
+@it.handles(CreateAccount)
+async def create_account(cmd: CreateAccount, ctx: HandlerContext[None]) -> Done:
+    return _did("account", cmd.person)
+
+
+@it.handles(DisableAccount)
+async def disable_account(cmd: DisableAccount, ctx: HandlerContext[None]) -> Done:
+    return _did("account-undone", cmd.person)
+
+
+@it.handles(OrderLaptop)
+async def order_laptop(cmd: OrderLaptop, ctx: HandlerContext[None]) -> Done:
+    if cmd.laptop == "none":
+        raise BusinessFailure(NoLaptop())
+    return _did("laptop", cmd.person)
+
+
+@it.handles(ReturnLaptop)
+async def return_laptop(cmd: ReturnLaptop, ctx: HandlerContext[None]) -> Done:
+    return _did("laptop-undone", cmd.person)
+
+
+@it.handles(CreateMailbox)
+async def create_mailbox(cmd: CreateMailbox, ctx: HandlerContext[None]) -> Done:
+    await anyio.sleep(MAILBOX_S)
+    return _did("mailbox", cmd.person)
+
+
+@it.handles(DeleteMailbox)
+async def delete_mailbox(cmd: DeleteMailbox, ctx: HandlerContext[None]) -> Done:
+    return _did("mailbox-undone", cmd.person)
+
+
+@it.handles(AddToLists)
+async def add_to_lists(cmd: AddToLists, ctx: HandlerContext[None]) -> Done:
+    return _did("lists", cmd.person)
+
+
+@it.handles(RemoveFromLists)
+async def remove_from_lists(cmd: RemoveFromLists, ctx: HandlerContext[None]) -> Done:
+    return _did("lists-undone", cmd.person)
+
+
+@it.handles(SendWelcome)
+async def send_welcome(cmd: SendWelcome, ctx: HandlerContext[None]) -> Done:
+    return _did("welcome", cmd.person)
+
+
+app = App("onboarding", sagas=[onboard], services=[it])
