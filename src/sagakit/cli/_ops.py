@@ -76,9 +76,10 @@ def _saga_types(app: App | None, saga_type: str | None) -> set[str] | None:
 
 
 def _at(instance: SagaInstance) -> str:
-    if instance.pending is not None:
-        return instance.pending.step
-    return instance.next.step if instance.next is not None else ""
+    """Where the saga is: the steps in flight (or waiting to retry), or the waits."""
+    steps = [p.step for p in instance.in_flight] or [w.step for w in instance.waiting]
+    steps += [f"waiting: {name}" for name, _due in instance.waits]
+    return ", ".join(steps)
 
 
 def instance_json(i: SagaInstance) -> dict[str, Any]:
@@ -158,12 +159,24 @@ def sagas_list(
     )
 
 
-def _sent(t: Transition) -> str:
-    if t.next is not None and t.next.due_ms is not None:
-        return f"retry {t.next.step} attempt {t.next.attempt} at {_when(t.next.due_ms)}"
-    if t.pending is not None:
-        return f"{t.pending.command_type} ({t.pending.message_id})"
-    return ""
+def _new(t: Transition, before: Transition | None) -> list[Any]:
+    """The commands transition `t` sent (in flight now, not before it)."""
+    old = {p.message_id for p in before.in_flight} if before is not None else set()
+    return [p for p in t.in_flight if p.message_id not in old]
+
+
+def _sent(t: Transition, before: Transition | None = None) -> str:
+    """What `t` sent, or scheduled, or waits for."""
+    parts = [f"{p.command_type} ({p.message_id})" for p in _new(t, before)]
+    old_waiting = {w.ref for w in before.waiting} if before is not None else set()
+    parts += [
+        f"retry {w.step} attempt {w.attempt} at {_when(w.due_ms)}"
+        for w in t.waiting
+        if w.due_ms is not None and w.ref not in old_waiting
+    ]
+    old_waits = dict(before.waits) if before is not None else {}
+    parts += [f"waits for a signal: {name}" for name, _due in t.waits if name not in old_waits]
+    return "; ".join(parts)
 
 
 def transition_json(t: Transition) -> dict[str, Any]:
@@ -178,6 +191,11 @@ def transition_json(t: Transition) -> dict[str, Any]:
         "sent": None
         if t.pending is None
         else {"type": t.pending.command_type, "message_id": t.pending.message_id},
+        "in_flight": [
+            {"type": p.command_type, "message_id": p.message_id, "step": p.step}
+            for p in t.in_flight
+        ],
+        "waits": [name for name, _due in t.waits],
         "failure": t.failure,
         "note": t.note,
     }
@@ -210,9 +228,9 @@ def _print_history(saga_type: str, history: list[Transition], json_output: bool)
                 t.step or "",
                 t.status.value,
                 t.cause_type,
-                _sent(t),
+                _sent(t, before),
             ]
-            for t in history
+            for t, before in zip(history, [None, *history[:-1]], strict=True)
         ],
     )
 
