@@ -11,6 +11,7 @@ from ._definition import (
     Saga,
     SagaInfo,
     Step,
+    SubSaga,
     Switch,
     WaitFor,
 )
@@ -112,6 +113,7 @@ __all__ = (
     "StartSaga",
     "Step",
     "StoredReply",
+    "SubSaga",
     "Switch",
     "SystemClock",
     "TopicMismatch",

@@ -205,6 +205,14 @@ class App:
             if sagas is not None and saga.name not in sagas:
                 continue
             for step in saga.resolved():
+                if step.child is not None:
+                    if step.child.name not in {s.name for s in self.sagas}:
+                        found.append(
+                            f"step {step.name!r} of saga {saga.name!r} starts saga "
+                            f"{step.child.name!r}, which this app does not run (fine if "
+                            "another app does)"
+                        )
+                    continue
                 for action in (step.action, step.compensation):
                     if action is None:
                         continue

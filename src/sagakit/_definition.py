@@ -274,8 +274,29 @@ class ForEach(Generic[S]):
     max_parallel: int = 10
 
 
+@dataclass(frozen=True)
+class SubSaga(Generic[S]):
+    """Start another saga (the child, possibly run by another app) and wait for its end.
+
+        SubSaga("badge", saga=issue_badge, input=lambda s: BadgeState(person=s.person),
+                on_done=lambda s, badge: s.model_copy(update={"badge": badge.number}))
+
+    The child's id is ``<parent id>/<name>``; its trace is part of the parent's. When it
+    ends COMPLETED the parent goes on (`on_done` folds the child's final state into the
+    parent's); COMPENSATED or RESOLVED counts as a failure of this step (the parent
+    compensates). If the parent compensates after the child completed, the child is asked
+    to compensate its own steps, in reverse; a child past its pivot cannot, and the
+    parent is parked for a person.
+    """
+
+    name: str
+    saga: Any
+    input: Callable[[Any], BaseModel]
+    on_done: Callable[[Any, Any], Any] | None = None
+
+
 #: A node of a saga's steps.
-Node = Step[S] | Parallel[S] | Switch[S] | WaitFor[S] | ForEach[S]
+Node = Step[S] | Parallel[S] | Switch[S] | WaitFor[S] | ForEach[S] | SubSaga[S]
 
 
 @dataclass(frozen=True)
@@ -291,6 +312,8 @@ class _ResolvedStep(Generic[S]):
     compensation_failures: frozenset[type[Reply]]
     #: position of the top-level node holding it (what the pivot is compared with)
     top: int = 0
+    #: the child saga, for the step of a `SubSaga`
+    child: Any = None
 
     @property
     def name(self) -> str:
@@ -497,7 +520,7 @@ class Saga(Generic[S]):
 
     def _sequence(self, nodes: Any, where: str, top: int | None) -> _Seq:
         """A branch: one node, or a list of them (the saga's steps when `top` is None)."""
-        if isinstance(nodes, (Step, Parallel, Switch, WaitFor, ForEach)):
+        if isinstance(nodes, (Step, Parallel, Switch, WaitFor, ForEach, SubSaga)):
             nodes = [nodes]
         if not isinstance(nodes, (list, tuple)):
             raise self._fail(None, f"{where} is {nodes!r}, not a step, group or list of them")
@@ -523,6 +546,9 @@ class Saga(Generic[S]):
                 out.append(self._switch(node, at, position))
             elif isinstance(node, WaitFor):
                 out.append(self._wait(node, at, position))
+            elif isinstance(node, SubSaga):
+                self._named(node.name, at, "subsaga")
+                out.append(_Leaf(self._child(node, position)))
             elif isinstance(node, ForEach):
                 name = self._named(node.name, at, "foreach")
                 if not callable(node.items):
@@ -540,6 +566,66 @@ class Saga(Generic[S]):
             else:
                 raise self._fail(None, f"{at} is {node!r}, not a Step, Parallel, Switch or WaitFor")
         return _Seq(tuple(out))
+
+    def _child(self, node: SubSaga[S], position: int) -> _ResolvedStep[S]:
+        """The step that starts child saga `node.saga` and waits for its `SagaEnded`."""
+        from ._messages import CompensateChild, SagaEnded, StartChild
+
+        child = node.saga
+        if not isinstance(child, Saga):
+            raise self._fail(node.name, f"saga is {child!r}, not a Saga")
+        if child.name == self.name:
+            raise self._fail(node.name, "a saga cannot be its own child")
+        if not callable(node.input):
+            raise self._fail(node.name, "input must be a function of the state")
+        name, parent = node.name, self.name
+
+        def start(state: S, info: SagaInfo | None = None) -> Command:
+            given = node.input(state)
+            if not isinstance(given, child.state):
+                raise TypeError(
+                    f"input of SubSaga {name!r} built {type(given).__name__}, not "
+                    f"{child.state.__name__} (the state of saga {child.name!r})"
+                )
+            parent_id = info.saga_id if info is not None else ""
+            return StartChild(
+                child_type=child.name,
+                child_id=f"{parent_id}/{name}",
+                parent_type=parent,
+                parent_id=parent_id,
+                state=given.model_dump(mode="json"),
+            )
+
+        def undo(state: S, info: SagaInfo | None = None) -> Command:
+            parent_id = info.saga_id if info is not None else ""
+            return CompensateChild(
+                child_type=child.name, child_id=f"{parent_id}/{name}", parent_id=parent_id
+            )
+
+        def done(state: S, ended: SagaEnded) -> S:
+            if node.on_done is None:
+                return state
+            return node.on_done(state, child.state.model_validate(ended.state))  # type: ignore[no-any-return]
+
+        index = self._count
+        self._count += 1
+        # the child answers when it ends, however long that takes: no timeout, one start
+        step: Step[S] = Step(
+            name,
+            compensation_retry=RetryPolicy(max_attempts=1),
+        )
+        return _ResolvedStep(
+            step,
+            index,
+            Action(StartChild, child.inbox_topic, start),
+            Action(CompensateChild, child.inbox_topic, undo),
+            {SagaEnded: done},
+            frozenset(),
+            frozenset(),
+            frozenset(),
+            top=position,
+            child=child,
+        )
 
     def _wait(self, node: WaitFor[S], at: str, position: int) -> _Wait:
         name = self._named(node.name, at, "wait")
@@ -843,6 +929,8 @@ class Saga(Generic[S]):
 
         def may_fail(r: _ResolvedStep[S]) -> bool:
             # a saga deadline can abort any step before the pivot
+            if r.child is not None:  # a child saga may end compensated
+                return True
             return r.step.can_fail or (r.action is not None and self.deadline_s is not None)
 
         for r in resolved[pivot + 1 :]:

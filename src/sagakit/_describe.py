@@ -79,6 +79,11 @@ def _gives_up(step: _ResolvedStep[Any]) -> str | None:
 
 def _label(saga: Saga[Any], step: _ResolvedStep[Any]) -> str:
     lines = [step.name]
+    if step.child is not None:
+        lines.append(f"starts saga {step.child.name} v{step.child.version}, waits for its end")
+        lines.append("ok: it COMPLETED; fails: it COMPENSATED or was RESOLVED")
+        lines.append("undo: asks it to compensate its own steps")
+        return "<br/>".join(_text(line) for line in lines)
     if step.action is None:
         lines.append("no command: done before the saga starts")
     else:

@@ -37,10 +37,13 @@ from ._failure_reply import HandlerFailed
 from ._messages import (
     CancelSaga,
     Command,
+    CompensateChild,
     Message,
     Reply,
     ResolveSaga,
     ResumeSaga,
+    SagaEnded,
+    StartChild,
     StartSaga,
     TimerFired,
     registered,
@@ -168,6 +171,9 @@ class Transition:
     signals: tuple[tuple[str, str, str], ...] = ()
     #: the definition's shape (`Saga.shape`), on the start transition only
     shape: str | None = None
+    #: for a child saga: where its end is reported (reply topic, parent saga id, the id
+    #: of the parent's command it answers)
+    parent: tuple[str, str, str] | None = None
 
     @property
     def pending(self) -> PendingCommand | None:
@@ -208,6 +214,7 @@ class SagaInstance:
     signals: tuple[tuple[str, str, str], ...] = ()
     #: the shape of the definition version the saga started on (None: journaled before)
     shape: str | None = None
+    parent: tuple[str, str, str] | None = None
 
     @property
     def pending(self) -> PendingCommand | None:
@@ -218,6 +225,37 @@ class SagaInstance:
     def next(self) -> NextAttempt | None:
         """The attempt waiting to be sent (the first, when several are)."""
         return self.waiting[0] if self.waiting else None
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """A message to another saga's inbox: a child's end, for its parent."""
+
+    topic: str
+    saga_id: str
+    message_id: str
+    causation_id: str
+    message: Message
+
+
+def ended_notice(instance: SagaInstance) -> Notice | None:
+    """What a child saga that has ended tells its parent (None: not a child, or running)."""
+    if instance.parent is None or not instance.status.terminal:
+        return None
+    topic, parent_id, causation = instance.parent
+    return Notice(
+        topic=topic,
+        saga_id=parent_id,
+        message_id=f"{instance.saga_id}:ended:{instance.seq}",
+        causation_id=causation,
+        message=SagaEnded(
+            saga_type=instance.saga_type,
+            saga_id=instance.saga_id,
+            status=instance.status.value,
+            state=instance.state.model_dump(mode="json"),
+            failure=instance.failure,
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +271,8 @@ class Decision:
     commands: tuple[PendingCommand, ...] = ()
     timers: tuple[Timer, ...] = ()
     instance: SagaInstance | None = None
+    #: a child saga that ended: the `SagaEnded` for its parent
+    notices: tuple[Notice, ...] = ()
     ignored: str | None = None
     rejected: str | None = None
     rejected_as: str = "Rejected"
@@ -262,6 +302,7 @@ def evolve(instance: SagaInstance | None, t: Transition) -> SagaInstance:
         waits=t.waits,
         signals=t.signals,
         shape=t.shape if t.shape is not None else (instance.shape if instance else None),
+        parent=t.parent,
         deadline_ms=t.deadline_ms,
         trace=t.trace if t.trace is not None else (instance.trace if instance else None),
         start_digest=t.start_digest
@@ -319,7 +360,7 @@ def decide(
     """The decision for one inbox message, given the saga's current instance (or None)."""
     env = incoming.envelope
     message = incoming.message
-    if isinstance(message, StartSaga):  # checked even when the saga exists
+    if isinstance(message, (StartSaga, StartChild)):  # checked even when the saga exists
         return _start(definition, instance, incoming)
     if instance is not None and env.message_id in instance.applied:
         return Decision(instance=instance, ignored=f"duplicate message {env.message_id}")
@@ -333,6 +374,8 @@ def decide(
         return _operator(definition, instance, incoming, message)
     if isinstance(message, CancelSaga):
         return _cancel(definition, instance, incoming, message)
+    if isinstance(message, CompensateChild):
+        return _compensate_child(definition, instance, incoming)
     wait = definition.signal_wait(type(message))
     if wait is not None:
         return _signal(definition, instance, incoming, wait)
@@ -357,7 +400,7 @@ def _start(
             rejected=f"start request for version {env.saga_version} of {definition.name!r}; "
             f"this orchestrator runs version {definition.version}"
         )
-    assert isinstance(incoming.message, StartSaga)
+    assert isinstance(incoming.message, (StartSaga, StartChild))
     try:
         state = definition.state.model_validate(incoming.message.state)
     except ValidationError as exc:
@@ -400,6 +443,10 @@ def _start(
         start_digest=digest,
         shape=definition.shape,
     )
+    if isinstance(incoming.message, StartChild):
+        if env.reply_to is None:
+            return Decision(rejected="a child saga's start names no reply-to for its end")
+        draft.parent = (env.reply_to, incoming.message.parent_id, env.message_id)
     return draft.progress("started", None)
 
 
@@ -437,6 +484,8 @@ def _reply(definition: Saga[Any], instance: SagaInstance, incoming: Incoming[Mes
             )
     draft = _Draft.from_instance(definition, instance, incoming)
     draft.in_flight.remove(pending)
+    if isinstance(reply, SagaEnded):
+        return _child_ended(draft, step, pending, key, reply)
     if isinstance(reply, HandlerFailed):
         # the participant could not handle it, and nothing of it took effect
         what = "compensation of " if pending.phase is Phase.COMPENSATE else ""
@@ -463,6 +512,52 @@ def _reply(definition: Saga[Any], instance: SagaInstance, incoming: Incoming[Mes
         draft.completed = (*draft.completed, key)  # an earlier attempt timed out
     draft.abort(f"{key}: {reply.message_type}")
     return draft.progress("step-failed", key)
+
+
+def _child_ended(
+    draft: _Draft, step: _ResolvedStep[Any], pending: PendingCommand, key: str, ended: SagaEnded
+) -> Decision:
+    """A child saga answered: completed (the step succeeded), or compensated (it failed);
+    asked to compensate: compensated (undone), or not (it cannot be undone)."""
+    what = f"child saga {ended.saga_id} ended {ended.status}"
+    if ended.failure:
+        what += f" ({ended.failure})"
+    if pending.phase is Phase.COMPENSATE:
+        if ended.status == SagaStatus.COMPENSATED.value:
+            draft.compensated = (*draft.compensated, key)
+            return draft.progress("step-compensated", key)
+        return draft.park(step, pending, f"compensation of {key}: {what}")
+    if ended.status == SagaStatus.COMPLETED.value:
+        draft.state = step.success[SagaEnded](draft.state, ended)  # type: ignore[misc]
+        draft.completed = (*draft.completed, key)
+        return draft.progress("step-succeeded", key)
+    draft.abort(f"{key}: {what}")
+    return draft.progress("step-failed", key)
+
+
+def _compensate_child(
+    definition: Saga[Any], instance: SagaInstance, incoming: Incoming[Message]
+) -> Decision:
+    """The parent compensates: undo this (completed) child's steps, in reverse."""
+    env = incoming.envelope
+    if instance.parent is None:
+        return Decision(instance=instance, rejected=f"saga {instance.saga_id} has no parent")
+    draft = _Draft.from_instance(definition, instance, incoming)
+    draft.parent = (instance.parent[0], instance.parent[1], env.message_id)
+    if instance.status is SagaStatus.COMPENSATED:
+        return draft.decide("compensation-asked", None, SagaStatus.COMPENSATED)
+    if instance.status is not SagaStatus.COMPLETED:
+        return Decision(
+            instance=instance,
+            ignored=f"child saga {instance.saga_id} is {instance.status.value}; its parent "
+            "waits for its end before asking it to compensate",
+        )
+    if definition.pivot_index is not None:  # a completed saga is past its pivot
+        draft.note = "cannot be undone: it is past its pivot"
+        return draft.decide("compensation-refused", None, SagaStatus.COMPLETED)
+    draft.aborted = True
+    draft.failure = "compensation asked by its parent saga"
+    return draft.progress("compensation-asked", None)
 
 
 # -- timers --------------------------------------------------------------------------------
@@ -665,6 +760,7 @@ class _Draft:
     note: str | None = None
     start_digest: str | None = None
     shape: str | None = None
+    parent: tuple[str, str, str] | None = None
     #: a forward step failed for good: nothing new starts forward, then compensation
     aborted: bool = False
     waits: dict[str, int | None] = field(default_factory=dict)
@@ -695,6 +791,7 @@ class _Draft:
             choices=dict(instance.choices),
             waits=dict(instance.waits),
             signals=list(instance.signals),
+            parent=instance.parent,
             deadline_ms=instance.deadline_ms,
             # records from before the flag: compensating, or a compensation out or parked
             aborted=instance.aborted
@@ -1075,11 +1172,14 @@ class _Draft:
             aborted=self.aborted,
             waits=tuple(sorted(self.waits.items())),
             signals=tuple(self.signals),
+            parent=self.parent,
         )
         instance = evolve(self.instance, record)
+        notice = ended_notice(instance)
         return Decision(
             records=(record,),
             commands=tuple(self.outgoing),
             timers=timers(instance),
             instance=instance,
+            notices=() if notice is None else (notice,),
         )

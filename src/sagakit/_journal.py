@@ -97,6 +97,7 @@ def encode_transition(t: Transition) -> bytes:
             "trace": t.trace,
             **({"start_digest": t.start_digest} if t.start_digest is not None else {}),
             **({"shape": t.shape} if t.shape is not None else {}),
+            **({"parent": list(t.parent)} if t.parent is not None else {}),
             **({"choices": dict(t.choices)} if t.choices else {}),
             **({"aborted": True} if t.aborted else {}),
             **({"waits": dict(t.waits)} if t.waits else {}),
@@ -104,6 +105,13 @@ def encode_transition(t: Transition) -> bytes:
         },
         default=_default,
     )
+
+
+def _parent(value: Any) -> tuple[str, str, str] | None:
+    if not value:
+        return None
+    topic, saga_id, causation = value
+    return str(topic), str(saga_id), str(causation)
 
 
 def _listed(value: Any) -> list[Any]:
@@ -207,6 +215,7 @@ def decode_transition(data: bytes, saga: Saga[Any] | Mapping[int, Saga[Any]] | N
             trace=d.get("trace"),
             start_digest=d.get("start_digest"),
             shape=d.get("shape"),
+            parent=_parent(d.get("parent")),
             aborted=bool(d.get("aborted", False)),
             waits=tuple(sorted((str(k), v) for k, v in (d.get("waits") or {}).items())),
             signals=tuple((str(a), str(b), str(c)) for a, b, c in d.get("signals") or ()),

@@ -334,3 +334,33 @@ _KNOWN = frozenset(
         *_OPTIONAL.values(),
     }
 )
+
+
+class SagaEnded(Reply, type="sagakit.SagaEnded"):
+    """A child saga (`SubSaga`) ended: sent by its orchestrator to the parent's inbox, as
+    the answer to the command that started it (or asked it to compensate)."""
+
+    saga_type: str
+    saga_id: str
+    status: str
+    state: dict[str, Any]
+    failure: str | None = None
+
+
+class StartChild(Command, type="sagakit.StartChild", replies=(SagaEnded,)):
+    """A parent saga starts a child (`SubSaga`) on the child's inbox; the child answers
+    with `SagaEnded` when it ends."""
+
+    child_type: str
+    child_id: str
+    parent_type: str
+    parent_id: str
+    state: dict[str, Any]
+
+
+class CompensateChild(Command, type="sagakit.CompensateChild", replies=(SagaEnded,)):
+    """A parent saga that compensates asks its completed child to undo its steps."""
+
+    child_type: str
+    child_id: str
+    parent_id: str

@@ -22,11 +22,21 @@ from ._codec import DEFAULT_CODEC, Codec, decode_record, encode_record
 from ._definition import Saga
 from ._dlq import dead_letter, dlq_topic
 from ._errors import DecodeError, DefinitionError, PartitionsLost, TransportError
-from ._evaluator import PendingCommand, Phase, SagaInstance, Timer, Transition, decide, timers
+from ._evaluator import (
+    Notice,
+    PendingCommand,
+    Phase,
+    SagaInstance,
+    Timer,
+    Transition,
+    decide,
+    ended_notice,
+    timers,
+)
 from ._faults import fault_point
 from ._interceptors import Interceptor, Interceptors
 from ._journal import decode_transition, encode_transition, journal_entries, restore_partition
-from ._messages import Envelope, TimerFired
+from ._messages import CompensateChild, Envelope, StartChild, TimerFired
 from ._metrics import Metrics
 from ._observed import Observed
 from ._readers import watch_readers
@@ -95,9 +105,20 @@ class OrchestratorStats:
 def command_envelope(
     saga: Saga[Any], instance: SagaInstance, pending: PendingCommand, namespace: str = ""
 ) -> Envelope:
+    command = pending.command
+    if isinstance(command, (StartChild, CompensateChild)):  # to a child saga's inbox
+        return Envelope(
+            message_id=pending.message_id,
+            message_type=command.message_type,
+            saga_id=command.child_id,
+            correlation_id=instance.correlation_id,
+            causation_id=pending.causation_id,
+            saga_type=command.child_type,
+            reply_to=namespace + saga.inbox_topic,
+        )
     return Envelope(
         message_id=pending.message_id,
-        message_type=pending.command.message_type,
+        message_type=command.message_type,
         saga_id=instance.saga_id,
         correlation_id=instance.correlation_id,
         causation_id=pending.causation_id,
@@ -355,6 +376,20 @@ class Orchestrator(Observed):
             )
         return encode_record(topic, envelope, pending.command, codec=self.codec)
 
+    def _notice_record(self, notice: Notice, instance: SagaInstance) -> OutgoingRecord:
+        """A child's end, to its parent's inbox (the topic it was started with)."""
+        envelope = Envelope(
+            message_id=notice.message_id,
+            message_type=notice.message.message_type,
+            saga_id=notice.saga_id,
+            correlation_id=instance.correlation_id,
+            causation_id=notice.causation_id,
+        )
+        envelope = self.interceptors.send(
+            envelope, notice.topic, name="saga ended", parent=instance.trace
+        )
+        return encode_record(notice.topic, envelope, notice.message, codec=self.codec)
+
     def _definition(self, instance: SagaInstance | None, env: Envelope) -> Saga[Any]:
         """The version that decides: the saga's own, else the one its start names, else the
         newest (which refuses a start naming a version this orchestrator does not run)."""
@@ -392,6 +427,12 @@ class Orchestrator(Observed):
                 self._command_record(inst, pending, parent=inst.trace)
                 for inst in replayed.instances.values()
                 for pending in inst.in_flight
+            ]
+            # a child that ended may not have told its parent yet (the parent drops repeats)
+            resend += [
+                self._notice_record(notice, inst)
+                for inst in replayed.instances.values()
+                if (notice := ended_notice(inst)) is not None
             ]
             if resend:
                 await self.transport.send(resend)
@@ -572,6 +613,7 @@ class Orchestrator(Observed):
                 self._command_record(instance, pending, reason=reason)
                 for pending in decision.commands
             ]
+            commands += [self._notice_record(n, instance) for n in decision.notices]
             too_large = self._too_large(encoded, commands)
             if too_large is not None:
                 span.error("TooLarge", too_large)
