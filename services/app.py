@@ -20,7 +20,7 @@ from sagakit import App, PostgresStore, Service, SqliteStore, Transport
 
 from .db import in_transaction
 from .inventory import service as inventory
-from .orders.saga import place_order
+from .orders.saga import place_order, place_order_v2
 from .orders.service import OrdersApp
 from .outcome import Style
 from .payments import service as payments
@@ -28,6 +28,8 @@ from .shipping import service as shipping
 
 DEMO_DATA = os.environ.get("PLACE_ORDER_DEMO_DATA", "").strip().lower() in ("1", "true", "yes")
 ORDER_DEADLINE_S = float(os.environ.get("PLACE_ORDER_DEADLINE_S", "60"))
+#: Approve large orders at once (0: they wait for a person, `sagakit sagas signal`).
+AUTO_APPROVE = os.environ.get("PLACE_ORDER_AUTO_APPROVE", "1").strip().lower() in ("1", "true")
 #: The prefix of the reference data PLACE_ORDER_DEMO_DATA seeds (the load generator's).
 DEMO_RUN = "demo"
 
@@ -35,7 +37,7 @@ DEMO_RUN = "demo"
 def services(style: Style) -> tuple[OrdersApp, list[Service[Any]]]:
     """The orders app and the four services of `style`, each on its SQLite file (or its
     PostgreSQL database, with ``SAGAKIT_POSTGRES_DSN`` set)."""
-    orders = OrdersApp(style=style, order_deadline_s=ORDER_DEADLINE_S)
+    orders = OrdersApp(style=style, order_deadline_s=ORDER_DEADLINE_S, auto_approve=AUTO_APPROVE)
     built = [
         orders.service,
         payments.build(style=style),
@@ -60,7 +62,8 @@ def _seeder(service: Service[Any]) -> Any:
 
 
 orders, _orchestrated = services("orchestration")
-app = App("place-order", sagas=[place_order], services=_orchestrated)
+# both versions: new orders start on version 2, sagas started on version 1 finish on it
+app = App("place-order", sagas=[place_order, place_order_v2], services=_orchestrated)
 
 choreographed_orders, _choreographed = services("choreography")
 choreography = App("place-order-choreography", services=_choreographed)

@@ -1,6 +1,6 @@
 """The orders service's contract."""
 
-from sagakit import Command, Reply
+from sagakit import Command, Event, Reply
 
 
 class OrderApproved(Reply, type="orders.OrderApproved"):
@@ -17,4 +17,16 @@ class ApproveOrder(Command, type="orders.ApproveOrder", replies=(OrderApproved,)
 
 class RejectOrder(Command, type="orders.RejectOrder", replies=(OrderRejected,)):
     order_id: str
+    reason: str
+
+
+class ManagerApproved(Event, type="orders.ManagerApproved"):
+    """A manager approves a large order (what version 2 of place-order waits for)."""
+
+    approver: str
+
+
+class ManagerDeclined(Event, type="orders.ManagerDeclined"):
+    """A manager declines a large order: it is rejected."""
+
     reason: str

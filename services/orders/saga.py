@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from pydantic import BaseModel
 
-from sagakit import RetryPolicy, Saga, SagaInfo, Step
+from sagakit import Parallel, RetryPolicy, Saga, SagaInfo, Step, Switch, WaitFor
 from services.inventory.messages import OutOfStock, ReleaseStock, ReserveStock, StockReserved
 from services.payments.messages import (
     CreditLimitExceeded,
@@ -17,7 +18,7 @@ from services.payments.messages import (
 )
 from services.shipping.messages import ScheduleShipment, ShipmentFailed, ShipmentScheduled
 
-from .messages import ApproveOrder, OrderApproved, RejectOrder
+from .messages import ApproveOrder, ManagerApproved, ManagerDeclined, OrderApproved, RejectOrder
 
 
 class OrderState(BaseModel):
@@ -29,6 +30,7 @@ class OrderState(BaseModel):
     address: str
     shipment_id: str | None = None
     rejection_reason: str | None = None
+    approved_by: str | None = None
 
 
 def reject_order(state: OrderState, saga: SagaInfo) -> RejectOrder:
@@ -99,4 +101,84 @@ place_order: Saga[OrderState] = Saga(
     ],
 )
 
-__all__ = ["CreditReleased", "OrderState", "place_order"]
+#: Version 2 waits for a manager's approval of orders above this amount...
+APPROVAL_ABOVE = int(os.environ.get("PLACE_ORDER_APPROVAL_ABOVE", "20000"))
+#: ... for at most this long (then the order is rejected).
+APPROVAL_TIMEOUT_S = float(os.environ.get("PLACE_ORDER_APPROVAL_TIMEOUT_S", "3600"))
+
+
+def approval(state: OrderState) -> str:
+    return "manager" if state.amount > APPROVAL_ABOVE else "none"
+
+
+def note_approver(state: OrderState, approved: ManagerApproved) -> OrderState:
+    return state.model_copy(update={"approved_by": approved.approver})
+
+
+def note_declined(state: OrderState, declined: ManagerDeclined) -> OrderState:
+    return state.model_copy(update={"rejection_reason": f"declined: {declined.reason}"})
+
+
+#: Version 2: credit and stock are reserved at the same time (a failure of either undoes the
+#: other), and an order above APPROVAL_ABOVE waits for a manager's approval before it is
+#: shipped. Sagas started on version 1 finish on version 1: the app runs both.
+place_order_v2: Saga[OrderState] = Saga(
+    "place-order",
+    version=2,
+    state=OrderState,
+    steps=[
+        Step("create-order", compensate=reject_order),
+        Parallel(
+            "reserve",
+            Step(
+                "reserve-credit",
+                invoke=ReserveCredit,
+                on_reply={CreditReserved: None},
+                failures=[CreditLimitExceeded],
+                on_failure=note_reason,
+                retry=PATIENT,
+                compensate=ReleaseCredit,
+            ),
+            Step(
+                "reserve-stock",
+                invoke=ReserveStock,
+                on_reply={StockReserved: None},
+                failures=[OutOfStock],
+                on_failure=note_reason,
+                retry=PATIENT,
+                compensate=ReleaseStock,
+            ),
+        ),
+        Switch(
+            "approval",
+            on=approval,
+            cases={
+                "manager": WaitFor(
+                    "manager-approval",
+                    event=ManagerApproved,
+                    failures=[ManagerDeclined],
+                    timeout_s=APPROVAL_TIMEOUT_S,
+                    on_event=note_approver,
+                ),
+                "none": [],
+            },
+        ),
+        Step(
+            "schedule-shipment",
+            invoke=ScheduleShipment,
+            on_reply={ShipmentScheduled: note_shipment},
+            failures=[ShipmentFailed],
+            on_failure=note_reason,
+            retry=PERSISTENT,
+            pivot=True,
+        ),
+        Step(
+            "approve-order",
+            invoke=ApproveOrder,
+            on_reply={OrderApproved: None},
+            retry=PERSISTENT,
+        ),
+    ],
+)
+
+__all__ = ["CreditReleased", "OrderState", "place_order", "place_order_v2"]

@@ -20,8 +20,8 @@ from services.shipping import events as shipping_events
 from . import events
 from .api import ORDERS_PATH
 from .events import OrderInfo
-from .messages import ApproveOrder, OrderApproved, OrderRejected, RejectOrder
-from .saga import OrderState, place_order
+from .messages import ApproveOrder, ManagerApproved, OrderApproved, OrderRejected, RejectOrder
+from .saga import OrderState, approval, place_order_v2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS orders (
@@ -201,6 +201,7 @@ class OrdersApp:
         on_ended: Callable[[str, str], None] | None = None,
         tracing: Tracing | None = None,
         order_deadline_s: float = 60.0,
+        auto_approve: bool = True,
     ) -> None:
         if store is None:
             store = store_for("orders", SCHEMA)
@@ -210,6 +211,9 @@ class OrdersApp:
         self.on_ended = on_ended
         self.style = style
         self.order_deadline_s = order_deadline_s
+        #: approve the large orders version 2 of the saga waits for (else a person does:
+        #: ``sagakit sagas signal ORDER orders.ManagerApproved --data '{"approver": "me"}'``)
+        self.auto_approve = auto_approve
         self.service: Service[Any] = Service(
             "orders",
             self.store,
@@ -314,9 +318,24 @@ class OrdersApp:
         traces = await self._traces(orders)
         if self.style == "orchestration":
             client = SagaClient(transport, namespace=self.namespace, tracing=self.tracing)
-            await client.start_many(
-                place_order, [(o.order_id, saga_state(o)) for o in orders], traces
-            )
+            states = [(o.order_id, saga_state(o)) for o in orders]
+            await client.start_many(place_order_v2, states, traces)
+            if self.auto_approve:
+                # a standing approval for the large orders: sent now, kept by each saga
+                # until it reaches its wait (its id makes a resent one a duplicate)
+                await transport.send(
+                    [
+                        client.operator_record(
+                            place_order_v2.name,
+                            order_id,
+                            ManagerApproved(approver="standing approval"),
+                            f"{order_id}:approval",
+                            parent=traces.get(order_id),
+                        )
+                        for order_id, state in states
+                        if approval(state) == "manager"
+                    ]
+                )
             return
         await transport.send(
             [

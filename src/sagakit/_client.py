@@ -103,7 +103,13 @@ class SagaClient:
         return replay(history).get(saga_id) if history else None
 
     def operator_record(
-        self, saga_type: str, saga_id: str, request: Message, message_id: str | None = None
+        self,
+        saga_type: str,
+        saga_id: str,
+        request: Message,
+        message_id: str | None = None,
+        *,
+        parent: str | None = None,
     ) -> OutgoingRecord:
         """A person's request (resume, resolve, signal, cancel) for one saga, on that saga's
         inbox partition."""
@@ -116,9 +122,10 @@ class SagaClient:
             causation_id=message_id,
             saga_type=saga_type,
         )
-        return encode_record(
-            f"{self.namespace}{saga_type}.inbox", envelope, request, codec=self.codec
-        )
+        topic = f"{self.namespace}{saga_type}.inbox"
+        if self.tracing.enabled and parent is not None:  # part of that trace (the saga's)
+            envelope = self.tracing.stamp(envelope, topic, parent=parent)
+        return encode_record(topic, envelope, request, codec=self.codec)
 
     async def resume(self, saga_type: str, saga_id: str, note: str = "") -> None:
         """Ask a FAILED_NEEDS_ATTENTION saga to retry from where it stopped."""
@@ -131,7 +138,13 @@ class SagaClient:
         )
 
     async def signal(
-        self, saga_type: str, saga_id: str, message: Message, *, message_id: str | None = None
+        self,
+        saga_type: str,
+        saga_id: str,
+        message: Message,
+        *,
+        message_id: str | None = None,
+        parent: str | None = None,
     ) -> None:
         """Send a saga the message one of its waits (`WaitFor`) takes, e.g. a manager's
         ``Approved``. A saga that has not reached the wait yet keeps it; one that has

@@ -518,13 +518,14 @@ class Saga(Generic[S]):
         self._seen.add(name)
         return name
 
-    def _sequence(self, nodes: Any, where: str, top: int | None) -> _Seq:
-        """A branch: one node, or a list of them (the saga's steps when `top` is None)."""
+    def _sequence(self, nodes: Any, where: str, top: int | None, *, empty: bool = False) -> _Seq:
+        """A branch: one node, or a list of them (the saga's steps when `top` is None);
+        `empty`: it may be an empty list (a Switch case that does nothing)."""
         if isinstance(nodes, (Step, Parallel, Switch, WaitFor, ForEach, SubSaga)):
             nodes = [nodes]
         if not isinstance(nodes, (list, tuple)):
             raise self._fail(None, f"{where} is {nodes!r}, not a step, group or list of them")
-        if top is not None and not nodes:
+        if top is not None and not nodes and not empty:
             raise self._fail(None, f"{where} is empty")
         out: list[_Leaf | _Par | _Choice | _Wait | _Each] = []
         for i, node in enumerate(nodes):
@@ -697,11 +698,11 @@ class Saga(Generic[S]):
             k = case_key(key)
             if k in cases:
                 raise self._fail(name, f"two cases are both named {k!r}")
-            cases[k] = self._sequence(branch, f"{name}.cases[{k!r}]", position)
+            cases[k] = self._sequence(branch, f"{name}.cases[{k!r}]", position, empty=True)
         default = (
             None
             if node.default is None
-            else self._sequence(node.default, f"{name}.default", position)
+            else self._sequence(node.default, f"{name}.default", position, empty=True)
         )
         return _Choice(name, node.on, cases, default)
 

@@ -7,7 +7,7 @@ import pytest
 
 from sagakit import KafkaTransport, Orchestrator, SagaStatus, Transition
 from sagakit._flows import run_flow
-from services.orders.saga import place_order
+from services.orders.saga import place_order, place_order_v2
 from services.scenario import PlaceOrder
 from services.system import build_system, check_consistency, seed_orders
 
@@ -53,8 +53,17 @@ async def test_orchestrator_cancelled_mid_run_is_resumed_by_a_new_instance(
             if len(ended) == len(orders):
                 all_ended.set()
 
-    first = Orchestrator(place_order, kafka_transport, namespace=ns, on_transition=track)
-    second = Orchestrator(place_order, kafka_transport, namespace=ns, on_transition=track)
+    # both versions, as the app runs them: the orders service starts version 2
+    first, second = (
+        Orchestrator(
+            place_order_v2,
+            kafka_transport,
+            versions=[place_order],
+            namespace=ns,
+            on_transition=track,
+        )
+        for _ in range(2)
+    )
     async with anyio.create_task_group() as tg:
         for service in system.services():
             await tg.start(service.run, kafka_transport)
