@@ -105,7 +105,8 @@ async def test_probes_metrics_and_the_orders_api_of_a_running_system(
     system.close()
 
     orchestrators = [t for n, t in texts.items() if n.startswith("orchestrator")]
-    labels = {"saga_type": "place-order", "saga_version": "1"}
+    # the orders service starts version 2 of the saga; metrics are labelled by version
+    labels = {"saga_type": "place-order", "saga_version": "2"}
     started = sum(metric(t, "sagakit_sagas_started_total", **labels) for t in orchestrators)
     completed = sum(metric(t, "sagakit_sagas_completed_total", **labels) for t in orchestrators)
     compensated = sum(metric(t, "sagakit_sagas_compensated_total", **labels) for t in orchestrators)
