@@ -30,6 +30,7 @@ from sagakit import (
     Saga,
     Service,
     Step,
+    SubSaga,
     WaitFor,
 )
 
@@ -89,6 +90,14 @@ class SendWelcome(Command, type="it.SendWelcome", replies=(Done,)):
     person: str
 
 
+class PrintBadge(Command, type="it.PrintBadge", replies=(Done,)):
+    person: str
+
+
+class ShredBadge(Command, type="it.ShredBadge", replies=(Done,)):
+    person: str
+
+
 class Approved(Event, type="hr.Approved"):
     manager: str
 
@@ -126,6 +135,21 @@ onboard = Saga(
             on_event=_approve,
         ),
         Step("welcome", invoke=SendWelcome, on_reply={Done: None}, pivot=True),
+    ],
+)
+
+#: a child saga: the badge, printed (and shredded if its parent is undone)
+issue_badge = Saga("badge", state=Hire, steps=[_step("print-badge", PrintBadge, ShredBadge)])
+
+#: a parent: an account, the badge saga, then a laptop (``laptop="none"`` fails it, after
+#: the badge saga completed: the child is asked to compensate)
+hire_with_badge = Saga(
+    "hire-with-badge",
+    state=Hire,
+    steps=[
+        _step("account", CreateAccount, DisableAccount),
+        SubSaga("badge", saga=issue_badge, input=lambda s: s),
+        _step("laptop", OrderLaptop, ReturnLaptop, failures=[NoLaptop]),
     ],
 )
 
@@ -180,9 +204,19 @@ async def remove_from_lists(cmd: RemoveFromLists, ctx: HandlerContext[None]) -> 
     return _did("lists-undone", cmd.person)
 
 
+@it.handles(PrintBadge)
+async def print_badge(cmd: PrintBadge, ctx: HandlerContext[None]) -> Done:
+    return _did("badge", cmd.person)
+
+
+@it.handles(ShredBadge)
+async def shred_badge(cmd: ShredBadge, ctx: HandlerContext[None]) -> Done:
+    return _did("badge-undone", cmd.person)
+
+
 @it.handles(SendWelcome)
 async def send_welcome(cmd: SendWelcome, ctx: HandlerContext[None]) -> Done:
     return _did("welcome", cmd.person)
 
 
-app = App("onboarding", sagas=[onboard], services=[it])
+app = App("onboarding", sagas=[onboard, issue_badge, hire_with_badge], services=[it])

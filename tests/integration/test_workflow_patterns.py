@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -17,7 +18,15 @@ from sagakit import KafkaTransport, SagaClient, SagaInstance, SagaStatus
 from sagakit._chaos import dead_letters
 from sagakit._inspect import find_saga
 from sagakit.broker import EmbeddedBroker
-from tests.apps.onboarding import LEDGER, Approved, Hire, app, onboard
+from tests.apps.onboarding import (
+    LEDGER,
+    Approved,
+    Hire,
+    app,
+    hire_with_badge,
+    issue_badge,
+    onboard,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.kafka]
 
@@ -51,10 +60,12 @@ async def waiting_for_a_person(client: SagaClient, saga_id: str) -> bool:
     return instance is not None and bool(instance.waits)
 
 
-async def until(client: SagaClient, saga_id: str, *statuses: SagaStatus) -> SagaInstance:
+async def until(
+    client: SagaClient, saga_id: str, *statuses: SagaStatus, saga: Any = onboard
+) -> SagaInstance:
     with anyio.fail_after(30):
         while True:
-            instance = await client.status(onboard, saga_id)
+            instance = await client.status(saga, saga_id)
             if instance is not None and instance.status in statuses:
                 return instance
             await anyio.sleep(0.1)
@@ -159,4 +170,92 @@ async def test_groups_waits_and_cancel_on_kafka(
             )
         )
         assert refused.returncode != 0 and "ended" in refused.stdout + refused.stderr
+
+        # 5. a child saga: run by its own orchestrator, and undone when its parent is
+        await client.start(hire_with_badge, "eve-1", Hire(person="eve", laptop="none"))
+        parent = await until(client, "eve-1", SagaStatus.COMPENSATED, saga=hire_with_badge)
+        child = await until(client, "eve-1/badge", SagaStatus.COMPENSATED, saga=issue_badge)
+        assert parent.failure == "laptop: it.NoLaptop"
+        assert child.failure == "compensation asked by its parent saga"
+        assert LEDGER["badge:eve"] == LEDGER["badge-undone:eve"] == 1
+        assert LEDGER["account:eve"] == LEDGER["account-undone:eve"] == 1
         tg.cancel_scope.cancel()
+
+
+async def test_a_rolling_upgrade_finishes_old_sagas_on_their_version(
+    kafka_transport: KafkaTransport, unique: str
+) -> None:
+    """v1 sagas in flight, the orchestrator restarted running v1 and v2: both finish."""
+    from sagakit import App, Orchestrator, Saga, Step
+    from tests.apps.onboarding import (
+        CreateAccount,
+        DisableAccount,
+        Done,
+        SendWelcome,
+        it,
+    )
+
+    v1 = Saga(
+        "upgrade",
+        version=1,
+        state=Hire,
+        steps=[
+            Step("account", invoke=CreateAccount, on_reply={Done: None}, compensate=DisableAccount)
+        ],
+    )
+    v2 = Saga(
+        "upgrade",
+        version=2,
+        state=Hire,
+        steps=[
+            Step("account", invoke=CreateAccount, on_reply={Done: None}, compensate=DisableAccount),
+            Step("welcome", invoke=SendWelcome, on_reply={Done: None}),
+        ],
+    )
+    ns = f"{unique}."
+    client = SagaClient(kafka_transport, namespace=ns)
+    old = Orchestrator(v1, kafka_transport, namespace=ns)
+    await old.ensure_topics()
+    async with anyio.create_task_group() as tg:  # v1 only, and nobody answers its commands
+        await tg.start(old.run)
+        await old.wait_ready()
+        for i in range(5):
+            await client.start(v1, f"old-{i}", Hire(person=f"p{i}"))
+        await eventually(lambda: _all_running(client, v1, [f"old-{i}" for i in range(5)]))
+        tg.cancel_scope.cancel()
+
+    runner = App("upgrade", sagas=[v1, v2], services=[it]).runner(kafka_transport, namespace=ns)
+    await runner.ensure_topics()
+    async with anyio.create_task_group() as tg:
+        await tg.start(runner.run)
+        await runner.wait_ready()
+        for i in range(5):
+            await client.start(v2, f"new-{i}", Hire(person=f"q{i}"))
+        for i in range(5):
+            old_one = await _ended(client, v2, f"old-{i}")
+            new_one = await _ended(client, v2, f"new-{i}")
+            assert (old_one.version, old_one.completed) == (1, ("account",))
+            assert (new_one.version, new_one.completed) == (2, ("account", "welcome"))
+        tg.cancel_scope.cancel()
+
+
+async def _all_running(client: SagaClient, saga: Any, ids: list[str]) -> bool:
+    for saga_id in ids:
+        instance = await client.status(saga, saga_id)
+        if instance is None or not instance.in_flight:
+            return False
+    return True
+
+
+async def _ended(client: SagaClient, saga: Any, saga_id: str) -> SagaInstance:
+    found: list[SagaInstance] = []
+
+    async def done() -> bool:
+        instance = await client.status(saga, saga_id)
+        if instance is not None and instance.status is SagaStatus.COMPLETED:
+            found.append(instance)
+            return True
+        return False
+
+    await eventually(done)
+    return found[0]
