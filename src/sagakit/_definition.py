@@ -947,9 +947,28 @@ class Saga(Generic[S]):
                     f"comes after the pivot {resolved[pivot].name!r} and is never compensated; "
                     "remove its compensate",
                 )
+        pivot_top = self.pivot_index if self.pivot_index is not None else len(self.steps)
+        for w in self._waits:
+            if w.top > pivot_top and (w.failures or (w.timeout_s and w.on_timeout is None)):
+                raise self._fail(
+                    w.name,
+                    "comes after the pivot, where nothing is undone: it must not list "
+                    "failures, and a timeout needs on_timeout steps to go on with",
+                )
         for r in resolved[:pivot]:
             if r.compensation is not None or r.action is None:
                 continue
+            waits = [
+                w
+                for w in _later_waits(self.tree, r.name)
+                if w.top < pivot_top and (w.failures or (w.timeout_s and w.on_timeout is None))
+            ]
+            if waits:
+                raise self._fail(
+                    r.name,
+                    f"has no compensation but is followed by wait {waits[0].name!r}, which "
+                    "may fail (a failure signal or its timeout compensates)",
+                )
             later = [
                 (x, group)
                 for x, group in _followers(self.tree, r.name)
@@ -997,6 +1016,51 @@ def _followers(tree: _Seq, name: str) -> list[tuple[_ResolvedStep[Any], str | No
                         if b is not branch
                         for leaf in _leaves(b)
                     ]
+                    return found + others
+            return None
+        for case in (*node.cases.values(), *([node.default] if node.default else [])):
+            found = after(case)
+            if found is not None:
+                return found
+        return None
+
+    return after(tree) or []
+
+
+def _waits_of(node: Any) -> list[_Wait]:
+    """The waits in `node` (all its branches and cases)."""
+    if isinstance(node, _Wait):
+        return [node, *(_waits_of(node.on_timeout) if node.on_timeout else [])]
+    if isinstance(node, _Seq):
+        return [w for n in node.nodes for w in _waits_of(n)]
+    if isinstance(node, _Par):
+        return [w for b in node.branches for w in _waits_of(b)]
+    if isinstance(node, _Choice):
+        cases = [*node.cases.values(), *([node.default] if node.default else [])]
+        return [w for c in cases for w in _waits_of(c)]
+    return []
+
+
+def _later_waits(tree: _Seq, name: str) -> list[_Wait]:
+    """The waits that may come after step `name` or while it runs (see `_followers`)."""
+
+    def after(seq: _Seq) -> list[_Wait] | None:
+        for i, node in enumerate(seq.nodes):
+            found = inside(node)
+            if found is not None:
+                return found + [w for n in seq.nodes[i + 1 :] for w in _waits_of(n)]
+        return None
+
+    def inside(node: Any) -> list[_Wait] | None:
+        if isinstance(node, (_Leaf, _Each)):
+            return [] if node.step.name == name else None
+        if isinstance(node, _Wait):
+            return None if node.on_timeout is None else after(node.on_timeout)
+        if isinstance(node, _Par):
+            for branch in node.branches:
+                found = after(branch)
+                if found is not None:
+                    others = [w for b in node.branches if b is not branch for w in _waits_of(b)]
                     return found + others
             return None
         for case in (*node.cases.values(), *([node.default] if node.default else [])):

@@ -4,6 +4,8 @@ Run with real orchestrators and a service on the in-memory transport, on virtual
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from pydantic import BaseModel
 
@@ -105,8 +107,8 @@ onboard = Saga(
 )
 
 
-def office() -> Service[None]:
-    service = Service("subtest", MemoryStore())
+def office(tracing: Any = None) -> Service[None]:
+    service = Service("subtest", MemoryStore(), tracing=tracing)
 
     @service.handles(Act)
     async def handle(cmd: Act, ctx: HandlerContext[None]) -> Acted:
@@ -164,3 +166,28 @@ async def test_a_parent_compensating_after_its_child_completed_asks_it_to_undo()
 def test_a_subsaga_needs_a_saga_and_an_input_of_its_state() -> None:
     with pytest.raises(DefinitionError, match="not a Saga"):
         Saga("subtest-bad", state=Hire, steps=[SubSaga("x", saga="nope", input=lambda s: s)])
+
+
+async def test_the_childs_trace_is_part_of_the_parents() -> None:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from sagakit.tracing import Tracing
+
+    exporter = InMemorySpanExporter()
+    tracing = Tracing.from_env("saga-orchestrator", env={}, exporter=exporter)
+    env = SagaTestEnvironment([onboard, issue_badge], [office(tracing)])  # all traced
+    for orchestrator in env.orchestrators.values():
+        orchestrator.tracing = tracing
+    async with env:
+        await env.start(onboard, "h-4", Hire(person="dee"))
+        await env.settle()
+        assert env.instance("h-4").status is SagaStatus.COMPLETED  # type: ignore[union-attr]
+    tracing.shutdown()
+    spans = exporter.get_finished_spans()
+    by_saga: dict[str, set[int]] = {}
+    for span in spans:
+        saga = (span.attributes or {}).get("saga.id")
+        if saga is not None:
+            by_saga.setdefault(str(saga), set()).add(span.context.trace_id)
+    assert set(by_saga) >= {"h-4", "h-4/badge"}
+    assert by_saga["h-4/badge"] == by_saga["h-4"] and len(by_saga["h-4"]) == 1

@@ -222,3 +222,20 @@ def test_a_saga_waiting_for_a_person_can_be_cancelled() -> None:
     d = cancel(run, "the hire fell through")
     assert [c.step for c in d.commands] == ["a"] and run.inst.waits == ()
     assert [t.kind for t in timers(run.inst)] == ["timeout"]  # the undo's, no wait
+
+
+def test_a_wait_that_may_fail_needs_compensable_steps_before_it_and_none_after_the_pivot() -> None:
+    from sagakit import DefinitionError
+
+    no_undo = Step("a", invoke=DO["a"], on_reply={DONE["a"]: None})
+    with pytest.raises(DefinitionError, match="followed by wait 'w', which may fail"):
+        Saga("wtest-bad", state=Hire, steps=[no_undo, WaitFor("w", event=Approved, timeout_s=5)])
+    pivot = Step("p", invoke=DO["b"], on_reply={DONE["b"]: None}, pivot=True)
+    with pytest.raises(DefinitionError, match="comes after the pivot"):
+        Saga(
+            "wtest-bad",
+            state=Hire,
+            steps=[pivot, WaitFor("w", event=Approved, failures=[Declined])],
+        )
+    # a wait that can only go on is fine anywhere
+    Saga("wtest-ok", state=Hire, steps=[no_undo, WaitFor("w", event=Approved)])
