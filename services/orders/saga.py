@@ -53,52 +53,50 @@ PATIENT = RetryPolicy(max_attempts=3, timeout_s=10.0, initial_backoff_s=0.5, max
 #: scheduled the shipment, which nothing undoes, so keep asking (then a person decides).
 PERSISTENT = RetryPolicy(max_attempts=10, timeout_s=10.0, initial_backoff_s=0.5, max_backoff_s=5.0)
 
+# The steps both versions share.
+# The orders service created the order (PENDING) before starting the saga; if a later step
+# fails, the order is rejected.
+CREATE_ORDER: Step[OrderState] = Step("create-order", compensate=reject_order)
+RESERVE_CREDIT: Step[OrderState] = Step(
+    "reserve-credit",
+    invoke=ReserveCredit,
+    on_reply={CreditReserved: None},
+    failures=[CreditLimitExceeded],
+    on_failure=note_reason,
+    retry=PATIENT,
+    compensate=ReleaseCredit,
+)
+RESERVE_STOCK: Step[OrderState] = Step(
+    "reserve-stock",
+    invoke=ReserveStock,
+    on_reply={StockReserved: None},
+    failures=[OutOfStock],
+    on_failure=note_reason,
+    retry=PATIENT,
+    compensate=ReleaseStock,
+)
+# The pivot: once a shipment is scheduled the order goes through. Nothing undoes it, so the
+# steps after it are retried forward, never undone, and if it times out every time the saga
+# is parked for a person (a ShipmentFailed answer still rejects the order).
+SCHEDULE_SHIPMENT: Step[OrderState] = Step(
+    "schedule-shipment",
+    invoke=ScheduleShipment,
+    on_reply={ShipmentScheduled: note_shipment},
+    failures=[ShipmentFailed],
+    on_failure=note_reason,
+    retry=PERSISTENT,
+    pivot=True,
+)
+APPROVE_ORDER: Step[OrderState] = Step(
+    "approve-order", invoke=ApproveOrder, on_reply={OrderApproved: None}, retry=PERSISTENT
+)
+
+#: Version 1: one step after another.
 place_order: Saga[OrderState] = Saga(
     "place-order",
     version=1,
     state=OrderState,
-    steps=[
-        # The orders service created the order (PENDING) before starting the saga;
-        # if a later step fails, the order is rejected.
-        Step("create-order", compensate=reject_order),
-        Step(
-            "reserve-credit",
-            invoke=ReserveCredit,
-            on_reply={CreditReserved: None},
-            failures=[CreditLimitExceeded],
-            on_failure=note_reason,
-            retry=PATIENT,
-            compensate=ReleaseCredit,
-        ),
-        Step(
-            "reserve-stock",
-            invoke=ReserveStock,
-            on_reply={StockReserved: None},
-            failures=[OutOfStock],
-            on_failure=note_reason,
-            retry=PATIENT,
-            compensate=ReleaseStock,
-        ),
-        # The pivot: once a shipment is scheduled the order goes through. Nothing undoes
-        # it, so the steps after it are retried forward, never undone, and if it times out
-        # every time the saga is parked for a person (a ShipmentFailed answer still
-        # rejects the order).
-        Step(
-            "schedule-shipment",
-            invoke=ScheduleShipment,
-            on_reply={ShipmentScheduled: note_shipment},
-            failures=[ShipmentFailed],
-            on_failure=note_reason,
-            retry=PERSISTENT,
-            pivot=True,
-        ),
-        Step(
-            "approve-order",
-            invoke=ApproveOrder,
-            on_reply={OrderApproved: None},
-            retry=PERSISTENT,
-        ),
-    ],
+    steps=[CREATE_ORDER, RESERVE_CREDIT, RESERVE_STOCK, SCHEDULE_SHIPMENT, APPROVE_ORDER],
 )
 
 #: Version 2 waits for a manager's approval of orders above this amount...
@@ -127,28 +125,8 @@ place_order_v2: Saga[OrderState] = Saga(
     version=2,
     state=OrderState,
     steps=[
-        Step("create-order", compensate=reject_order),
-        Parallel(
-            "reserve",
-            Step(
-                "reserve-credit",
-                invoke=ReserveCredit,
-                on_reply={CreditReserved: None},
-                failures=[CreditLimitExceeded],
-                on_failure=note_reason,
-                retry=PATIENT,
-                compensate=ReleaseCredit,
-            ),
-            Step(
-                "reserve-stock",
-                invoke=ReserveStock,
-                on_reply={StockReserved: None},
-                failures=[OutOfStock],
-                on_failure=note_reason,
-                retry=PATIENT,
-                compensate=ReleaseStock,
-            ),
-        ),
+        CREATE_ORDER,
+        Parallel("reserve", RESERVE_CREDIT, RESERVE_STOCK),
         Switch(
             "approval",
             on=approval,
@@ -163,21 +141,8 @@ place_order_v2: Saga[OrderState] = Saga(
                 "none": [],
             },
         ),
-        Step(
-            "schedule-shipment",
-            invoke=ScheduleShipment,
-            on_reply={ShipmentScheduled: note_shipment},
-            failures=[ShipmentFailed],
-            on_failure=note_reason,
-            retry=PERSISTENT,
-            pivot=True,
-        ),
-        Step(
-            "approve-order",
-            invoke=ApproveOrder,
-            on_reply={OrderApproved: None},
-            retry=PERSISTENT,
-        ),
+        SCHEDULE_SHIPMENT,
+        APPROVE_ORDER,
     ],
 )
 

@@ -131,8 +131,26 @@ class Timer:
         return f"{self.saga_id}:timer:{self.kind}:{self.ref}"
 
 
+class _Outstanding:
+    """What a saga waits on: every command in flight, every attempt to send later."""
+
+    __slots__ = ()
+    in_flight: tuple[PendingCommand, ...]
+    waiting: tuple[NextAttempt, ...]
+
+    @property
+    def pending(self) -> PendingCommand | None:
+        """The command in flight (the first, when branches run in parallel)."""
+        return self.in_flight[0] if self.in_flight else None
+
+    @property
+    def next(self) -> NextAttempt | None:
+        """The attempt waiting to be sent (the first, when several are)."""
+        return self.waiting[0] if self.waiting else None
+
+
 @dataclass(frozen=True, slots=True)
-class Transition:
+class Transition(_Outstanding):
     """One journal record: what a message did to one saga, and the instance after it."""
 
     saga_id: str
@@ -175,19 +193,9 @@ class Transition:
     #: of the parent's command it answers)
     parent: tuple[str, str, str] | None = None
 
-    @property
-    def pending(self) -> PendingCommand | None:
-        """The command in flight (the first, when branches run in parallel)."""
-        return self.in_flight[0] if self.in_flight else None
-
-    @property
-    def next(self) -> NextAttempt | None:
-        """The attempt waiting to be sent (the first, when several are)."""
-        return self.waiting[0] if self.waiting else None
-
 
 @dataclass(frozen=True, slots=True)
-class SagaInstance:
+class SagaInstance(_Outstanding):
     """The orchestrator's view of one saga."""
 
     saga_id: str
@@ -215,16 +223,6 @@ class SagaInstance:
     #: the shape of the definition version the saga started on (None: journaled before)
     shape: str | None = None
     parent: tuple[str, str, str] | None = None
-
-    @property
-    def pending(self) -> PendingCommand | None:
-        """The command in flight (the first, when branches run in parallel)."""
-        return self.in_flight[0] if self.in_flight else None
-
-    @property
-    def next(self) -> NextAttempt | None:
-        """The attempt waiting to be sent (the first, when several are)."""
-        return self.waiting[0] if self.waiting else None
 
 
 @dataclass(frozen=True, slots=True)
