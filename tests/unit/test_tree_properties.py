@@ -1,9 +1,9 @@
-"""Property tests of the core with groups: for random sagas of steps, Parallel groups and
-Switch branches, driven by any interleaving of replies, business failures, timeouts,
-cancels and redelivered messages, the saga ends COMPLETED with every step of its path done,
-or COMPENSATED with exactly the completed (and in-doubt) steps undone once each — never one
-before a step that ran after it in its own branch — and its journal replays to the same
-instance at every point."""
+"""Property tests of the core with groups: for random sagas of steps, Parallel groups,
+ForEach, a WaitFor and Switch branches, driven by any interleaving of replies, business
+failures, timeouts, signals (early, late, declining), cancels and redelivered messages, the
+saga ends COMPLETED with every step of its path done, or COMPENSATED with exactly the
+completed (and in-doubt) steps undone once each — never one before a step that ran after it
+in its own branch — and its journal replays to the same instance at every point."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from pydantic import BaseModel
 from sagakit import (
     Command,
     Envelope,
+    Event,
+    ForEach,
     Incoming,
     Message,
     Parallel,
@@ -29,6 +31,7 @@ from sagakit import (
     StartSaga,
     Step,
     Switch,
+    WaitFor,
     decide,
     replay,
 )
@@ -42,6 +45,15 @@ SAGA_ID = "t-1"
 
 class TState(BaseModel):
     route: str = "x"
+    items: list[str] = ["i0", "i1", "i2"]
+
+
+class TApproved(Event, type="treetest.Approved"):
+    pass
+
+
+class TDeclined(Event, type="treetest.Declined"):
+    pass
 
 
 class TDo(Command, type="treetest.Do"):
@@ -85,6 +97,9 @@ class Tree:
     nodes: list[Any] = field(default_factory=list)
     paths: dict[str, tuple[int, ...]] = field(default_factory=dict)
     count: int = 0
+    #: the ForEach steps (their items are keyed name#index) and the wait, if any
+    each: set[str] = field(default_factory=set)
+    wait: str | None = None
 
 
 def _step(tree: Tree, path: tuple[int, ...], timeout: bool) -> Step[TState]:
@@ -111,11 +126,38 @@ def trees(draw: st.DrawFn) -> Tree:
         out: list[Any] = []
         for i in range(size):
             here = (*path, i)
-            kind = draw(
-                st.sampled_from(["step", "step", "par", "switch"] if depth < 2 else ["step"])
-            )
+            kinds = ["step", "step", "par", "switch", "each", "wait"] if depth < 2 else ["step"]
+            kind = draw(st.sampled_from(kinds))
             if kind == "step":
                 out.append(_step(tree, here, draw(st.booleans())))
+                continue
+            if kind == "each":
+                inner = _step(tree, here, draw(st.booleans()))
+                tree.each.add(inner.name)
+                groups[0] += 1
+                out.append(
+                    ForEach(
+                        f"g{groups[0]}",
+                        items=lambda s: s.items,
+                        step=inner,
+                        max_parallel=draw(st.integers(1, 3)),
+                    )
+                )
+                continue
+            if kind == "wait":
+                if tree.wait is not None:  # a signal type names one wait
+                    out.append(_step(tree, here, False))
+                    continue
+                groups[0] += 1
+                tree.wait = f"g{groups[0]}"
+                out.append(
+                    WaitFor(
+                        tree.wait,
+                        event=TApproved,
+                        failures=[TDeclined],
+                        timeout_s=draw(st.sampled_from([None, 1.0])),
+                    )
+                )
                 continue
             groups[0] += 1
             name = f"g{groups[0]}"
@@ -173,6 +215,9 @@ def test_any_tree_under_any_interleaving_ends_right_and_replays(tree: Tree, data
     def feed(incoming: Incoming[Message]) -> None:
         nonlocal instance
         d = decide(saga, instance, incoming)
+        if isinstance(incoming.message, (TApproved, TDeclined)) and d.rejected is not None:
+            assert d.rejected_as == "SignalTooLate"  # ended or past its wait: dead-lettered
+            return
         assert d.rejected is None, d.rejected
         if not d.records:
             return
@@ -191,14 +236,24 @@ def test_any_tree_under_any_interleaving_ends_right_and_replays(tree: Tree, data
         )
     )
     cancelled = False
-    for _ in range(200):
+    signals = 0
+    kinds_sent: dict[str, type] = {}
+    for _ in range(300):
         assert instance is not None
         if instance.status.settled:
             break
         clock[0] += 10
         choice = data.draw(
-            st.sampled_from(["answer", "answer", "answer", "timer", "dup", "cancel"])
+            st.sampled_from(["answer", "answer", "answer", "timer", "dup", "cancel", "signal"])
         )
+        stuck = not instance.in_flight and not timers(instance) and bool(instance.waits)
+        if (choice == "signal" or stuck) and tree.wait is not None:
+            signals += 1
+            kind = TDeclined() if data.draw(st.integers(0, 3)) == 0 else TApproved()
+            sid = f"signal-{signals}"
+            kinds_sent[sid] = type(kind)
+            feed(Incoming(envelope(sid, kind.message_type, sid), kind, clock[0]))
+            continue
         if choice == "dup" and applied:  # a redelivery changes nothing
             again = data.draw(st.sampled_from(applied))
             assert decide(saga, instance, again).records == ()
@@ -241,12 +296,28 @@ def test_any_tree_under_any_interleaving_ends_right_and_replays(tree: Tree, data
     assert instance.status in (SagaStatus.COMPLETED, SagaStatus.COMPENSATED), instance
     assert instance.in_flight == () and instance.waiting == () and timers(instance) == ()
 
-    on_path = [n for n in tree.paths if _taken(tree.paths[n], saga, instance)]
+    on_path = {
+        key
+        for n in tree.paths
+        if _taken(tree.paths[n], saga, instance)
+        for key in ([f"{n}#{i}" for i in range(3)] if n in tree.each else [n])
+    }
+    steps_done = {c for c in instance.completed if c != tree.wait}
+    # a signal kept before the saga reached its wait is what the wait takes there
+    kept = [r for r in records if r.event == "signal-kept"]
+    passed = next((r for r in records if tree.wait in r.completed), None)
+    if (
+        kept
+        and passed is not None
+        and kept[0].seq < passed.seq
+        and kinds_sent[kept[0].cause] is TApproved
+    ):
+        assert passed.event != "signalled", "a kept approval was not taken at the wait"
     if instance.status is SagaStatus.COMPLETED:
-        assert set(instance.completed) == set(on_path) and instance.compensated == ()
+        assert steps_done == on_path and instance.compensated == ()
         return
     # each completed (or in-doubt) step undone exactly once, nothing else
-    assert sorted(instance.compensated) == sorted(set(instance.completed))
+    assert sorted(instance.compensated) == sorted(steps_done)
     undos = [s for what, s, phase in log if what == "sent" and phase == "compensate"]
     assert sorted(undos) == sorted(instance.compensated)
     # once the saga fails, nothing new starts forward
@@ -263,7 +334,7 @@ def test_any_tree_under_any_interleaving_ends_right_and_replays(tree: Tree, data
     }
     for a in sent_at:
         for b in sent_at:
-            if precedes(tree.paths[a], tree.paths[b]):
+            if precedes(tree.paths[a.partition("#")[0]], tree.paths[b.partition("#")[0]]):
                 assert undone_at[b] < sent_at[a], (a, b, log)
 
 
