@@ -1,5 +1,5 @@
 """Property tests of the core with groups: for random sagas of steps, Parallel groups,
-ForEach, a WaitFor and Switch branches, driven by any interleaving of replies, business
+ForEach, a WaitFor, child sagas (SubSaga, run by their own decide) and Switch branches, driven by any interleaving of replies, business
 failures, timeouts, signals (early, late, declining), cancels and redelivered messages, the
 saga ends COMPLETED with every step of its path done, or COMPENSATED with exactly the
 completed (and in-doubt) steps undone once each — never one before a step that ran after it
@@ -7,6 +7,7 @@ in its own branch — and its journal replays to the same instance at every poin
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,7 @@ from sagakit import (
     SagaStatus,
     StartSaga,
     Step,
+    SubSaga,
     Switch,
     WaitFor,
     decide,
@@ -37,7 +39,7 @@ from sagakit import (
 )
 from sagakit._evaluator import timers
 from sagakit._journal import decode_transition, encode_transition
-from sagakit._messages import CancelSaga, TimerFired
+from sagakit._messages import CancelSaga, CompensateChild, SagaEnded, StartChild, TimerFired
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SAGA_ID = "t-1"
@@ -90,6 +92,25 @@ def _undo(name: str) -> Any:
     return build
 
 
+class CState(BaseModel):
+    n: int = 0
+
+
+def _child_step(name: str) -> Step[CState]:
+    return Step(
+        name,
+        invoke=_do(name),
+        on_reply={TDone: None},
+        failures=(TFailed,),
+        compensate=_undo(name),
+        compensation_retry=RetryPolicy(max_attempts=3),
+    )
+
+
+#: what a SubSaga of a generated tree starts: two steps, each may fail
+CHILD = Saga("treechild", state=CState, steps=[_child_step("c1"), _child_step("c2")])
+
+
 @dataclass
 class Tree:
     """A generated definition and, per step, its path (sequence positions and branches)."""
@@ -100,6 +121,7 @@ class Tree:
     #: the ForEach steps (their items are keyed name#index) and the wait, if any
     each: set[str] = field(default_factory=set)
     wait: str | None = None
+    subs: set[str] = field(default_factory=set)
 
 
 def _step(tree: Tree, path: tuple[int, ...], timeout: bool) -> Step[TState]:
@@ -126,10 +148,19 @@ def trees(draw: st.DrawFn) -> Tree:
         out: list[Any] = []
         for i in range(size):
             here = (*path, i)
-            kinds = ["step", "step", "par", "switch", "each", "wait"] if depth < 2 else ["step"]
+            kinds = (
+                ["step", "step", "par", "switch", "each", "wait", "sub"] if depth < 2 else ["step"]
+            )
             kind = draw(st.sampled_from(kinds))
             if kind == "step":
                 out.append(_step(tree, here, draw(st.booleans())))
+                continue
+            if kind == "sub":
+                groups[0] += 1
+                name = f"g{groups[0]}"
+                tree.paths[name] = here
+                tree.subs.add(name)
+                out.append(SubSaga(name, saga=CHILD, input=lambda s: CState()))
                 continue
             if kind == "each":
                 inner = _step(tree, here, draw(st.booleans()))
@@ -211,6 +242,43 @@ def test_any_tree_under_any_interleaving_ends_right_and_replays(tree: Tree, data
     applied: list[Incoming[Message]] = []
     clock = [1_000]
     instance: SagaInstance | None = None
+    children: dict[str, SagaInstance] = {}
+    child_records: dict[str, list[Any]] = {}
+
+    def to_child(c: Any) -> None:
+        """The parent's StartChild or CompensateChild, delivered to the child at once."""
+        cid = c.command.child_id
+        env = Envelope(
+            message_id=c.message_id,
+            message_type=c.command.message_type,
+            saga_id=cid,
+            correlation_id="start",
+            causation_id=c.causation_id,
+            saga_type="treechild",
+            reply_to="treetest.inbox",
+        )
+        feed_child(cid, Incoming(env, c.command, clock[0]))
+
+    def feed_child(cid: str, incoming: Incoming[Message]) -> None:
+        d = decide(CHILD, children.get(cid), incoming)
+        assert d.rejected is None, d.rejected
+        if not d.records:
+            return
+        history = child_records.setdefault(cid, [])
+        history.extend(decode_transition(encode_transition(r), CHILD) for r in d.records)
+        assert d.instance is not None and replay(history)[cid] == d.instance
+        children[cid] = d.instance
+        for n in d.notices:  # the child ended: its parent hears of it
+            assert instance is not None
+            (p,) = [p for p in instance.in_flight if p.message_id == n.causation_id]
+            log.append(("answered", p.step, p.phase.value))
+            feed(
+                Incoming(
+                    envelope(n.message_id, SagaEnded.message_type, n.causation_id),
+                    n.message,
+                    clock[0],
+                )
+            )
 
     def feed(incoming: Incoming[Message]) -> None:
         nonlocal instance
@@ -227,6 +295,9 @@ def test_any_tree_under_any_interleaving_ends_right_and_replays(tree: Tree, data
         applied.append(incoming)
         for c in d.commands:
             log.append(("sent", c.step, c.phase.value))
+        for c in d.commands:
+            if isinstance(c.command, (StartChild, CompensateChild)):
+                to_child(c)
 
     feed(
         Incoming(
@@ -279,19 +350,25 @@ def test_any_tree_under_any_interleaving_ends_right_and_replays(tree: Tree, data
                 )
             )
             continue
-        if not instance.in_flight:
+        out = [
+            (None, p)
+            for p in instance.in_flight
+            if not isinstance(p.command, (StartChild, CompensateChild))
+        ]
+        out += [(cid, p) for cid, child in sorted(children.items()) for p in child.in_flight]
+        if not out:
             continue
-        p = data.draw(st.sampled_from(instance.in_flight))
+        cid, p = data.draw(st.sampled_from(out))
         if p.phase is Phase.COMPENSATE:
             reply: Message = TUndone()
         else:
             reply = TFailed() if data.draw(st.integers(0, 5)) == 0 else TDone()
+        answer = envelope(f"{p.message_id}:r", reply.message_type, p.message_id)
+        if cid is not None:
+            feed_child(cid, Incoming(dataclasses.replace(answer, saga_id=cid), reply, clock[0]))
+            continue
         log.append(("answered", p.step, p.phase.value))
-        feed(
-            Incoming(
-                envelope(f"{p.message_id}:r", reply.message_type, p.message_id), reply, clock[0]
-            )
-        )
+        feed(Incoming(answer, reply, clock[0]))
     assert instance is not None
     assert instance.status in (SagaStatus.COMPLETED, SagaStatus.COMPENSATED), instance
     assert instance.in_flight == () and instance.waiting == () and timers(instance) == ()
@@ -313,6 +390,16 @@ def test_any_tree_under_any_interleaving_ends_right_and_replays(tree: Tree, data
         and kinds_sent[kept[0].cause] is TApproved
     ):
         assert passed.event != "signalled", "a kept approval was not taken at the wait"
+    for sub in tree.subs:  # a child the parent counts done completed, and only then
+        child = children.get(f"{SAGA_ID}/{sub}")
+        if sub in instance.completed:
+            assert child is not None
+            want = (
+                SagaStatus.COMPLETED if sub not in instance.compensated else SagaStatus.COMPENSATED
+            )
+            assert child.status is want, (sub, child.status)
+        elif child is not None:
+            assert child.status.terminal and child.status is not SagaStatus.COMPLETED
     if instance.status is SagaStatus.COMPLETED:
         assert steps_done == on_path and instance.compensated == ()
         return
