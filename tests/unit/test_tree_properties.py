@@ -1,9 +1,10 @@
 """Property tests of the core with groups: for random sagas of steps, Parallel groups,
-ForEach, a WaitFor, child sagas (SubSaga, run by their own decide) and Switch branches, driven by any interleaving of replies, business
-failures, timeouts, signals (early, late, declining), cancels and redelivered messages, the
-saga ends COMPLETED with every step of its path done, or COMPENSATED with exactly the
-completed (and in-doubt) steps undone once each — never one before a step that ran after it
-in its own branch — and its journal replays to the same instance at every point."""
+ForEach, a WaitFor, child sagas (SubSaga, run by their own decide) and Switch branches,
+driven by any interleaving of replies, business failures, timeouts, signals (early, late,
+declining), cancels and redelivered messages, the saga ends COMPLETED with every step of its
+path done, or COMPENSATED with exactly the completed (and in-doubt) steps undone once each —
+never one before a step that ran after it in its own branch — and its journal replays to the
+same instance at every point."""
 
 from __future__ import annotations
 
