@@ -363,19 +363,27 @@ def test_a_step_without_compensation_beside_a_branch_that_may_fail_is_refused() 
 
 
 def test_cases_of_a_switch_never_run_together() -> None:
-    # b has no compensation; d may fail, but only ever instead of b, never after it
-    Saga(
+    # b has no compensation and d may fail, but d only ever runs instead of b: the saga is
+    # accepted, and when d fails there is nothing of b to undo, only a
+    saga = Saga(
         "ptest-exclusive",
         state=Hire,
         steps=[
+            step("a"),
             Switch(
                 "s",
                 on=lambda s: s.contract,
-                cases={"x": step("b", compensate=False)},
+                cases={"employee": step("b", compensate=False)},
                 default=step("d"),
-            )
+            ),
         ],
     )
+    run = Run(saga)
+    run.start(contract="contractor")
+    assert sent(run.answer("a", DONE["a"]())) == [f"{SAGA_ID}:d:1"]
+    assert sent(run.answer("d", REFUSED["d"]())) == [f"{SAGA_ID}:a:c1"]
+    assert run.undo_all() == ["a"] and run.inst.status is SagaStatus.COMPENSATED
+    assert "b" not in run.inst.completed
 
 
 def test_a_journal_record_from_before_lists_still_reads() -> None:
