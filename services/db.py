@@ -137,6 +137,5 @@ class Handlers:
             sync_ctx = replace(ctx, db=PostgresConnection(ctx.db))
             return await anyio.to_thread.run_sync(fn, message, sync_ctx)
 
-        bridged.__qualname__ = getattr(fn, "__qualname__", "handler")
-        bridged.__annotations__ = dict(getattr(fn, "__annotations__", {}))
+        bridged.__qualname__ = getattr(fn, "__qualname__", "handler")  # for logs and errors
         return bridged

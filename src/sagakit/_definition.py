@@ -383,25 +383,28 @@ def case_key(value: Any) -> str:
     return str(value)
 
 
-def _leaves(seq: _Seq) -> list[_ResolvedStep[Any]]:
-    found: list[_ResolvedStep[Any]] = []
+def _members(seq: _Seq) -> list[_ResolvedStep[Any] | _Wait]:
+    """The steps and waits of `seq`, nested ones included, in order."""
+    found: list[_ResolvedStep[Any] | _Wait] = []
     for node in seq.nodes:
-        if isinstance(node, _Leaf):
+        if isinstance(node, (_Leaf, _Each)):
             found.append(node.step)
         elif isinstance(node, _Par):
             for branch in node.branches:
-                found += _leaves(branch)
+                found += _members(branch)
         elif isinstance(node, _Wait):
+            found.append(node)
             if node.on_timeout is not None:
-                found += _leaves(node.on_timeout)
-        elif isinstance(node, _Each):
-            found.append(node.step)
+                found += _members(node.on_timeout)
         else:
-            for case in node.cases.values():
-                found += _leaves(case)
-            if node.default is not None:
-                found += _leaves(node.default)
+            for case in (*node.cases.values(), *([node.default] if node.default else [])):
+                found += _members(case)
     return found
+
+
+def _leaves(seq: _Seq) -> list[_ResolvedStep[Any]]:
+    """The steps of `seq`, nested ones included, in order."""
+    return [m for m in _members(seq) if isinstance(m, _ResolvedStep)]
 
 
 class Saga(Generic[S]):
@@ -958,10 +961,13 @@ class Saga(Generic[S]):
         for r in resolved[:pivot]:
             if r.compensation is not None or r.action is None:
                 continue
+            followers = _followers(self.tree, r.name)
             waits = [
                 w
-                for w in _later_waits(self.tree, r.name)
-                if w.top < pivot_top and (w.failures or (w.timeout_s and w.on_timeout is None))
+                for w, _group in followers
+                if isinstance(w, _Wait)
+                and w.top < pivot_top
+                and (w.failures or (w.timeout_s and w.on_timeout is None))
             ]
             if waits:
                 raise self._fail(
@@ -971,8 +977,8 @@ class Saga(Generic[S]):
                 )
             later = [
                 (x, group)
-                for x, group in _followers(self.tree, r.name)
-                if x.index <= pivot and may_fail(x)
+                for x, group in followers
+                if isinstance(x, _ResolvedStep) and x.index <= pivot and may_fail(x)
             ]
             if later:
                 x, group = later[0]
@@ -984,22 +990,23 @@ class Saga(Generic[S]):
                 raise self._fail(r.name, f"has no compensation but {how}, which may fail")
 
 
-def _followers(tree: _Seq, name: str) -> list[tuple[_ResolvedStep[Any], str | None]]:
-    """The steps that may run after step `name` or while it runs: later in its sequences,
-    and in the other branches of the groups around it (with the group's name). Other cases
-    of a Switch never run with it."""
+Follower = tuple[_ResolvedStep[Any] | _Wait, str | None]
 
-    def after(seq: _Seq) -> list[tuple[_ResolvedStep[Any], str | None]] | None:
+
+def _followers(tree: _Seq, name: str) -> list[Follower]:
+    """The steps and waits that may run after step `name` or while it runs: later in its
+    sequences, and in the other branches of the groups around it (with the group's name).
+    Other cases of a Switch never run with it."""
+
+    def after(seq: _Seq) -> list[Follower] | None:
         for i, node in enumerate(seq.nodes):
             found = inside(node)
             if found is not None:
-                rest = [(leaf, None) for n in seq.nodes[i + 1 :] for leaf in _leaves(_Seq((n,)))]
+                rest: list[Follower] = [(m, None) for m in _members(_Seq(seq.nodes[i + 1 :]))]
                 return found + rest
         return None
 
-    def inside(
-        node: _Leaf | _Par | _Choice | _Wait | _Each,
-    ) -> list[tuple[_ResolvedStep[Any], str | None]] | None:
+    def inside(node: _Leaf | _Par | _Choice | _Wait | _Each) -> list[Follower] | None:
         if isinstance(node, _Wait):
             return None if node.on_timeout is None else after(node.on_timeout)
         if isinstance(node, _Each):  # its items run beside each other
@@ -1010,57 +1017,12 @@ def _followers(tree: _Seq, name: str) -> list[tuple[_ResolvedStep[Any], str | No
             for branch in node.branches:
                 found = after(branch)
                 if found is not None:
-                    others = [
-                        (leaf, node.name)
+                    others: list[Follower] = [
+                        (m, node.name)
                         for b in node.branches
                         if b is not branch
-                        for leaf in _leaves(b)
+                        for m in _members(b)
                     ]
-                    return found + others
-            return None
-        for case in (*node.cases.values(), *([node.default] if node.default else [])):
-            found = after(case)
-            if found is not None:
-                return found
-        return None
-
-    return after(tree) or []
-
-
-def _waits_of(node: Any) -> list[_Wait]:
-    """The waits in `node` (all its branches and cases)."""
-    if isinstance(node, _Wait):
-        return [node, *(_waits_of(node.on_timeout) if node.on_timeout else [])]
-    if isinstance(node, _Seq):
-        return [w for n in node.nodes for w in _waits_of(n)]
-    if isinstance(node, _Par):
-        return [w for b in node.branches for w in _waits_of(b)]
-    if isinstance(node, _Choice):
-        cases = [*node.cases.values(), *([node.default] if node.default else [])]
-        return [w for c in cases for w in _waits_of(c)]
-    return []
-
-
-def _later_waits(tree: _Seq, name: str) -> list[_Wait]:
-    """The waits that may come after step `name` or while it runs (see `_followers`)."""
-
-    def after(seq: _Seq) -> list[_Wait] | None:
-        for i, node in enumerate(seq.nodes):
-            found = inside(node)
-            if found is not None:
-                return found + [w for n in seq.nodes[i + 1 :] for w in _waits_of(n)]
-        return None
-
-    def inside(node: Any) -> list[_Wait] | None:
-        if isinstance(node, (_Leaf, _Each)):
-            return [] if node.step.name == name else None
-        if isinstance(node, _Wait):
-            return None if node.on_timeout is None else after(node.on_timeout)
-        if isinstance(node, _Par):
-            for branch in node.branches:
-                found = after(branch)
-                if found is not None:
-                    others = [w for b in node.branches if b is not branch for w in _waits_of(b)]
                     return found + others
             return None
         for case in (*node.cases.values(), *([node.default] if node.default else [])):

@@ -190,7 +190,7 @@ class Transition(_Outstanding):
     #: the definition's shape (`Saga.shape`), on the start transition only
     shape: str | None = None
     #: for a child saga: where its end is reported (reply topic, parent saga id, the id
-    #: of the parent's command it answers)
+    #: of the parent's command it answers); on the records that set or change it
     parent: tuple[str, str, str] | None = None
 
 
@@ -300,7 +300,7 @@ def evolve(instance: SagaInstance | None, t: Transition) -> SagaInstance:
         waits=t.waits,
         signals=t.signals,
         shape=t.shape if t.shape is not None else (instance.shape if instance else None),
-        parent=t.parent,
+        parent=t.parent if t.parent is not None else (instance.parent if instance else None),
         deadline_ms=t.deadline_ms,
         trace=t.trace if t.trace is not None else (instance.trace if instance else None),
         start_digest=t.start_digest
@@ -1170,7 +1170,10 @@ class _Draft:
             aborted=self.aborted,
             waits=tuple(sorted(self.waits.items())),
             signals=tuple(self.signals),
-            parent=self.parent,
+            # journaled when it is set or changes (a start, a compensation asked for)
+            parent=self.parent
+            if self.instance is None or self.parent != self.instance.parent
+            else None,
         )
         instance = evolve(self.instance, record)
         notice = ended_notice(instance)

@@ -420,13 +420,11 @@ def sagas_resolve(
     )
 
 
-def _definition(app: App | None, saga_type: str) -> Any:
-    if app is None:
+def _definition(app: App | None, saga_type: str, version: int) -> Any:
+    """The version of `saga_type` a saga runs on, if the app has it (else None)."""
+    if app is None or saga_type not in {s.name for s in app.sagas}:
         return None
-    try:
-        return app.saga(saga_type)
-    except Exception:
-        return None
+    return next((v for v in app.versions(saga_type) if v.version == version), None)
 
 
 def _refusal(app: App | None, saga_type: str | None, request: Message, saga_id: str) -> Any:
@@ -437,7 +435,7 @@ def _refusal(app: App | None, saga_type: str | None, request: Message, saga_id: 
         status = history[-1].status
         if status.terminal:
             return f"saga {saga_id} is {status.value}: it has ended"
-        definition = _definition(app, history[-1].saga_type)
+        definition = _definition(app, history[-1].saga_type, history[-1].version)
         if definition is None:
             return None
         instance = replay(history)[saga_id]
