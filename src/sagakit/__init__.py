@@ -43,6 +43,7 @@ from ._messages import Command, Envelope, Event, Header, Message, Reply, StartSa
 from ._orchestrator import Orchestrator
 from ._participant import HandlerContext, Service
 from ._postgres import PostgresStore
+from ._snapshots import History
 from .eventlog import EventLog, KafkaEventLog, MemoryEventLog
 from .scenario import Ended, Scenario, Start, World
 from .transport import (
@@ -77,6 +78,7 @@ __all__ = (
     "HandlerContext",
     "HandlerFailed",
     "Header",
+    "History",
     "IdempotencyStore",
     "Incoming",
     "Interceptor",

@@ -455,6 +455,11 @@ class Saga(Generic[S]):
     def journal_topic(self) -> str:
         return f"{self.name}.journal"
 
+    @property
+    def checkpoints_topic(self) -> str:
+        """Where the journal's snapshots are (see `History`)."""
+        return f"{self.name}.checkpoints"
+
     def command_topics(self) -> frozenset[str]:
         topics = set()
         for r in self._resolved:

@@ -226,6 +226,33 @@ class SagaInstance(_Outstanding):
 
 
 @dataclass(frozen=True, slots=True)
+class EndedSaga:
+    """What an orchestrator keeps of a saga that ended, once the saga has left memory.
+
+    Enough to answer a message that comes again inside the dedupe window: a start
+    re-sent (recognised, or a conflict if its state differs), a late reply or timer
+    (ignored), a cancel or signal (refused). Child sagas are not reduced to this: their
+    parent may still ask them to compensate.
+    """
+
+    saga_id: str
+    status: SagaStatus
+    version: int
+    ended_ms: int
+    start_digest: str | None = None
+
+    @classmethod
+    def of(cls, instance: SagaInstance) -> EndedSaga:
+        return cls(
+            instance.saga_id,
+            instance.status,
+            instance.version,
+            instance.updated_ms,
+            instance.start_digest,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Notice:
     """A message to another saga's inbox: a child's end, for its parent."""
 
@@ -353,13 +380,18 @@ def command_id(saga_id: str, step: str, phase: Phase, attempt: int) -> str:
 
 
 def decide(
-    definition: Saga[Any], instance: SagaInstance | None, incoming: Incoming[Message]
+    definition: Saga[Any],
+    instance: SagaInstance | EndedSaga | None,
+    incoming: Incoming[Message],
 ) -> Decision:
-    """The decision for one inbox message, given the saga's current instance (or None)."""
+    """The decision for one inbox message, given the saga's current instance, what is
+    kept of it after it ended and left memory (`EndedSaga`), or None."""
     env = incoming.envelope
     message = incoming.message
     if isinstance(message, (StartSaga, StartChild)):  # checked even when the saga exists
         return _start(definition, instance, incoming)
+    if isinstance(instance, EndedSaga):
+        return _after_end(definition, instance, incoming)
     if instance is not None and env.message_id in instance.applied:
         return Decision(instance=instance, ignored=f"duplicate message {env.message_id}")
     if instance is None:
@@ -386,7 +418,9 @@ def decide(
 
 # -- start ---------------------------------------------------------------------------------
 def _start(
-    definition: Saga[Any], instance: SagaInstance | None, incoming: Incoming[Message]
+    definition: Saga[Any],
+    instance: SagaInstance | EndedSaga | None,
+    incoming: Incoming[Message],
 ) -> Decision:
     env = incoming.envelope
     if env.saga_type is not None and env.saga_type != definition.name:
@@ -408,17 +442,18 @@ def _start(
         )
     digest = state_digest(state)
     if instance is not None:
+        kept = instance if isinstance(instance, SagaInstance) else None
         if instance.start_digest is not None and instance.start_digest != digest:
             return Decision(
-                instance=instance,
+                instance=kept,
                 rejected=f"saga {env.saga_id} was started with another state (it is "
                 f"{instance.status.value}); a start request for an existing saga id must "
                 "repeat its state, or use a new id",
                 rejected_as="StartConflict",
             )
-        if env.message_id in instance.applied:
-            return Decision(instance=instance, ignored=f"duplicate message {env.message_id}")
-        return Decision(instance=instance, ignored=f"saga {env.saga_id} already started")
+        if kept is not None and env.message_id in kept.applied:
+            return Decision(instance=kept, ignored=f"duplicate message {env.message_id}")
+        return Decision(instance=kept, ignored=f"saga {env.saga_id} already started")
     deadline = (
         incoming.at_ms + round(definition.deadline_s * 1000)
         if definition.deadline_s is not None
@@ -453,6 +488,34 @@ def state_digest(state: BaseModel) -> str:
     import hashlib
 
     return hashlib.sha256(state.__pydantic_serializer__.to_json(state)).hexdigest()[:32]
+
+
+def _after_end(definition: Saga[Any], ended: EndedSaga, incoming: Incoming[Message]) -> Decision:
+    """A message for a saga that ended and left memory: nothing it says can change the
+    saga. What a full instance would ignore is ignored; a cancel or a signal, which a full
+    instance refuses unless it is a repeat of one it took, is refused (dead-lettered)."""
+    env = incoming.envelope
+    message = incoming.message
+    what = f"saga {ended.saga_id} ended {ended.status.value}"
+    if isinstance(message, (Reply, TimerFired, ResumeSaga, ResolveSaga)):
+        return Decision(ignored=f"{what}: {env.message_type} {env.message_id} changes nothing")
+    if isinstance(message, CancelSaga):
+        return Decision(
+            rejected=f"cancel of saga {ended.saga_id} refused: it is {ended.status.value}",
+            rejected_as="CancelRefused",
+        )
+    if isinstance(message, CompensateChild):
+        return Decision(rejected=f"saga {ended.saga_id} has no parent")
+    if definition.signal_wait(type(message)) is not None:
+        return Decision(
+            rejected=f"signal {env.message_type} for saga {ended.saga_id}, which is "
+            f"{ended.status.value}: nothing waits for it any more",
+            rejected_as="SignalTooLate",
+        )
+    return Decision(
+        rejected=f"{env.message_type} is not a start request, reply, timer, operator request "
+        f"or a signal one of its waits takes; saga {definition.name!r} cannot handle it"
+    )
 
 
 # -- replies -------------------------------------------------------------------------------

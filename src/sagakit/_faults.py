@@ -6,7 +6,9 @@
 
 Points: orchestrator.before-append (decided, nothing journaled), orchestrator.before-send
 (journaled, commands not sent), orchestrator.before-commit (sent, offsets not
-committed), participant.before-reply (business effect committed, reply not sent).
+committed), orchestrator.snapshot-before-journal / -before-index / -after-index (a
+snapshot not written, written but not listed in the checkpoints topic, listed),
+participant.before-reply (business effect committed, reply not sent).
 Unset, each check is one dict lookup.
 """
 
@@ -19,6 +21,9 @@ POINTS = (
     "orchestrator.before-append",
     "orchestrator.before-send",
     "orchestrator.before-commit",
+    "orchestrator.snapshot-before-journal",
+    "orchestrator.snapshot-before-index",
+    "orchestrator.snapshot-after-index",
     "participant.before-reply",
 )
 

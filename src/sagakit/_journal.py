@@ -10,9 +10,7 @@ fenced, without broker transactions.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +21,7 @@ from ._codec import _default
 from ._definition import Saga
 from ._errors import DecodeError
 from ._evaluator import (
+    EndedSaga,
     NextAttempt,
     PendingCommand,
     Phase,
@@ -32,13 +31,13 @@ from ._evaluator import (
     evolve,
 )
 from ._messages import Command, registered
-from .eventlog._base import FOREIGN, EventLog, JournalEntry, StoredEntry
-
-log = logging.getLogger("sagakit.journal")
+from .eventlog._base import FOREIGN, JournalEntry, StoredEntry
 
 TRANSITION = "transition"
 TRANSITIONS = "transitions"
 CLAIM = "claim"
+#: a journal record holding (part of) a snapshot (see `_snapshots`); replay skips it
+SNAPSHOT = "snapshot"
 
 
 def _encode_pending(p: PendingCommand) -> dict[str, Any]:
@@ -68,42 +67,57 @@ def _encode_next(n: NextAttempt) -> dict[str, Any]:
     }
 
 
+def _shared(x: Transition | SagaInstance) -> dict[str, Any]:
+    """The fields a transition and an instance share, as JSON."""
+    return {
+        "saga_id": x.saga_id,
+        "saga_type": x.saga_type,
+        "version": x.version,
+        "seq": x.seq,
+        "status": x.status.value,
+        "state": x.state.model_dump(mode="json"),
+        "completed": x.completed,
+        "compensated": x.compensated,
+        "pending": [_encode_pending(p) for p in x.in_flight],
+        "failure": x.failure,
+        "correlation_id": x.correlation_id,
+        "started": x.started_ms,
+        "next": [_encode_next(n) for n in x.waiting],
+        "deadline": x.deadline_ms,
+        "trace": x.trace,
+        **({"start_digest": x.start_digest} if x.start_digest is not None else {}),
+        **({"shape": x.shape} if x.shape is not None else {}),
+        **({"parent": list(x.parent)} if x.parent is not None else {}),
+        **({"choices": dict(x.choices)} if x.choices else {}),
+        **({"aborted": True} if x.aborted else {}),
+        **({"waits": dict(x.waits)} if x.waits else {}),
+        **({"signals": [list(s) for s in x.signals]} if x.signals else {}),
+    }
+
+
 def encode_transition(t: Transition) -> bytes:
     """One transition as JSON. ``pending`` and ``next`` are lists (a saga with parallel
     branches has several commands out); records written before they were lists hold one
     object or null, and are read the same."""
     return orjson.dumps(
         {
-            "saga_id": t.saga_id,
-            "saga_type": t.saga_type,
-            "version": t.version,
-            "seq": t.seq,
+            **_shared(t),
             "cause": t.cause,
             "cause_type": t.cause_type,
             "at": t.at_ms,
             "event": t.event,
             "step": t.step,
-            "status": t.status.value,
-            "state": t.state.model_dump(mode="json"),
-            "completed": t.completed,
-            "compensated": t.compensated,
-            "pending": [_encode_pending(p) for p in t.in_flight],
-            "failure": t.failure,
-            "correlation_id": t.correlation_id,
-            "started": t.started_ms,
-            "next": [_encode_next(n) for n in t.waiting],
-            "deadline": t.deadline_ms,
             "note": t.note,
-            "trace": t.trace,
-            **({"start_digest": t.start_digest} if t.start_digest is not None else {}),
-            **({"shape": t.shape} if t.shape is not None else {}),
-            **({"parent": list(t.parent)} if t.parent is not None else {}),
-            **({"choices": dict(t.choices)} if t.choices else {}),
-            **({"aborted": True} if t.aborted else {}),
-            **({"waits": dict(t.waits)} if t.waits else {}),
-            **({"signals": [list(x) for x in t.signals]} if t.signals else {}),
         },
         default=_default,
+    )
+
+
+def encode_instance(i: SagaInstance) -> bytes:
+    """One instance as JSON, for a snapshot: the transition's fields, with when it last
+    changed and the ids of the messages it has taken (its dedupe set)."""
+    return orjson.dumps(
+        {**_shared(i), "updated": i.updated_ms, "applied": sorted(i.applied)}, default=_default
     )
 
 
@@ -157,73 +171,97 @@ def _decode_pending(p: dict[str, Any], saga: Saga[Any] | None) -> PendingCommand
     )
 
 
+def _definition_of(
+    d: dict[str, Any], saga: Saga[Any] | Mapping[int, Saga[Any]] | None
+) -> Saga[Any] | None:
+    if isinstance(saga, Mapping):
+        name = next(iter(saga.values())).name if saga else d["saga_type"]
+        if d["saga_type"] != name:
+            raise DecodeError(f"journal record of saga type {d['saga_type']!r}, expected {name!r}")
+        saga = saga.get(d["version"])
+    if saga is not None and d["saga_type"] != saga.name:
+        raise DecodeError(f"journal record of saga type {d['saga_type']!r}, expected {saga.name!r}")
+    return saga
+
+
+def _decode_shared(d: dict[str, Any], saga: Saga[Any] | None) -> dict[str, Any]:
+    """The fields a transition and an instance share, from JSON (see `_shared`)."""
+    in_flight = tuple(_decode_pending(p, saga) for p in _listed(d["pending"]))
+    waiting = tuple(
+        NextAttempt(
+            n["step"],
+            Phase(n["phase"]),
+            n["attempt"],
+            n["budget_from"],
+            n["due"],
+            uncertain=n.get("uncertain", False),
+        )
+        for n in _listed(d.get("next"))
+    )
+    choices = d.get("choices") or {}
+    if not isinstance(choices, dict):
+        raise DecodeError(f"journal choices must be an object, got {choices!r}")
+    state_model: type[BaseModel] = saga.state if saga is not None else RawState
+    return {
+        "saga_id": d["saga_id"],
+        "saga_type": d["saga_type"],
+        "version": d["version"],
+        "seq": d["seq"],
+        "status": SagaStatus(d["status"]),
+        "state": state_model.model_validate(d["state"]),
+        "completed": tuple(d["completed"]),
+        "compensated": tuple(d["compensated"]),
+        "in_flight": in_flight,
+        "failure": d["failure"],
+        "correlation_id": d["correlation_id"],
+        "started_ms": d["started"],
+        "waiting": waiting,
+        "choices": tuple(sorted((str(k), str(v)) for k, v in choices.items())),
+        "deadline_ms": d.get("deadline"),
+        "trace": d.get("trace"),
+        "start_digest": d.get("start_digest"),
+        "shape": d.get("shape"),
+        "parent": _parent(d.get("parent")),
+        "aborted": bool(d.get("aborted", False)),
+        "waits": tuple(sorted((str(k), v) for k, v in (d.get("waits") or {}).items())),
+        "signals": tuple((str(a), str(b), str(c)) for a, b, c in d.get("signals") or ()),
+    }
+
+
 def decode_transition(data: bytes, saga: Saga[Any] | Mapping[int, Saga[Any]] | None) -> Transition:
     """A journal record, read with its saga's definition: `saga`, or of several versions
     the one the record names. With no definition (None, or a version not given) the state
     and commands stay raw (for display, and for telling which versions live sagas use)."""
     try:
         d = orjson.loads(data)
-        if isinstance(saga, Mapping):
-            name = next(iter(saga.values())).name if saga else d["saga_type"]
-            if d["saga_type"] != name:
-                raise DecodeError(
-                    f"journal record of saga type {d['saga_type']!r}, expected {name!r}"
-                )
-            saga = saga.get(d["version"])
-        if saga is not None and d["saga_type"] != saga.name:
-            raise DecodeError(
-                f"journal record of saga type {d['saga_type']!r}, expected {saga.name!r}"
-            )
-        in_flight = tuple(_decode_pending(p, saga) for p in _listed(d["pending"]))
-        waiting = tuple(
-            NextAttempt(
-                n["step"],
-                Phase(n["phase"]),
-                n["attempt"],
-                n["budget_from"],
-                n["due"],
-                uncertain=n.get("uncertain", False),
-            )
-            for n in _listed(d.get("next"))
-        )
-        choices = d.get("choices") or {}
-        if not isinstance(choices, dict):
-            raise DecodeError(f"journal choices must be an object, got {choices!r}")
-        state_model: type[BaseModel] = saga.state if saga is not None else RawState
         return Transition(
-            saga_id=d["saga_id"],
-            saga_type=d["saga_type"],
-            version=d["version"],
-            seq=d["seq"],
+            **_decode_shared(d, _definition_of(d, saga)),
             cause=d["cause"],
             cause_type=d["cause_type"],
             at_ms=d["at"],
             event=d["event"],
             step=d["step"],
-            status=SagaStatus(d["status"]),
-            state=state_model.model_validate(d["state"]),
-            completed=tuple(d["completed"]),
-            compensated=tuple(d["compensated"]),
-            in_flight=in_flight,
-            failure=d["failure"],
-            correlation_id=d["correlation_id"],
-            started_ms=d["started"],
-            waiting=waiting,
-            choices=tuple(sorted((str(k), str(v)) for k, v in choices.items())),
-            deadline_ms=d.get("deadline"),
             note=d.get("note"),
-            trace=d.get("trace"),
-            start_digest=d.get("start_digest"),
-            shape=d.get("shape"),
-            parent=_parent(d.get("parent")),
-            aborted=bool(d.get("aborted", False)),
-            waits=tuple(sorted((str(k), v) for k, v in (d.get("waits") or {}).items())),
-            signals=tuple((str(a), str(b), str(c)) for a, b, c in d.get("signals") or ()),
         )
     except DecodeError:
         raise
     except Exception as exc:
         raise DecodeError(f"journal record does not decode: {exc!r}") from exc
+
+
+def decode_instance(data: bytes, saga: Saga[Any] | Mapping[int, Saga[Any]] | None) -> SagaInstance:
+    """An instance of a snapshot (see `encode_instance`), read like `decode_transition`."""
+    try:
+        d = orjson.loads(data)
+        return SagaInstance(
+            **_decode_shared(d, _definition_of(d, saga)),
+            updated_ms=d["updated"],
+            applied=frozenset(d["applied"]),
+        )
+    except DecodeError:
+        raise
+    except Exception as exc:
+        raise DecodeError(f"snapshot instance does not decode: {exc!r}") from exc
 
 
 def transition_entry(t: Transition, epoch: int) -> JournalEntry:
@@ -288,6 +326,12 @@ class Replayer:
 
     decode: Callable[[bytes], Transition]
     instances: dict[str, SagaInstance] = field(default_factory=dict)
+    #: sagas that ended and left memory, kept for deduplication (from a snapshot)
+    ended: dict[str, EndedSaga] = field(default_factory=dict)
+    #: the sagas the records fed changed (None: every saga, in a replay from the start)
+    touched: set[str] | None = None
+    #: the snapshot the replay started from (None: the journal's start)
+    snapshot: Any = None
     epoch: int = 0
     next_offset: int = 0
     applied: int = 0
@@ -308,6 +352,8 @@ class Replayer:
             if entry.kind == CLAIM:
                 self.epoch = max(self.epoch, entry.epoch)
                 continue
+            if entry.kind == SNAPSHOT:
+                continue  # read through its checkpoint only
             if entry.kind not in (TRANSITION, TRANSITIONS):
                 self.anomalies.append(f"offset {stored.offset}: unknown kind {entry.kind!r}")
                 continue
@@ -330,6 +376,10 @@ class Replayer:
 
     def _apply(self, offset: int, t: Transition) -> None:
         current = self.instances.get(t.saga_id)
+        if current is not None and current.status.terminal and t.seq == 1:
+            # Started again after it ended and its id was forgotten (the dedupe window
+            # passed): a new saga with the same id.
+            current = None
         if current is not None and (t.cause in current.applied or t.seq <= current.seq):
             self.anomalies.append(
                 f"offset {offset}: saga {t.saga_id} seq {t.seq} repeats seq {current.seq}"
@@ -341,45 +391,7 @@ class Replayer:
                 f"offset {offset}: saga {t.saga_id} seq {t.seq}, expected {expected}"
             )
         self.instances[t.saga_id] = evolve(current, t)
+        self.ended.pop(t.saga_id, None)
+        if self.touched is not None:
+            self.touched.add(t.saga_id)
         self.applied += 1
-
-
-async def restore_partition(
-    event_log: EventLog, partition: int, decode: Callable[[bytes], Transition]
-) -> Replayer:
-    """Replay one journal partition, claim it with the next epoch, and catch up to the claim.
-
-    Records that land between the end of the replay and our claim were written by
-    the previous owner before it was fenced, so they are applied too.
-    """
-    replayer = Replayer(decode)
-    async with aclosing(event_log.read(partition)) as batches:
-        async for batch in batches:
-            replayer.feed(batch)
-    epoch = replayer.epoch + 1
-    [claim_offset] = await event_log.append([(partition, claim_entry(epoch))])
-    async with aclosing(event_log.read(partition, replayer.next_offset)) as batches:
-        async for batch in batches:
-            replayer.feed([s for s in batch if s.offset <= claim_offset])
-            if replayer.next_offset > claim_offset:
-                break
-    if replayer.epoch != epoch:
-        log.warning(
-            "journal partition %d: claimed epoch %d but saw %d", partition, epoch, replayer.epoch
-        )
-    if replayer.foreign:
-        log.warning(
-            "journal partition %d: skipped %d record(s) that are not this orchestrator's "
-            "journal entries (only orchestrators may write to journal topics), first: %s",
-            partition,
-            replayer.foreign,
-            replayer.foreign_examples[0],
-        )
-    if replayer.anomalies:
-        log.warning(
-            "journal partition %d: %d anomalies, first: %s",
-            partition,
-            len(replayer.anomalies),
-            replayer.anomalies[0],
-        )
-    return replayer

@@ -23,6 +23,7 @@ from ._definition import Saga
 from ._dlq import dead_letter, dlq_topic
 from ._errors import DecodeError, DefinitionError, PartitionsLost, TransportError
 from ._evaluator import (
+    EndedSaga,
     Notice,
     PendingCommand,
     Phase,
@@ -35,12 +36,13 @@ from ._evaluator import (
 )
 from ._faults import fault_point
 from ._interceptors import Interceptor, Interceptors
-from ._journal import decode_transition, encode_transition, journal_entries, restore_partition
+from ._journal import decode_instance, decode_transition, encode_transition, journal_entries
 from ._messages import CompensateChild, Envelope, StartChild, TimerFired
 from ._metrics import Metrics
 from ._observed import Observed
 from ._readers import watch_readers
 from ._runtime import ConsumeLoop, LoopSettings, first_offsets
+from ._snapshots import History, evict, restore_partition, write_snapshot
 from ._timers import TimerSchedule
 from .eventlog._base import EventLog
 from .eventlog.kafka import KafkaEventLog
@@ -64,8 +66,13 @@ class _Partition:
 
     epoch: int = 0
     instances: dict[str, SagaInstance] = field(default_factory=dict)
+    #: sagas that ended and left memory, for deduplication (see `History`)
+    ended: dict[str, EndedSaga] = field(default_factory=dict)
     ready: bool = False
     restore_scope: anyio.CancelScope | None = None
+    #: journal records written since the latest snapshot, and when that was (clock ms)
+    changes: int = 0
+    snapshot_ms: int = 0
 
 
 @dataclass
@@ -96,6 +103,7 @@ class OrchestratorStats:
     duplicates: int = 0
     dead_letters: int = 0
     restores: int = 0
+    snapshots: int = 0
     fenced_records: int = 0
     foreign_records: int = 0
     timers_fired: int = 0
@@ -208,6 +216,8 @@ class Orchestrator(Observed):
         interceptors: Sequence[Interceptor] = (),
         reader_check_s: float | None = 30.0,
         versions: Sequence[Saga[Any]] = (),
+        history: History | None = None,
+        checkpoints: EventLog | None = None,
     ) -> None:
         """`tracing` and `metrics` are interceptors too; `interceptors` are yours, called
         after them (see `Interceptor`). `reader_check_s` after joining, the orchestrator
@@ -215,7 +225,11 @@ class Orchestrator(Observed):
 
         `versions`: other versions of the saga to run beside `saga` (one orchestrator runs
         them all). A new saga starts on the newest, or on the version its start request
-        names; every saga goes on with the version it started on."""
+        names; every saga goes on with the version it started on.
+
+        `history`: snapshots, how long ended sagas are remembered, the journal's retention
+        (see `History`). `checkpoints`: where the snapshots are listed (by default the
+        ``<saga>.checkpoints`` topic; with a memory `event_log`, give a memory one too)."""
         self.versions = saga_versions([saga, *versions])
         saga = self.versions[max(self.versions)]
         self.saga = saga
@@ -228,6 +242,12 @@ class Orchestrator(Observed):
             if event_log is not None
             else KafkaEventLog(transport, namespace + saga.journal_topic)
         )
+        self.checkpoints = (
+            checkpoints
+            if checkpoints is not None
+            else KafkaEventLog(transport, namespace + saga.checkpoints_topic)
+        )
+        self.history = history if history is not None else History()
         self.partitions = partitions
         self.group_id = group_id or f"{namespace}{saga.name}.orchestrator"
         self.codec = codec
@@ -239,6 +259,7 @@ class Orchestrator(Observed):
         self._unhandled_assignment: frozenset[TopicPartition] = frozenset()
         self._changed = anyio.Event()
         self._timers = TimerSchedule()
+        self._dirty = anyio.Event()
         self.clock = as_clock(clock)
         self.shutdown_grace_s = shutdown_grace_s
         self.reader_check_s = reader_check_s
@@ -265,7 +286,9 @@ class Orchestrator(Observed):
             for topic in version.command_topics():
                 topics[self.namespace + topic] = self.partitions
         await self.transport.ensure_topics(topics)
-        await self.event_log.ensure(self.partitions)
+        configs = self.history.topic_configs()
+        await self.event_log.ensure(self.partitions, configs)
+        await self.checkpoints.ensure(self.partitions, configs)
 
     def instance(self, saga_id: str) -> SagaInstance | None:
         """The current instance of `saga_id`, if one of this orchestrator's partitions holds it."""
@@ -309,6 +332,7 @@ class Orchestrator(Observed):
 
     async def joined(self, loop: ConsumeLoop) -> None:
         loop.tg.start_soon(self._fire_timers)
+        loop.tg.start_soon(self._snapshot_on_time, loop)
         if self.reader_check_s is not None:  # does anything read the command topics?
             args = (self.saga, self.transport, self.metrics, self.namespace, self.reader_check_s)
             loop.tg.start_soon(watch_readers, *args)
@@ -390,7 +414,7 @@ class Orchestrator(Observed):
         )
         return encode_record(notice.topic, envelope, notice.message, codec=self.codec)
 
-    def _definition(self, instance: SagaInstance | None, env: Envelope) -> Saga[Any]:
+    def _definition(self, instance: SagaInstance | EndedSaga | None, env: Envelope) -> Saga[Any]:
         """The version that decides: the saga's own, else the one its start names, else the
         newest (which refuses a start naming a version this orchestrator does not run)."""
         if instance is not None:
@@ -416,23 +440,34 @@ class Orchestrator(Observed):
         with anyio.CancelScope() as scope:
             part.restore_scope = scope
             replayed = await restore_partition(
-                self.event_log, tp.partition, lambda data: decode_transition(data, self.versions)
+                self.event_log,
+                tp.partition,
+                lambda data: decode_transition(data, self.versions),
+                checkpoints=self.checkpoints,
+                decode_instance=lambda data: decode_instance(data, self.versions),
             )
             check_versions(self.versions, replayed.instances.values(), tp.partition)
             if self._owned.get(tp) is not part:
                 return
             part.epoch = replayed.epoch
             part.instances = replayed.instances
+            part.ended = replayed.ended
+            part.snapshot_ms = self._now_ms()
+            part.changes = replayed.applied if replayed.snapshot is None else 0
             resend = [
                 self._command_record(inst, pending, parent=inst.trace)
                 for inst in replayed.instances.values()
                 for pending in inst.in_flight
             ]
-            # a child that ended may not have told its parent yet (the parent drops repeats)
+            # A child that ended may not have told its parent yet (the parent drops
+            # repeats). One that ended before the snapshot has: a snapshot is written
+            # after its batch's sends were acknowledged.
+            touched = replayed.touched
             resend += [
                 self._notice_record(notice, inst)
                 for inst in replayed.instances.values()
-                if (notice := ended_notice(inst)) is not None
+                if (touched is None or inst.saga_id in touched)
+                and (notice := ended_notice(inst)) is not None
             ]
             if resend:
                 await self.transport.send(resend)
@@ -444,16 +479,23 @@ class Orchestrator(Observed):
             for inst in replayed.instances.values():
                 self._timers.set(tp, inst.saga_id, timers(inst))
             self.stats.restores += 1
+            self._changed_partition()  # its snapshot schedule starts now
             self.stats.fenced_records += replayed.fenced
             self.stats.foreign_records += replayed.foreign
             self._sub.resume([tp])
             self._notify()
+            snapshot = replayed.snapshot
             log.info(
-                "restored %s[%d]: epoch %d, %d sagas, %d records, %d fenced, %d re-sent",
+                "restored %s[%d]: epoch %d, %d sagas (%d ended kept for deduplication), "
+                "%s, %d records after it, %d fenced, %d re-sent",
                 tp.topic,
                 tp.partition,
                 replayed.epoch,
                 len(replayed.instances),
+                len(replayed.ended),
+                "no snapshot"
+                if snapshot is None
+                else f"snapshot at journal offset {snapshot.offset}",
                 replayed.applied,
                 replayed.fenced,
                 len(resend),
@@ -505,6 +547,14 @@ class Orchestrator(Observed):
         for tp, saga_id, due in batch.scheduled:
             if tp in self._owned:
                 self._timers.set(tp, saga_id, due)
+        for p, encoded in batch.journal.items():
+            part = self._owned.get(TopicPartition(self.inbox_topic, p))
+            if part is not None and part.ready:
+                if not part.changes:
+                    self._changed_partition()
+                part.changes += len(encoded)
+                if part.changes >= self.history.snapshot_every:
+                    await self._snapshot(p, part)
         self.stats.batches += 1
         self.stats.records += len(records)
         self.stats.transitions += len(batch.transitions)
@@ -576,8 +626,8 @@ class Orchestrator(Observed):
         env = incoming.envelope
         with interceptors.handle(name, record, env) as span:
             try:
-                instance = part.instances.get(env.saga_id)
-                decision = decide(self._definition(instance, env), instance, incoming)
+                known = part.instances.get(env.saga_id) or part.ended.get(env.saga_id)
+                decision = decide(self._definition(known, env), known, incoming)
             except Exception as exc:  # a state update or command builder of the definition raised
                 log.exception("deciding %s for saga %s failed", env.message_type, env.saga_id)
                 span.exception(exc)
@@ -657,6 +707,83 @@ class Orchestrator(Observed):
                     f"{self._max_record} a record may hold"
                 )
         return None
+
+    # snapshots ----------------------------------------------------------------------------
+    def _now_ms(self) -> int:
+        return round(self.clock.time() * 1000)
+
+    async def _snapshot(self, partition: int, part: _Partition) -> None:
+        """Let the sagas that ended leave memory, and snapshot the partition (between
+        batches: the caller holds the loop's lock or is the batch)."""
+        now_ms = self._now_ms()
+        evict(part.instances, part.ended, now_ms, round(self.history.dedupe_window_s * 1000))
+        try:
+            await write_snapshot(
+                self.event_log,
+                self.checkpoints,
+                partition,
+                part.epoch,
+                part.instances.values(),
+                part.ended.values(),
+                max_bytes=self._max_record - 4096,
+                at_ms=now_ms,
+            )
+        except TransportError as exc:  # the journal holds everything: only restores are slower
+            log.warning("snapshot of journal partition %d failed: %s", partition, exc)
+            return
+        part.changes = 0
+        part.snapshot_ms = now_ms
+        self.stats.snapshots += 1
+
+    def _changed_partition(self) -> None:
+        """A partition has records its latest snapshot lacks: its interval starts."""
+        self._dirty.set()
+        self._dirty = anyio.Event()
+
+    def _snapshot_due_ms(self, part: _Partition) -> int | None:
+        history = self.history
+        if part.changes:
+            return part.snapshot_ms + round(history.snapshot_interval_s * 1000)
+        if history.refresh_s is not None and (part.instances or part.ended):
+            return part.snapshot_ms + round(history.refresh_s * 1000)
+        return None
+
+    async def _snapshot_on_time(self, loop: ConsumeLoop) -> None:
+        """Snapshot partitions that changed `snapshot_interval_s` ago or more, and those
+        whose latest snapshot gets old (so that retention never deletes it)."""
+        while True:
+            now_ms = self._now_ms()
+            due, next_ms = [], None
+            for tp, part in list(self._owned.items()):
+                at = self._snapshot_due_ms(part) if part.ready else None
+                if at is None:
+                    continue
+                if at <= now_ms:
+                    due.append((tp, part))
+                else:
+                    next_ms = at if next_ms is None else min(next_ms, at)
+            for tp, part in due:
+                async with loop.lock:
+                    if self._owned.get(tp) is part and part.ready:
+                        await self._snapshot(tp.partition, part)
+            if due:
+                continue
+            await self._wait_for_change(self._dirty, next_ms)
+
+    async def _wait_for_change(self, dirty: anyio.Event, until_ms: int | None) -> None:
+        """Until `dirty` is set, or the clock reaches `until_ms` (None: no limit)."""
+        async with anyio.create_task_group() as tg:
+
+            async def watch() -> None:
+                await dirty.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(watch)
+            if until_ms is None:
+                await anyio.sleep_forever()
+            else:
+                await self.clock.sleep((until_ms - self._now_ms()) / 1000)
+            tg.cancel_scope.cancel()
 
     # timers -------------------------------------------------------------------------------
     async def _fire_timers(self) -> None:

@@ -24,10 +24,10 @@ from sagakit._journal import (
     claim_entry,
     decode_transition,
     encode_transition,
-    restore_partition,
     transition_entry,
     transitions_entry,
 )
+from sagakit._snapshots import restore_partition
 from sagakit.eventlog._base import JournalEntry, StoredEntry
 from services.orders.saga import OrderState, place_order
 from services.payments.messages import ReserveCredit
@@ -208,9 +208,9 @@ def test_a_first_record_that_is_not_seq_one_is_reported() -> None:
 
 
 def test_an_unknown_kind_is_an_anomaly() -> None:
-    replayer = fed(JournalEntry("a", "snapshot", 1, b"{}"), transition_entry(transition("a", 1), 1))
+    replayer = fed(JournalEntry("a", "compacted", 1, b"{}"), transition_entry(transition("a", 1), 1))
     assert replayer.applied == 1
-    assert replayer.anomalies == ["offset 0: unknown kind 'snapshot'"]
+    assert replayer.anomalies == ["offset 0: unknown kind 'compacted'"]
 
 
 # -- restore_partition -------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -33,8 +33,9 @@ class StoredEntry:
 class EventLog(Protocol):
     """Append-only journal partitions, co-partitioned with the saga's inbox."""
 
-    async def ensure(self, partitions: int) -> None:
-        """Create the journal with `partitions` partitions, or check that it has them."""
+    async def ensure(self, partitions: int, configs: Mapping[str, str] | None = None) -> None:
+        """Create the journal with `partitions` partitions (and Kafka topic settings
+        `configs`, such as its retention), or check that it has them."""
         ...
 
     async def append(self, entries: Sequence[tuple[int, JournalEntry]]) -> list[int]:

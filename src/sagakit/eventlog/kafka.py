@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 
 from ..transport._base import OutgoingRecord, Record, Transport
 from ._base import FOREIGN, JournalEntry, StoredEntry
@@ -52,8 +52,10 @@ class KafkaEventLog:
         self.transport = transport
         self.topic = topic
 
-    async def ensure(self, partitions: int) -> None:
-        await self.transport.ensure_topics({self.topic: partitions})
+    async def ensure(self, partitions: int, configs: Mapping[str, str] | None = None) -> None:
+        await self.transport.ensure_topics(
+            {self.topic: partitions}, {self.topic: configs} if configs else None
+        )
 
     async def append(self, entries: Sequence[tuple[int, JournalEntry]]) -> list[int]:
         records = [

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 
 import anyio
 
@@ -16,7 +16,7 @@ class MemoryEventLog:
             [[] for _ in range(partitions)] if partitions else None
         )
 
-    async def ensure(self, partitions: int) -> None:
+    async def ensure(self, partitions: int, configs: Mapping[str, str] | None = None) -> None:
         await anyio.lowlevel.checkpoint()
         if self._parts is None:
             self._parts = [[] for _ in range(partitions)]

@@ -31,7 +31,7 @@ from .._clock import SYSTEM_CLOCK, Clock
 from .._definition import Saga
 from .._dlq import dlq_topic
 from .._errors import SagaError
-from .._evaluator import SagaInstance, Transition
+from .._evaluator import SagaInstance, Transition, evolve
 from .._interceptors import Interceptor
 from .._orchestrator import Orchestrator
 from .._participant import Service
@@ -107,12 +107,16 @@ class SagaTestEnvironment:
                 clock=time_source,
             )
         self.transitions: list[Transition] = []
+        #: every saga's instance, as the transitions seen make it (a saga that ended
+        #: leaves the orchestrator's memory at its partition's next snapshot)
+        self._latest: dict[str, SagaInstance] = {}
         self._ended: dict[str, anyio.Event] = {}
         self._stack: AsyncExitStack | None = None
         self._tg: TaskGroup | None = None
 
     def _observe(self, t: Transition) -> None:
         self.transitions.append(t)
+        self._latest[t.saga_id] = evolve(self._latest.get(t.saga_id), t)
         event = self._ended.get(t.saga_id)
         if t.status.settled:
             self._ended.setdefault(t.saga_id, anyio.Event()).set()
@@ -283,11 +287,13 @@ class SagaTestEnvironment:
         await self.client.start(saga, saga_id, state)
 
     def instance(self, saga_id: str) -> SagaInstance | None:
+        """The saga's instance: its orchestrator's, or once it ended and left the
+        orchestrator's memory, the one its transitions made."""
         for orchestrator in self.orchestrators.values():
             found = orchestrator.instance(saga_id)
             if found is not None:
                 return found
-        return None
+        return self._latest.get(saga_id)
 
     async def wait_until_ended(self, saga_id: str, timeout: float = 5.0) -> SagaInstance:
         """The saga's instance once it is COMPLETED, COMPENSATED or parked.

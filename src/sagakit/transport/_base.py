@@ -118,8 +118,12 @@ class Transport(Protocol):
 
     async def stop(self) -> None: ...
 
-    async def ensure_topics(self, topics: Mapping[str, int]) -> None:
-        """Create missing topics; raise TopicMismatch if one has another partition count."""
+    async def ensure_topics(
+        self, topics: Mapping[str, int], configs: Mapping[str, Mapping[str, str]] | None = None
+    ) -> None:
+        """Create missing topics (with `configs` by topic name: Kafka topic settings such as
+        ``retention.ms``); raise TopicMismatch if one has another partition count. Topics
+        that exist keep their settings."""
         ...
 
     async def partition_count(self, topic: str) -> int: ...

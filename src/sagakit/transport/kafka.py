@@ -254,15 +254,22 @@ class KafkaTransport:
             with anyio.CancelScope(shield=True):
                 await admin.close()
 
-    async def ensure_topics(self, topics: Mapping[str, int]) -> None:
-        """Create what is missing, then check every partition count.
+    async def ensure_topics(
+        self, topics: Mapping[str, int], configs: Mapping[str, Mapping[str, str]] | None = None
+    ) -> None:
+        """Create what is missing (with its `configs`), then check every partition count.
 
         Unknown topics are only ever described after creation: a metadata request
         for an unknown topic auto-creates it with the broker's default count.
         """
+        configs = configs or {}
         async with self._admin() as admin:
             existing = set(await admin.list_topics())
-            missing = [NewTopic(n, p, 1) for n, p in topics.items() if n not in existing]
+            missing = [
+                NewTopic(n, p, 1, topic_configs=dict(configs.get(n, {})))
+                for n, p in topics.items()
+                if n not in existing
+            ]
             if missing:
                 response = await admin.create_topics(missing)
                 for err in getattr(response, "topic_errors", []):

@@ -325,7 +325,9 @@ class MemoryTransport:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    async def ensure_topics(self, topics: Mapping[str, int]) -> None:
+    async def ensure_topics(
+        self, topics: Mapping[str, int], configs: Mapping[str, Mapping[str, str]] | None = None
+    ) -> None:
         for name, partitions in topics.items():
             self.broker.create_topic(name, partitions)
         await anyio.lowlevel.checkpoint()
