@@ -30,6 +30,7 @@ from ._interceptors import Interceptor
 from ._metrics import Metrics
 from ._orchestrator import Orchestrator
 from ._participant import Service
+from ._snapshots import History
 from .tracing import Tracing
 from .transport._base import Transport
 
@@ -290,6 +291,7 @@ class AppRunner:
         shutdown_grace_s: float = 30.0,
         service_concurrency: int | None = None,
         simulated_io_s: float = 0.0,
+        history: History | None = None,
     ) -> None:
         """`service_concurrency` overrides every service's `concurrency` (1: one record at a
         time); `simulated_io_s` makes each service record wait that long first, as if its
@@ -317,6 +319,7 @@ class AppRunner:
                     tracing=traced("saga-orchestrator"),
                     metrics=self.metrics,
                     interceptors=app.interceptors,
+                    history=history,
                 )
             else:
                 service = app.service(which)

@@ -208,7 +208,9 @@ def test_a_first_record_that_is_not_seq_one_is_reported() -> None:
 
 
 def test_an_unknown_kind_is_an_anomaly() -> None:
-    replayer = fed(JournalEntry("a", "compacted", 1, b"{}"), transition_entry(transition("a", 1), 1))
+    replayer = fed(
+        JournalEntry("a", "compacted", 1, b"{}"), transition_entry(transition("a", 1), 1)
+    )
     assert replayer.applied == 1
     assert replayer.anomalies == ["offset 0: unknown kind 'compacted'"]
 

@@ -14,6 +14,7 @@ from aiohttp import web
 from .._app import App, AppRunner
 from .._http import DEFAULT_HTTP_PORT, HttpEndpoints, Route
 from .._logging import configure_logging
+from .._snapshots import History
 from ..broker import EmbeddedBroker
 from ..tracing import ComponentTracings
 from ..transport._base import Transport
@@ -168,6 +169,11 @@ def run(
             assert bootstrap is not None
             await serve(app, chosen, bootstrap, profile)
 
+    try:  # SAGAKIT_SNAPSHOT_EVERY, SAGAKIT_DEDUPE_WINDOW_S, ... (see sagakit.History)
+        history = History.from_env()
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+
     async def serve(app: App, chosen: tuple[str, ...], where: str, prof: Profile) -> None:
         transport = KafkaTransport(settings(where, prof, f"{app.name}-{_client(chosen)}"))
         runner = app.runner(
@@ -179,6 +185,7 @@ def run(
             shutdown_grace_s=shutdown_grace,
             service_concurrency=service_concurrency,
             simulated_io_s=simulated_io_ms / 1000,
+            history=history,
         )
         async with transport, anyio.create_task_group() as tg:
             tg.start_soon(_stop_on_signals, tg.cancel_scope)
