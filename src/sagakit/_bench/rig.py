@@ -23,7 +23,7 @@ from anyio.abc import TaskGroup
 
 from .._app import App
 from .._flows import app_of, data_directory
-from .._journal import CLAIM, TRANSITIONS
+from .._journal import TRANSITION, TRANSITIONS
 from .._processes import ProcessSystem
 from ..eventlog.kafka import EPOCH_HEADER, KIND_HEADER
 from ..scenario import Scenario, Start, Style, World
@@ -146,7 +146,9 @@ def _settled(record: Record, driver: _Driver) -> None:
             kind = value
         elif name == EPOCH_HEADER:
             epoch = value
-    if kind is None or epoch is None or kind == CLAIM.encode() or record.value is None:
+    if kind not in (TRANSITION.encode(), TRANSITIONS.encode()) or epoch is None:
+        return  # a claim or a snapshot
+    if record.value is None:
         return
     lines = record.value.split(b"\n") if kind == TRANSITIONS.encode() else [record.value]
     for line in lines:
