@@ -302,6 +302,8 @@ class AppRunner:
         self.partitions = app.partitions if partitions is None else partitions
         self.metrics = metrics if metrics is not None else Metrics(app.name)
         traced = tracing or (lambda _component: Tracing.disabled())
+        #: from SAGAKIT_SNAPSHOT_EVERY, SAGAKIT_DEDUPE_WINDOW_S, ... unless given
+        self.history = history if history is not None else History.from_env()
         self.selected = app.select(components)
         self.orchestrators: dict[str, Orchestrator] = {}
         self.services: dict[str, Service[Any]] = {}
@@ -319,7 +321,7 @@ class AppRunner:
                     tracing=traced("saga-orchestrator"),
                     metrics=self.metrics,
                     interceptors=app.interceptors,
-                    history=history,
+                    history=self.history,
                 )
             else:
                 service = app.service(which)

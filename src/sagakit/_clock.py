@@ -91,3 +91,20 @@ async def within(clock: Clock, seconds: float | None, fn: Callable[[], Awaitable
     if expired and not results:
         raise TimeoutError(f"no result within {seconds}s")
     return results[0]
+
+
+async def wait_until(event: anyio.Event, timeout_s: float | None, clock: Clock) -> None:
+    """Until `event` is set, or `timeout_s` has passed on `clock` (None: no limit)."""
+    if timeout_s is None:
+        await event.wait()
+        return
+    until = clock.time() + timeout_s  # from now, not from when `elapse` gets to run
+    async with anyio.create_task_group() as tg:
+
+        async def elapse() -> None:
+            await clock.sleep(max(0.0, until - clock.time()))
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(elapse)
+        await event.wait()
+        tg.cancel_scope.cancel()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict
@@ -32,6 +32,8 @@ from ._evaluator import (
 )
 from ._messages import Command, registered
 from .eventlog._base import FOREIGN, JournalEntry, StoredEntry
+
+_Item = TypeVar("_Item")
 
 TRANSITION = "transition"
 TRANSITIONS = "transitions"
@@ -286,25 +288,29 @@ def journal_entries(
     Each record holds at most `max_bytes` of transitions (None: no limit), so a batch
     of large states never makes a record the broker refuses.
     """
-    entries: list[JournalEntry] = []
-    chunk: list[tuple[str, bytes]] = []
-    size = 0
+    return [
+        JournalEntry(chunk[0][0], TRANSITION, epoch, chunk[0][1])
+        if len(chunk) == 1
+        else JournalEntry("", TRANSITIONS, epoch, b"\n".join(d for _, d in chunk))
+        for chunk in packed(encoded, lambda e: len(e[1]), max_bytes)
+    ]
 
-    def flush() -> None:
-        if len(chunk) == 1:
-            entries.append(JournalEntry(chunk[0][0], TRANSITION, epoch, chunk[0][1]))
-        elif chunk:
-            entries.append(JournalEntry("", TRANSITIONS, epoch, b"\n".join(d for _, d in chunk)))
-        chunk.clear()
 
-    for saga_id, data in encoded:
-        if chunk and max_bytes is not None and size + len(data) + 1 > max_bytes:
-            flush()
-            size = 0
-        chunk.append((saga_id, data))
-        size += len(data) + 1
-    flush()
-    return entries
+def packed(
+    items: Sequence[_Item], size: Callable[[_Item], int], max_bytes: int | None
+) -> list[list[_Item]]:
+    """`items` in order, in groups of lines (each `size` bytes and a newline) of at most
+    `max_bytes` (None: one group); an item larger than that gets a group of its own."""
+    groups: list[list[_Item]] = []
+    total = 0
+    for item in items:
+        n = size(item) + 1
+        if not groups or (max_bytes is not None and total + n > max_bytes):
+            groups.append([])
+            total = 0
+        groups[-1].append(item)
+        total += n
+    return groups
 
 
 def entry_transitions(

@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
-from ._clock import Clock, as_clock
+from ._clock import Clock, as_clock, wait_until
 from ._codec import DEFAULT_CODEC, Codec, decode_record, encode_record
 from ._definition import Saga
 from ._dlq import dead_letter, dlq_topic
@@ -768,22 +768,8 @@ class Orchestrator(Observed):
                         await self._snapshot(tp.partition, part)
             if due:
                 continue
-            await self._wait_for_change(self._dirty, next_ms)
-
-    async def _wait_for_change(self, dirty: anyio.Event, until_ms: int | None) -> None:
-        """Until `dirty` is set, or the clock reaches `until_ms` (None: no limit)."""
-        async with anyio.create_task_group() as tg:
-
-            async def watch() -> None:
-                await dirty.wait()
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(watch)
-            if until_ms is None:
-                await anyio.sleep_forever()
-            else:
-                await self.clock.sleep((until_ms - self._now_ms()) / 1000)
-            tg.cancel_scope.cancel()
+            wait_s = None if next_ms is None else (next_ms - now_ms) / 1000
+            await wait_until(self._dirty, wait_s, self.clock)
 
     # timers -------------------------------------------------------------------------------
     async def _fire_timers(self) -> None:

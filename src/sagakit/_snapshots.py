@@ -36,7 +36,7 @@ import orjson
 from ._errors import DecodeError
 from ._evaluator import EndedSaga, SagaInstance, SagaStatus, Transition
 from ._faults import fault_point
-from ._journal import CLAIM, SNAPSHOT, Replayer, claim_entry, encode_instance
+from ._journal import CLAIM, SNAPSHOT, Replayer, claim_entry, encode_instance, packed
 from .eventlog._base import EventLog, JournalEntry, StoredEntry
 
 log = logging.getLogger("sagakit.journal")
@@ -72,14 +72,7 @@ def snapshot_entries(
     """A snapshot as journal records of at most about `max_bytes` each: a header line
     (its id, which part of how many) and one line per instance or ended saga."""
     lines = [encode_instance(i) for i in instances] + [_ended_line(e) for e in ended]
-    chunks: list[list[bytes]] = [[]]
-    size = 0
-    for line in lines:
-        if chunks[-1] and size + len(line) + 1 > max_bytes - 128:
-            chunks.append([])
-            size = 0
-        chunks[-1].append(line)
-        size += len(line) + 1
+    chunks = packed(lines, len, max_bytes - 128) or [[]]  # room for the header line
     parts = len(chunks)
     return [
         JournalEntry(

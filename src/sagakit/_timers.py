@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 import anyio
 
-from ._clock import Clock
+from ._clock import Clock, wait_until
 from ._evaluator import Timer
 from .transport._base import TopicPartition
 
@@ -76,17 +76,4 @@ class TimerSchedule:
     async def wait(self, timeout_s: float | None, clock: Clock) -> None:
         """Sleep until `timeout_s` passed on `clock` (None: no timer is due), or an
         earlier timer was added."""
-        event = self._wakeup
-        if timeout_s is None:
-            await event.wait()
-            return
-        until = clock.time() + timeout_s  # from now, not from when `elapse` gets to run
-        async with anyio.create_task_group() as tg:
-
-            async def elapse() -> None:
-                await clock.sleep(max(0.0, until - clock.time()))
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(elapse)
-            await event.wait()
-            tg.cancel_scope.cancel()
+        await wait_until(self._wakeup, timeout_s, clock)
