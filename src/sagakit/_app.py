@@ -23,7 +23,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from ._definition import Saga
-from ._dlq import dlq_topic
+from ._dlq import DLQ_CONFIGS, DLQ_SUFFIX, dlq_topic
 from ._errors import DefinitionError, SagaError
 from ._evaluator import SagaInstance, Transition
 from ._interceptors import Interceptor
@@ -160,6 +160,7 @@ class App:
             inbox = ns + saga.inbox_topic
             topics[inbox] = self.partitions
             topics[ns + saga.journal_topic] = self.partitions
+            topics[ns + saga.checkpoints_topic] = self.partitions
             topics[dlq_topic(inbox)] = 1
             for topic in saga.command_topics():
                 topics.setdefault(ns + topic, self.partitions)
@@ -175,6 +176,21 @@ class App:
             finally:
                 service.namespace = saved
         return topics
+
+    def topic_configs(
+        self, namespace: str | None = None, history: History | None = None
+    ) -> dict[str, dict[str, str]]:
+        """The Kafka settings the app creates its topics with, for each topic that has any:
+        the journal and its checkpoints keep `history`'s retention (`History()`'s defaults
+        unless given), dead letters never expire. Topics left out take the broker's
+        defaults. What a `KafkaTopic` or a topic-creating script must set to agree."""
+        ns = self.namespace if namespace is None else namespace
+        kept = (history or History()).topic_configs()
+        configs = {t: dict(DLQ_CONFIGS) for t in self.topics(ns) if t.endswith(DLQ_SUFFIX)}
+        for saga in self.sagas:
+            configs[ns + saga.journal_topic] = dict(kept)
+            configs[ns + saga.checkpoints_topic] = dict(kept)
+        return configs
 
     def consumed_topics(self, namespace: str | None = None) -> frozenset[str]:
         """The topics the app's components read (what `dlq replay` may produce to)."""

@@ -94,12 +94,15 @@ class SagaClient:
         request of a busy client.
         """
         from ._evaluator import replay
-        from ._inspect import saga_history
+        from ._inspect import HistoryGone, saga_history
 
         name = saga if isinstance(saga, str) else saga.name
         topic = f"{self.namespace}{name}.journal"
         partitions = await self.transport.partition_count(topic)
-        history = await saga_history(self.transport, topic, partitions, saga_id)
+        try:
+            history = await saga_history(self.transport, topic, partitions, saga_id)
+        except HistoryGone:
+            return None  # if it ran, it ended longer ago than the journal's retention
         return replay(history).get(saga_id) if history else None
 
     def operator_record(

@@ -40,6 +40,11 @@ HEADERS_LIMIT = 64 * 1024
 MESSAGE_LIMIT = 4000
 
 
+#: The settings of every dead-letter topic: a dead letter waits for a person, so it never
+#: expires.
+DLQ_CONFIGS: dict[str, str] = {"retention.ms": "-1"}
+
+
 def dlq_topic(topic: str) -> str:
     return f"{topic}{DLQ_SUFFIX}"
 

@@ -8,18 +8,31 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import orjson
+from pydantic import BaseModel
 
 from ._dlq import DeadLetter, NotReplayable, dlq_topic
 from ._errors import DecodeError, TransportError
-from ._evaluator import SagaInstance, Transition
-from ._journal import CLAIM, TRANSITION, TRANSITIONS, Replayer, decode_transition
+from ._evaluator import EndedSaga, SagaInstance, Transition
+from ._journal import (
+    CLAIM,
+    TRANSITION,
+    TRANSITIONS,
+    Replayer,
+    decode_instance,
+    decode_transition,
+)
+from ._snapshots import SnapshotAt, replay_from_latest_snapshot
 from .eventlog.kafka import KafkaEventLog
 from .transport._base import Record, Transport, partition_for
 
 JOURNAL_SUFFIX = ".journal"
+CHECKPOINTS_SUFFIX = ".checkpoints"
+#: The event of the first entry of a timeline whose older records were deleted: the saga
+#: as the latest snapshot has it.
+AS_OF_SNAPSHOT = "as of snapshot"
 #: Topics a sagakit app consumes, by suffix: what `dlq replay` may produce to.
 CONSUMED_SUFFIXES = (".inbox", ".commands", ".events")
 
@@ -30,10 +43,14 @@ class JournalView:
 
     topic: str
     instances: dict[str, SagaInstance] = field(default_factory=dict)
+    #: sagas that ended and whose records are gone: only what the latest snapshot keeps
+    ended: dict[str, EndedSaga] = field(default_factory=dict)
     anomalies: list[str] = field(default_factory=list)
     fenced: int = 0
     records: int = 0
     foreign: int = 0
+    #: partitions whose oldest records were deleted (by retention): the first offset kept
+    trimmed: dict[int, int] = field(default_factory=dict)
 
 
 async def journal_topics(transport: Transport, namespace: str = "") -> dict[str, int]:
@@ -49,20 +66,112 @@ def saga_type_of(journal_topic: str, namespace: str = "") -> str:
     return journal_topic[len(namespace) : -len(JOURNAL_SUFFIX)]
 
 
+def checkpoints_topic_of(journal_topic: str) -> str:
+    return journal_topic[: -len(JOURNAL_SUFFIX)] + CHECKPOINTS_SUFFIX
+
+
+def _decode(data: bytes) -> Transition:
+    return decode_transition(data, None)
+
+
+def _decode_instance(data: bytes) -> SagaInstance:
+    return decode_instance(data, None)
+
+
+async def _as_of_snapshot(
+    transport: Transport, topic: str, partition: int
+) -> tuple[SnapshotAt, Replayer] | None:
+    """The partition as its latest valid snapshot and the journal after it have it."""
+    checkpoints = checkpoints_topic_of(topic)
+    if checkpoints not in await transport.existing_topics():
+        return None
+    _, replayer = await replay_from_latest_snapshot(
+        KafkaEventLog(transport, topic),
+        KafkaEventLog(transport, checkpoints),
+        partition,
+        _decode,
+        _decode_instance,
+    )
+    if replayer is None or replayer.snapshot is None:
+        return None
+    return replayer.snapshot, replayer
+
+
 async def read_journal(transport: Transport, topic: str, partitions: int) -> JournalView:
+    """Every saga the journal still holds; where retention deleted a partition's oldest
+    records, the live sagas and the ended ids of its latest snapshot fill the gap."""
     view = JournalView(topic)
     log = KafkaEventLog(transport, topic)
     for p in range(partitions):
-        replayer = Replayer(lambda data: decode_transition(data, None))
+        replayer = Replayer(_decode)
+        first: int | None = None
         async with aclosing(log.read(p)) as batches:
             async for batch in batches:
+                if first is None and batch:
+                    first = batch[0].offset
                 replayer.feed(batch)
+        anomalies = replayer.anomalies
+        if first:  # records before `first` were deleted
+            view.trimmed[p] = first
+            found = await _as_of_snapshot(transport, topic, p)
+            if found is not None:
+                _, snap = found
+                replayer.instances.update(snap.instances)  # whole, where the gap cut them
+                view.ended.update(
+                    (i, e) for i, e in snap.ended.items() if i not in replayer.instances
+                )
+                anomalies = snap.anomalies
         view.instances.update(replayer.instances)
-        view.anomalies.extend(f"{topic}[{p}] {a}" for a in replayer.anomalies)
+        view.anomalies.extend(f"{topic}[{p}] {a}" for a in anomalies)
         view.fenced += replayer.fenced
         view.records += replayer.applied
         view.foreign += replayer.foreign
     return view
+
+
+class Forgotten(BaseModel):
+    """The state of an ended saga whose records are gone: a snapshot keeps none."""
+
+
+def _snapshot_entry(known: SagaInstance | EndedSaga, saga_type: str, note: str) -> Transition:
+    """A timeline's first entry when the saga's older records are gone: what the latest
+    snapshot keeps of it (an ended saga's id and final status only)."""
+    if isinstance(known, EndedSaga):
+        return Transition(
+            saga_id=known.saga_id,
+            saga_type=saga_type,
+            version=known.version,
+            seq=0,
+            cause="",
+            cause_type="snapshot",
+            at_ms=known.ended_ms,
+            event=AS_OF_SNAPSHOT,
+            step=None,
+            status=known.status,
+            state=Forgotten(),
+            completed=(),
+            compensated=(),
+            in_flight=(),
+            failure=None,
+            correlation_id="",
+            started_ms=0,
+            note=note,
+            start_digest=known.start_digest,
+        )
+    shared = {f.name for f in fields(Transition)} & {f.name for f in fields(SagaInstance)}
+    return Transition(
+        **{name: getattr(known, name) for name in shared},
+        cause="",
+        cause_type="snapshot",
+        at_ms=known.updated_ms,
+        event=AS_OF_SNAPSHOT,
+        step=None,
+        note=note,
+    )
+
+
+class HistoryGone(TransportError):
+    """The saga's journal records were deleted by the journal's retention."""
 
 
 async def saga_history(
@@ -73,9 +182,12 @@ async def saga_history(
     log = KafkaEventLog(transport, topic)
     history: list[Transition] = []
     epoch = 0
+    first: int | None = None
     marker = f'"saga_id":{orjson.dumps(saga_id).decode()}'.encode()
     async with aclosing(log.read(partition)) as batches:
         async for batch in batches:
+            if first is None and batch:
+                first = batch[0].offset
             for stored in batch:
                 entry = stored.entry
                 if entry.kind == CLAIM:
@@ -83,7 +195,33 @@ async def saga_history(
                 elif entry.kind in (TRANSITION, TRANSITIONS) and entry.epoch >= epoch:
                     lines = entry.data.split(b"\n") if entry.kind == TRANSITIONS else [entry.data]
                     history.extend(t for line in lines if marker in line for t in _decoded(line))
-    return [t for t in history if t.saga_id == saga_id]
+    history = [t for t in history if t.saga_id == saga_id]
+    if not first or (history and history[0].seq == 1):
+        return history  # nothing was deleted, or the saga's records are all kept
+    # Retention deleted the partition's records before `first`, and this saga's with them.
+    found = await _as_of_snapshot(transport, topic, partition)
+    known: SagaInstance | EndedSaga | None = None
+    if found is not None:
+        at, snap = found
+        known = snap.instances.get(saga_id) or snap.ended.get(saga_id)
+    if history and not isinstance(known, SagaInstance):
+        return history  # it ended: what is kept of it says more than the snapshot
+    if known is None:
+        raise HistoryGone(
+            f"no saga {saga_id!r} in {topic}: partition {partition} keeps its records from "
+            f"offset {first} on, the older ones were deleted by the journal's retention "
+            "(History.journal_retention_s), and no snapshot remembers this saga; if it "
+            "ran, it ended longer ago than the retention"
+        )
+    note = (
+        f"the records before offset {first} were deleted by the journal's retention; "
+        f"this is the saga as snapshot {at.snapshot_id} (offset {at.offset}) has it"
+    )
+    if isinstance(known, EndedSaga):
+        note += ": it ended, and only its id and final status are kept"
+        return [_snapshot_entry(known, saga_type_of(topic), note)]
+    later = [t for t in history if t.seq > known.seq]
+    return [_snapshot_entry(known, known.saga_type, note), *later]
 
 
 def _decoded(line: bytes) -> list[Transition]:

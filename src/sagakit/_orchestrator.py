@@ -20,7 +20,7 @@ from anyio.abc import TaskStatus
 from ._clock import Clock, as_clock, wait_until
 from ._codec import DEFAULT_CODEC, Codec, decode_record, encode_record
 from ._definition import Saga
-from ._dlq import dead_letter, dlq_topic
+from ._dlq import DLQ_CONFIGS, dead_letter, dlq_topic
 from ._errors import DecodeError, DefinitionError, PartitionsLost, TransportError
 from ._evaluator import (
     EndedSaga,
@@ -280,12 +280,14 @@ class Orchestrator(Observed):
 
     # public -----------------------------------------------------------------------------
     async def ensure_topics(self) -> None:
-        """Create inbox, journal (same partition count), DLQ and command topics, or check them."""
-        topics = {self.inbox_topic: self.partitions, dlq_topic(self.inbox_topic): 1}
+        """Create inbox, journal and checkpoints (same partition count), DLQ and command
+        topics, or check them."""
+        dlq = dlq_topic(self.inbox_topic)
+        topics = {self.inbox_topic: self.partitions, dlq: 1}
         for version in self.versions.values():
             for topic in version.command_topics():
                 topics[self.namespace + topic] = self.partitions
-        await self.transport.ensure_topics(topics)
+        await self.transport.ensure_topics(topics, {dlq: DLQ_CONFIGS})
         configs = self.history.topic_configs()
         await self.event_log.ensure(self.partitions, configs)
         await self.checkpoints.ensure(self.partitions, configs)

@@ -30,7 +30,7 @@ from anyio.abc import TaskStatus
 
 from ._clock import Clock, as_clock, within
 from ._codec import DEFAULT_CODEC, Codec, encode_record, envelope_of
-from ._dlq import dead_letter, dlq_topic
+from ._dlq import DLQ_CONFIGS, dead_letter, dlq_topic
 from ._errors import BusinessFailure, DecodeError, DefinitionError, PartitionsLost, TransportError
 from ._failure_reply import HandlerFailed
 from ._faults import fault_point
@@ -468,9 +468,9 @@ class Service(Observed, Generic[TxT]):
         topics = {t: self.partitions for t in self.subscribed_topics()}
         topics[self.commands_topic] = self.partitions
         topics[self.events_topic] = self.partitions
-        topics.update({dlq_topic(t): 1 for t in self.subscribed_topics()})
-        topics[dlq_topic(self.commands_topic)] = 1
-        await transport.ensure_topics(topics)
+        dlqs = [dlq_topic(t) for t in (*self.subscribed_topics(), self.commands_topic)]
+        topics.update(dict.fromkeys(dlqs, 1))
+        await transport.ensure_topics(topics, dict.fromkeys(dlqs, DLQ_CONFIGS))
 
     def bind(self, transport: Transport | None) -> None:
         """Use `transport` from now on (None: none), forgetting what was learnt of another

@@ -290,6 +290,23 @@ async def _replay_from_snapshot(
     return replayer
 
 
+async def replay_from_latest_snapshot(
+    journal: EventLog,
+    checkpoints: EventLog,
+    partition: int,
+    decode: Callable[[bytes], Transition],
+    decode_instance: Callable[[bytes], SagaInstance],
+) -> tuple[Checkpoints, Replayer | None]:
+    """What the checkpoints say, and the partition as of its latest valid snapshot and the
+    journal after it (None: no snapshot, or not whole). Reads only; claims nothing."""
+    known = await read_checkpoints(checkpoints, partition)
+    if known.latest is None:
+        return known, None
+    return known, await _replay_from_snapshot(
+        journal, partition, known.latest, decode, decode_instance
+    )
+
+
 async def restore_partition(
     journal: EventLog,
     partition: int,
@@ -306,12 +323,12 @@ async def restore_partition(
     """
     known = Checkpoints()
     replayer: Replayer | None = None
-    if checkpoints is not None:
+    if checkpoints is not None and decode_instance is not None:
+        known, replayer = await replay_from_latest_snapshot(
+            journal, checkpoints, partition, decode, decode_instance
+        )
+    elif checkpoints is not None:
         known = await read_checkpoints(checkpoints, partition)
-        if known.latest is not None and decode_instance is not None:
-            replayer = await _replay_from_snapshot(
-                journal, partition, known.latest, decode, decode_instance
-            )
     if replayer is None:
         replayer = Replayer(decode)
         async with aclosing(journal.read(partition)) as batches:

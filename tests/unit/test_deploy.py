@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from sagakit import App, SqliteStore
+from sagakit import App, History, SqliteStore
 from sagakit._http import DEFAULT_HTTP_PORT, HEALTH_PATH, READY_PATH
 from sagakit._loader import load_as, load_object
 from sagakit._postgres import DSN_ENV as POSTGRES_DSN_ENV
@@ -466,8 +466,26 @@ def expected_topics(
     return topics
 
 
-def is_state_kept_for_ever(topic: str) -> bool:
-    return topic.endswith((".journal", ".dlq"))
+def expected_configs(
+    clis: dict[tuple[str, ...], Cli], containers: list[Container]
+) -> dict[str, dict[str, str]]:
+    """The settings the apps create their topics with, under the History settings the
+    orchestrator containers run with (SAGAKIT_JOURNAL_RETENTION_S, ...)."""
+    runs = [(c, p) for c, p in parse_all(clis, containers) if is_run(p)]
+    (namespace,) = {p.options["namespace"] or app_of(p).namespace for _, p in runs}
+    histories = {
+        History.from_env(c.env)
+        for c, p in runs
+        if any(x.startswith("orchestrator") for x in p.options["component"] or ())
+    }
+    (history,) = histories or {History()}
+    configs: dict[str, dict[str, str]] = {}
+    for spec in PROFILE_APPS.values():
+        for name, config in sample_app(spec).topic_configs(namespace, history).items():
+            assert configs.setdefault(name, config) == config, name
+    assert configs[f"{namespace}place-order.inbox.dlq"] == {"retention.ms": "-1"}
+    assert configs[f"{namespace}place-order.journal"]["retention.ms"] != "-1"
+    return configs
 
 
 def test_every_topic_the_code_creates_is_a_kafka_topic_with_its_partitions(
@@ -476,6 +494,7 @@ def test_every_topic_the_code_creates_is_a_kafka_topic_with_its_partitions(
     k8s_containers: list[Container],
 ) -> None:
     wanted = expected_topics(clis, k8s_containers)
+    configs = expected_configs(clis, k8s_containers)
     (kafka,) = of_kind(manifests, "Kafka")
     topics = of_kind(manifests, "KafkaTopic")
     declared = {t["spec"].get("topicName", t["metadata"]["name"]): t for t in topics}
@@ -488,8 +507,8 @@ def test_every_topic_the_code_creates_is_a_kafka_topic_with_its_partitions(
         assert topic["apiVersion"] == "kafka.strimzi.io/v1beta2"
         assert topic["metadata"]["labels"]["strimzi.io/cluster"] == kafka["metadata"]["name"]
         assert topic["spec"]["replicas"] == 1
-        retention = topic["spec"].get("config", {}).get("retention.ms")
-        assert (retention == -1) == is_state_kept_for_ever(name), name
+        config = {k: str(v) for k, v in topic["spec"].get("config", {}).items()}
+        assert config == configs.get(name, {}), name
 
 
 def compose_topic_specs(compose: dict[str, Any]) -> list[tuple[str, int, str]]:
@@ -507,11 +526,14 @@ def test_compose_creates_the_same_topics(
     compose_containers: list[Container],
 ) -> None:
     wanted = expected_topics(clis, compose_containers)
+    configs = expected_configs(clis, compose_containers)
     specs = compose_topic_specs(compose)
     assert len(specs) == len({n for n, _, _ in specs})
     assert {n: p for n, p, _ in specs} == wanted
     for name, _, config in specs:
-        assert (config == "retention.ms=-1") == is_state_kept_for_ever(name), name
+        # the script passes one --config: name:partitions[:key=value]
+        assert config == ",".join(f"{k}={v}" for k, v in configs.get(name, {}).items()), name
+        assert len(configs.get(name, {})) <= 1, f"{name}: kafka-init passes one --config"
     kafka = compose["services"]["kafka"]["environment"]
     assert kafka["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
     for c, p in parse_all(clis, compose_containers):

@@ -16,8 +16,9 @@ from .._client import SagaClient
 from .._codec import Incoming
 from .._dlq import DeadLetter
 from .._errors import SagaError, TransportError
-from .._evaluator import SagaInstance, SagaStatus, Transition, decide, replay
+from .._evaluator import EndedSaga, SagaInstance, SagaStatus, Transition, decide, replay
 from .._inspect import (
+    AS_OF_SNAPSHOT,
     consumed_topics,
     dlq_name,
     event_history,
@@ -96,6 +97,21 @@ def instance_json(i: SagaInstance) -> dict[str, Any]:
     }
 
 
+def ended_json(e: EndedSaga, saga_type: str) -> dict[str, Any]:
+    """A saga whose records are gone: what the latest snapshot keeps of it."""
+    return {
+        "saga_id": e.saga_id,
+        "saga_type": saga_type,
+        "version": e.version,
+        "status": e.status.value,
+        "step": None,
+        "failure": None,
+        "started": None,
+        "updated": _iso(e.ended_ms),
+        "seq": None,
+    }
+
+
 @sagas_app.command("list")
 def sagas_list(
     bootstrap: Bootstrap,
@@ -115,13 +131,22 @@ def sagas_list(
     ns = namespace_of(app, namespace)
     types = _saga_types(app, saga_type)
 
-    async def action(transport: KafkaTransport) -> list[SagaInstance]:
-        rows: list[SagaInstance] = []
+    async def action(transport: KafkaTransport) -> list[tuple[dict[str, Any], int]]:
+        rows: list[tuple[dict[str, Any], int]] = []  # (row, updated ms)
         for topic, partitions in sorted((await journal_topics(transport, ns)).items()):
-            if types is not None and saga_type_of(topic, ns) not in types:
+            found_type = saga_type_of(topic, ns)
+            if types is not None and found_type not in types:
                 continue
             view = await read_journal(transport, topic, partitions)
-            rows.extend(view.instances.values())
+            rows.extend((instance_json(i), i.updated_ms) for i in view.instances.values())
+            rows.extend((ended_json(e, found_type), e.ended_ms) for e in view.ended.values())
+            if view.trimmed:
+                err.print(
+                    f"note: {len(view.trimmed)} partition(s) of {topic} no longer hold their "
+                    "oldest records (the journal's retention deleted them); sagas that "
+                    "ended before are listed as the latest snapshot keeps them, or not at "
+                    "all once it has forgotten them"
+                )
             if view.foreign:
                 err.print(
                     f"warning: {topic} holds {view.foreign} record(s) that are not journal "
@@ -130,32 +155,32 @@ def sagas_list(
                 )
         return rows
 
-    instances = run_with(bootstrap, action)
+    found = run_with(bootstrap, action)
     if state is not None:
-        instances = [i for i in instances if i.status is state]
+        found = [r for r in found if r[0]["status"] == state.value]
     if version is not None:
-        instances = [i for i in instances if i.version == version]
-    instances.sort(key=lambda i: i.updated_ms, reverse=True)
-    shown = instances[:limit] if limit else instances
+        found = [r for r in found if r[0]["version"] == version]
+    found.sort(key=lambda r: r[1], reverse=True)
+    shown = found[:limit] if limit else found
     if json_output:
-        print_json([instance_json(i) for i in shown])
+        print_json([row for row, _ in shown])
         return
     print_table(
         ["saga id", "type", "version", "state", "at step", "failure", "updated"],
         [
             [
-                i.saga_id,
-                i.saga_type,
-                str(i.version),
-                i.status.value,
-                _at(i),
-                i.failure or "",
-                _when(i.updated_ms),
+                row["saga_id"],
+                row["saga_type"],
+                str(row["version"]),
+                row["status"],
+                row["step"] or "",
+                row["failure"] or "",
+                _when(updated),
             ]
-            for i in shown
+            for row, updated in shown
         ],
-        title=f"{len(instances)} saga(s)"
-        + (f", {len(shown)} shown" if len(shown) < len(instances) else ""),
+        title=f"{len(found)} saga(s)"
+        + (f", {len(shown)} shown" if len(shown) < len(found) else ""),
     )
 
 
@@ -211,6 +236,8 @@ def _print_history(saga_type: str, history: list[Transition], json_output: bool)
                 "version": last.version,
                 "status": last.status.value,
                 "failure": last.failure,
+                # the timeline's oldest records were deleted by the journal's retention
+                "history_complete": history[0].seq == 1,
                 "timeline": [transition_json(t) for t in history],
             }
         )
@@ -218,6 +245,11 @@ def _print_history(saga_type: str, history: list[Transition], json_output: bool)
     out.print(f"[bold]{last.saga_id}[/bold] ({saga_type} v{last.version}): {last.status.value}")
     if last.failure:
         out.print(f"failure: {last.failure}")
+    first = history[0]
+    if first.event == AS_OF_SNAPSHOT:
+        err.print(f"note: {first.note}")
+    elif first.seq > 1:
+        err.print(f"note: the records before #{first.seq} were deleted by the journal's retention")
     print_table(
         ["#", "time", "event", "step", "state", "caused by", "sent"],
         [

@@ -35,6 +35,7 @@ from .._evaluator import SagaInstance, Transition, evolve
 from .._interceptors import Interceptor
 from .._orchestrator import Orchestrator
 from .._participant import Service
+from .._snapshots import History
 from ..transport._base import Record
 from ..transport.memory import MemoryBroker, MemoryTransport
 from ._clock import VirtualClock
@@ -53,6 +54,9 @@ class SagaTestEnvironment:
     memory with the store's schema, or a new `MemoryStore`) and its own store back
     afterwards, so tests start from nothing and write no files; seed data through
     ``service.store`` inside the environment. ``fresh_stores=False`` keeps the stores.
+    `history` sets the orchestrators' snapshots and dedupe window (`History`; its
+    defaults unless given): a small ``snapshot_every`` tests what restores from a snapshot.
+    Give two environments one `broker` and `clock` to restart the system in a test.
     """
 
     def __init__(
@@ -67,6 +71,7 @@ class SagaTestEnvironment:
         virtual_time: bool = True,
         namespace: str = "",
         fresh_stores: bool = True,
+        history: History | None = None,
     ) -> None:
         if isinstance(sagas, App):
             app = sagas
@@ -96,6 +101,7 @@ class SagaTestEnvironment:
                 on_transition=self._observe,
                 interceptors=interceptors,
                 clock=time_source,
+                history=history,
             )
             for name, versions in by_type.items()
         }

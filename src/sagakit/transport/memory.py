@@ -44,6 +44,8 @@ class MemoryBroker:
 
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         self._topics: dict[str, list[list[Record]]] = {}
+        #: the first offset still kept, by partition (records before it were deleted)
+        self._start: dict[TopicPartition, int] = {}
         self._groups: dict[str, _Group] = {}
         self._clock = clock
         self._changed = anyio.Event()
@@ -73,11 +75,22 @@ class MemoryBroker:
         return {name: len(parts) for name, parts in self._topics.items()}
 
     def records(self, topic: str, partition: int | None = None) -> list[Record]:
-        """Every record of `topic` (or of one partition), for assertions in tests."""
+        """Every record of `topic` (or of one partition) still kept, for assertions in tests."""
         parts = self._topics.get(topic, [])
-        if partition is not None:
-            return list(parts[partition])
-        return [r for part in parts for r in part]
+        kept = range(len(parts)) if partition is None else [partition]
+        return [r for p in kept for r in parts[p][self.start_offset(topic, p) :]]
+
+    def delete_records(self, topic: str, partition: int, before: int) -> None:
+        """Delete the records of one partition below offset `before`, as retention (or
+        Kafka's DeleteRecords) does: offsets stay, reads start at the first record kept."""
+        tp = TopicPartition(topic, partition)
+        if not 0 <= partition < self.partition_count(topic):
+            raise TransportError(f"topic {topic!r} has no partition {partition}")
+        self._start[tp] = max(self._start.get(tp, 0), before)
+
+    def start_offset(self, topic: str, partition: int) -> int:
+        """The first offset of a partition still kept."""
+        return self._start.get(TopicPartition(topic, partition), 0)
 
     def append(self, records: Sequence[OutgoingRecord]) -> list[Delivered]:
         delivered = []
@@ -256,7 +269,7 @@ class MemorySubscription:
             if tp in self._paused:
                 continue
             log = self._broker._topics[tp.topic][tp.partition]
-            pos = self._positions[tp]
+            pos = max(self._positions[tp], self._broker.start_offset(tp.topic, tp.partition))
             take = log[pos : pos + (max_records - len(batch))]
             if take:
                 batch.extend(take)
@@ -378,6 +391,7 @@ class MemoryTransport:
         pos = start
         while True:
             log = self.broker._topics[topic][partition]
+            pos = max(pos, self.broker.start_offset(topic, partition))
             batch = log[pos : pos + max_records]
             await anyio.lowlevel.checkpoint()
             if not batch:

@@ -1,0 +1,94 @@
+"""What is left once the journal's retention deleted the records behind a snapshot: a
+restarted orchestrator restores the live sagas from the snapshot and still recognises
+ended ones inside the dedupe window, and `sagas list`/`show` (the inspect layer) show
+the live sagas as the snapshot has them, an ended saga by its id and final status, and
+say plainly when a saga's history is gone."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import BaseModel
+
+from sagakit import Event, History, Saga, SagaStatus, WaitFor
+from sagakit._inspect import AS_OF_SNAPSHOT, HistoryGone, read_journal, saga_history
+from sagakit._snapshots import read_checkpoints
+from sagakit.eventlog.kafka import KafkaEventLog
+from sagakit.testing import SagaTestEnvironment, VirtualClock
+from sagakit.transport.memory import MemoryBroker
+
+pytestmark = pytest.mark.anyio
+
+
+class RetApproved(Event, type="rtest.Approved"):
+    by: str
+
+
+class RetTicket(BaseModel):
+    n: int = 0
+    approved_by: str = ""
+
+
+SAGA = Saga(
+    "rtest-ticket",
+    state=RetTicket,
+    steps=[
+        WaitFor(
+            "approval",
+            event=RetApproved,
+            timeout_s=None,
+            on_event=lambda s, e: s.model_copy(update={"approved_by": e.by}),
+        )
+    ],
+)
+JOURNAL = "rtest-ticket.journal"
+HISTORY = History(snapshot_every=4, snapshot_interval_s=10, dedupe_window_s=600)
+
+
+async def test_after_retention_deletes_what_a_snapshot_covers_nothing_live_is_lost() -> None:
+    clock = VirtualClock()
+    broker = MemoryBroker(clock=clock.time)
+    async with SagaTestEnvironment(
+        [SAGA], partitions=1, broker=broker, clock=clock, history=HISTORY
+    ) as env:
+        for n in range(4):
+            await env.start(SAGA, f"done-{n}", RetTicket(n=n))
+            await env.client.signal(SAGA.name, f"done-{n}", RetApproved(by="ann"))
+        await env.start(SAGA, "waiting", RetTicket(n=9))
+        await env.settle()
+        assert env.instance("done-0").status is SagaStatus.COMPLETED  # type: ignore[union-attr]
+        await env.advance(30)  # the timed snapshot, with every change in it
+
+    # retention deletes the journal up to the latest snapshot
+    transport = env.transport
+    found = await read_checkpoints(KafkaEventLog(transport, SAGA.checkpoints_topic), 0)
+    assert found.latest is not None and found.latest.sagas == 1 and found.latest.ended == 4
+    broker.delete_records(JOURNAL, 0, found.latest.offset)
+    assert all(r.offset >= found.latest.offset for r in broker.records(JOURNAL))
+
+    view = await read_journal(transport, JOURNAL, 1)
+    assert view.trimmed == {0: found.latest.offset}
+    assert set(view.instances) == {"waiting"}
+    assert view.instances["waiting"].status is SagaStatus.RUNNING
+    assert {i: e.status for i, e in view.ended.items()} == {
+        f"done-{n}": SagaStatus.COMPLETED for n in range(4)
+    }
+    (live,) = await saga_history(transport, JOURNAL, 1, "waiting")
+    assert live.event == AS_OF_SNAPSHOT and live.status is SagaStatus.RUNNING
+    assert dict(live.waits) == {"approval": None}
+    (ended,) = await saga_history(transport, JOURNAL, 1, "done-2")
+    assert ended.status is SagaStatus.COMPLETED
+    assert ended.note is not None and "only its id and final status" in ended.note
+    with pytest.raises(HistoryGone, match="deleted by the journal's retention"):
+        await saga_history(transport, JOURNAL, 1, "never-ran")
+
+    # a new orchestrator restores from the snapshot: the live saga goes on, a start
+    # re-sent inside the dedupe window is still recognised
+    async with SagaTestEnvironment(
+        [SAGA], partitions=1, broker=broker, clock=clock, history=HISTORY
+    ) as env2:
+        await env2.start(SAGA, "done-1", RetTicket(n=1))
+        await env2.client.signal(SAGA.name, "waiting", RetApproved(by="bob"))
+        done = await env2.wait_until_ended("waiting")
+        assert done.status is SagaStatus.COMPLETED and done.state.approved_by == "bob"  # type: ignore[attr-defined]
+        await env2.settle()
+        assert [t.saga_id for t in env2.transitions] == ["waiting"]  # done-1 did not start again
