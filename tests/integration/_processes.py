@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import anyio
 
-from sagakit import KafkaTransport, SagaStatus
+from sagakit import KafkaEventLog, KafkaTransport, SagaStatus
 from sagakit._chaos import dead_letters, journal_instances
+from sagakit._journal import Replayer, decode_instance, decode_transition
 from sagakit._processes import ProcessSystem
+from sagakit._snapshots import replay_from_latest_snapshot
 from services.app import app, choreography
 from services.system import SampleSystem, build_system, check_consistency, seed_orders
 
@@ -105,3 +108,36 @@ async def assert_invariants(
                 break
             await anyio.sleep(0.5)
     assert anomalies == []
+    await snapshots_agree(transport, namespace)
+
+
+async def snapshots_agree(transport: KafkaTransport, namespace: str) -> int:
+    """Check that each journal partition restored from its latest valid snapshot and the
+    tail equals a full replay (the live sagas whole, the ended ones by id and status);
+    return how many partitions have a snapshot."""
+    with_snapshot = 0
+    for saga in app.sagas:
+        transitions = functools.partial(decode_transition, saga=saga)
+        instances = functools.partial(decode_instance, saga=saga)
+        journal = KafkaEventLog(transport, namespace + saga.journal_topic)
+        checkpoints = KafkaEventLog(transport, namespace + saga.checkpoints_topic)
+        for p in range(app.partitions):
+            _, snap = await replay_from_latest_snapshot(
+                journal,
+                checkpoints,
+                p,
+                transitions,
+                instances,
+            )
+            if snap is None:
+                continue
+            with_snapshot += 1
+            full = Replayer(transitions)
+            async for batch in journal.read(p):
+                full.feed(batch)
+            assert set(snap.instances) | set(snap.ended) == set(full.instances), p
+            for saga_id, instance in snap.instances.items():
+                assert instance == full.instances[saga_id], saga_id
+            for saga_id, ended in snap.ended.items():
+                assert ended.status is full.instances[saga_id].status, saga_id
+    return with_snapshot

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,8 @@ def test_chaos_kills_processes_and_every_invariant_still_holds() -> None:
         capture_output=True,
         text=True,
         timeout=300,
+        # the orchestrators snapshot their partitions often, killed or not
+        env={**os.environ, "SAGAKIT_SNAPSHOT_EVERY": "20"},
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(proc.stdout)

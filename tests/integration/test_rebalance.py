@@ -13,6 +13,7 @@ import pytest
 from sagakit import KafkaEventLog, KafkaTransport
 from sagakit._inspect import read_journal
 from sagakit._journal import CLAIM
+from sagakit._snapshots import read_checkpoints
 from sagakit.broker import EmbeddedBroker
 from services.orders.saga import place_order
 
@@ -33,6 +34,12 @@ async def latest_claims(transport: KafkaTransport, topic: str, partitions: int) 
                 epoch = max([epoch, *(s.entry.epoch for s in batch if s.entry.kind == CLAIM)])
         latest.append(epoch)
     return latest
+
+
+async def fenced_snapshots(transport: KafkaTransport, topic: str) -> int:
+    """Snapshots written by an owner after the next owner claimed the partition."""
+    log = KafkaEventLog(transport, topic)
+    return sum([(await read_checkpoints(log, p)).fenced for p in range(8)])
 
 
 def stopped(pid: int) -> bool:
@@ -67,13 +74,21 @@ async def test_a_zombie_orchestrators_late_writes_are_fenced(
 ) -> None:
     ns = f"{unique}."
     journal = f"{ns}{place_order.journal_topic}"
+    checkpoints = f"{ns}{place_order.checkpoints_topic}"
     system, orders = await prepare(kafka_transport, tmp_path, ns, ORDERS)
     async with sample_processes(
         kafka_broker.bootstrap_servers, tmp_path, namespace=ns
     ) as processes:
-        # orchestrator-2 stops itself holding its second decided batch, before the append
+        # orchestrator-2 stops itself holding its second decided batch, before the append;
+        # both snapshot often, the zombie after every batch (its stale view included)
         await processes.start_all(
-            envs={"orchestrator-2": {"SAGAKIT_STALL_AT": "orchestrator.before-append@2"}}
+            envs={
+                "orchestrator-1": {"SAGAKIT_SNAPSHOT_EVERY": "5"},
+                "orchestrator-2": {
+                    "SAGAKIT_STALL_AT": "orchestrator.before-append@2",
+                    "SAGAKIT_SNAPSHOT_EVERY": "1",
+                },
+            }
         )
         zombie = processes.members["orchestrator-2"]
         await system.orders.place(kafka_transport, orders)
@@ -92,6 +107,10 @@ async def test_a_zombie_orchestrators_late_writes_are_fenced(
             while (await read_journal(kafka_transport, journal, 8)).fenced == 0:  # noqa: ASYNC110
                 await anyio.sleep(0.2)
         assert zombie.alive, "the zombie should carry on (rejoin), not crash"
+        # its snapshot after the stale batch is fenced too: never the latest valid one
+        with anyio.fail_after(30):
+            while not await fenced_snapshots(kafka_transport, checkpoints):  # noqa: ASYNC110
+                await anyio.sleep(0.2)
 
         # the zombie's stale decisions are in the journal but fenced: every saga's
         # journaled state still matches its order, nothing was applied twice
