@@ -359,6 +359,18 @@ async def test_after_the_window_an_ended_saga_is_forgotten_and_its_id_starts_ane
         owner.journal, 0, decode, checkpoints=owner.checkpoints, decode_instance=decode_i
     )
     assert "old" not in restored.ended
+    # inside the window a cancel is refused as for an ended saga; after it, the id is
+    # unknown (dead-lettered as such), and a start with it begins a new saga
+    owner.epoch = restored.epoch  # the restore claimed the partition: its owner goes on
+    await run_to_end(owner, "young", 11_000)
+    await owner.snapshot(12_000)
+    restored = await restore_partition(
+        owner.journal, 0, decode, checkpoints=owner.checkpoints, decode_instance=decode_i
+    )
+    assert set(restored.ended) == {"young"}
+    assert answer_kind(restored.ended["young"], cancel("young", 12_000, 1)) == "CancelRefused"
+    after = decide(SAGA, restored.ended.get("old"), cancel("old", 20_000, 1))
+    assert after.rejected is not None and "unknown saga old" in after.rejected
     assert answer_kind(None, start("old", 20_000)) == "applied"
 
 
