@@ -226,8 +226,21 @@ def transition_json(t: Transition) -> dict[str, Any]:
     }
 
 
-def _print_history(saga_type: str, history: list[Transition], json_output: bool) -> None:
+def _print_history(
+    saga_type: str, history: list[Transition], json_output: bool, whole: bool = False
+) -> None:
+    """A saga's timeline (`whole`: all of it, as `sagas show` reads it, which says if the
+    journal's retention deleted its beginning)."""
     last = history[-1]
+    first = history[0]
+    complete = first.seq == 1
+    if whole and not complete:
+        note = (
+            first.note
+            if first.event == AS_OF_SNAPSHOT
+            else f"the records before #{first.seq} were deleted by the journal's retention"
+        )
+        err.print(f"note: {note}")
     if json_output:
         print_json(
             {
@@ -236,8 +249,8 @@ def _print_history(saga_type: str, history: list[Transition], json_output: bool)
                 "version": last.version,
                 "status": last.status.value,
                 "failure": last.failure,
-                # the timeline's oldest records were deleted by the journal's retention
-                "history_complete": history[0].seq == 1,
+                # False: the journal's retention deleted the timeline's beginning
+                **({"history_complete": complete} if whole else {}),
                 "timeline": [transition_json(t) for t in history],
             }
         )
@@ -245,11 +258,6 @@ def _print_history(saga_type: str, history: list[Transition], json_output: bool)
     out.print(f"[bold]{last.saga_id}[/bold] ({saga_type} v{last.version}): {last.status.value}")
     if last.failure:
         out.print(f"failure: {last.failure}")
-    first = history[0]
-    if first.event == AS_OF_SNAPSHOT:
-        err.print(f"note: {first.note}")
-    elif first.seq > 1:
-        err.print(f"note: the records before #{first.seq} were deleted by the journal's retention")
     print_table(
         ["#", "time", "event", "step", "state", "caused by", "sent"],
         [
@@ -293,7 +301,7 @@ def sagas_show(
 
     found = run_with(bootstrap, action)
     if isinstance(found, tuple):
-        _print_history(*found, json_output)
+        _print_history(*found, json_output, whole=True)
     else:
         _print_events(saga_id, found, json_output)
 
