@@ -28,6 +28,7 @@ from ._evaluator import (
     PendingCommand,
     Phase,
     SagaInstance,
+    SagaStatus,
     Timer,
     Transition,
     decide,
@@ -300,6 +301,15 @@ class Orchestrator(Observed):
                 return found
         return None
 
+    def status(self, saga_id: str) -> SagaStatus | None:
+        """The status of `saga_id` if one of this orchestrator's partitions knows it: a
+        live saga, or one that ended and left memory (inside the dedupe window)."""
+        for part in self._owned.values():
+            found = part.instances.get(saga_id) or part.ended.get(saga_id)
+            if found is not None:
+                return found.status
+        return None
+
     def instances(self) -> list[SagaInstance]:
         return [i for part in list(self._owned.values()) for i in part.instances.values()]
 
@@ -341,6 +351,20 @@ class Orchestrator(Observed):
         if self._unhandled_assignment:
             await self.on_assigned(self._unhandled_assignment)
 
+    async def leaving(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        async with loop.lock:
+            await self._hand_over(list(self._owned.items()))
+
+    async def _hand_over(self, parts: list[tuple[TopicPartition, _Partition]]) -> None:
+        """Snapshot the partitions about to move that changed since their latest snapshot
+        (under the loop's lock): their next owner replays no tail."""
+        for tp, part in parts:
+            if part.ready and part.changes:
+                await self._snapshot(tp.partition, part)
+
     def left(self) -> None:
         self._owned.clear()
         self._unhandled_assignment = frozenset()
@@ -353,6 +377,7 @@ class Orchestrator(Observed):
             return
         async with loop.lock:  # let the in-flight batch finish its append, sends and commit
             await loop.commit.wait()
+            await self._hand_over([(tp, self._owned[tp]) for tp in partitions if tp in self._owned])
             for tp in partitions:
                 part = self._owned.pop(tp, None)
                 self._timers.drop_partition(tp)

@@ -516,6 +516,9 @@ class Service(Observed, Generic[TxT]):
         for task in self.tasks:
             loop.tg.start_soon(task, loop.transport)
 
+    async def leaving(self) -> None:
+        """Nothing to hand over: the stored replies are the service's state."""
+
     def left(self) -> None:
         self._assignment = frozenset()
 

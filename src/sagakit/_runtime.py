@@ -72,6 +72,11 @@ class Role(RebalanceListener, Protocol):
         """The loop has joined the group: start what runs beside it (in `loop.tg`)."""
         ...
 
+    async def leaving(self) -> None:
+        """The loop is stopping and still holds its partitions: hand them over (the
+        orchestrator snapshots what changed, so the next owner's restore is short)."""
+        ...
+
     def left(self) -> None:
         """The loop has stopped: drop what belongs to the subscription."""
         ...
@@ -171,6 +176,8 @@ class ConsumeLoop:
                         await cast(PipelinedRole, pipe).drain()
                         await self.commit_now(cast(PipelinedRole, pipe).committable())
                 await self.commit.wait()
+                with anyio.CancelScope(shield=True), anyio.move_on_after(settings.shutdown_grace_s):
+                    await self.role.leaving()
                 self.sub = self._tg = None
                 self.role.left()
 

@@ -176,8 +176,8 @@ def journal_statuses(bootstrap: str, ns: str, partitions: int) -> dict[str, str]
             if kind == "claim":
                 epoch = max(epoch, record_epoch)
                 continue
-            if record_epoch < epoch:
-                continue
+            if kind not in ("transition", "transitions") or record_epoch < epoch:
+                continue  # a snapshot (not a transition), or a fenced record
             lines = msg.value().split(b"\n") if kind == "transitions" else [msg.value()]
             for line in lines:
                 t = json.loads(line)

@@ -170,8 +170,8 @@ def decoded_journal(broker: MemoryBroker) -> list[Transition]:
     found: list[Transition] = []
     for r in broker.records("trip.journal"):
         kind = dict(r.headers)["journal-kind"]
-        if kind == b"claim" or r.value is None:
-            continue
+        if kind not in (b"transition", b"transitions") or r.value is None:
+            continue  # a claim, or a snapshot
         lines = r.value.split(b"\n") if kind == b"transitions" else [r.value]
         found.extend(decode_transition(line, trip) for line in lines)
     return found
