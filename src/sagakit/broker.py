@@ -10,6 +10,7 @@ import atexit
 import contextlib
 import ctypes
 import os
+import random
 import shutil
 import signal
 import socket
@@ -52,11 +53,36 @@ def broker_binary() -> str:
         ) from exc
 
 
+_GIVEN: set[int] = set()
+
+
+def _ephemeral_ports() -> range:
+    """The ports the system hands out to outgoing connections (and to port 0)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return range(32768, 61000)
+    return range(low, high + 1)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on, for a server started later. Taken outside the
+    ephemeral range when it can be: a port the system gave to port 0 may meanwhile be
+    handed to an outgoing connection (a Kafka client's), and the server's bind fails."""
+    ephemeral = _ephemeral_ports()
+    candidates = [p for p in range(20000, 32768) if p not in ephemeral and p not in _GIVEN]
+    for port in random.sample(candidates, min(len(candidates), 50)):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            _GIVEN.add(port)  # not twice from this process: its server may not listen yet
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
+        found: int = s.getsockname()[1]
+        return found
 
 
 def answers_metadata(host: str, port: int, timeout: float = 0.5) -> bool:
