@@ -24,7 +24,7 @@ from ._journal import (
     decode_instance,
     decode_transition,
 )
-from ._snapshots import SnapshotAt, replay_from_latest_snapshot
+from ._snapshots import replay_from_latest_snapshot
 from .eventlog.kafka import KafkaEventLog
 from .transport._base import Record, Transport, partition_for
 
@@ -78,10 +78,9 @@ def _decode_instance(data: bytes) -> SagaInstance:
     return decode_instance(data, None)
 
 
-async def _as_of_snapshot(
-    transport: Transport, topic: str, partition: int
-) -> tuple[SnapshotAt, Replayer] | None:
-    """The partition as its latest valid snapshot and the journal after it have it."""
+async def _as_of_snapshot(transport: Transport, topic: str, partition: int) -> Replayer | None:
+    """The partition as its latest valid snapshot (`.snapshot`) and the journal after it
+    have it; None without one."""
     checkpoints = checkpoints_topic_of(topic)
     if checkpoints not in await transport.existing_topics():
         return None
@@ -92,9 +91,7 @@ async def _as_of_snapshot(
         _decode,
         _decode_instance,
     )
-    if replayer is None or replayer.snapshot is None:
-        return None
-    return replayer.snapshot, replayer
+    return replayer if replayer is not None and replayer.snapshot is not None else None
 
 
 async def read_journal(transport: Transport, topic: str, partitions: int) -> JournalView:
@@ -113,9 +110,8 @@ async def read_journal(transport: Transport, topic: str, partitions: int) -> Jou
         anomalies = replayer.anomalies
         if first:  # records before `first` were deleted
             view.trimmed[p] = first
-            found = await _as_of_snapshot(transport, topic, p)
-            if found is not None:
-                _, snap = found
+            snap = await _as_of_snapshot(transport, topic, p)
+            if snap is not None:
                 replayer.instances.update(snap.instances)  # whole, where the gap cut them
                 view.ended.update(
                     (i, e) for i, e in snap.ended.items() if i not in replayer.instances
@@ -199,10 +195,9 @@ async def saga_history(
     if not first or (history and history[0].seq == 1):
         return history  # nothing was deleted, or the saga's records are all kept
     # Retention deleted the partition's records before `first`, and this saga's with them.
-    found = await _as_of_snapshot(transport, topic, partition)
+    snap = await _as_of_snapshot(transport, topic, partition)
     known: SagaInstance | EndedSaga | None = None
-    if found is not None:
-        at, snap = found
+    if snap is not None:
         known = snap.instances.get(saga_id) or snap.ended.get(saga_id)
     if history and not isinstance(known, SagaInstance):
         return history  # it ended: what is kept of it says more than the snapshot
@@ -213,6 +208,8 @@ async def saga_history(
             "(History.journal_retention_s), and no snapshot remembers this saga; if it "
             "ran, it ended longer ago than the retention"
         )
+    assert snap is not None and snap.snapshot is not None  # it knows the saga
+    at = snap.snapshot
     note = (
         f"the records before offset {first} were deleted by the journal's retention; "
         f"this is the saga as snapshot {at.snapshot_id} (offset {at.offset}) has it"

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from sagakit import KafkaTransport
+from sagakit._processes import ProcessSystem
 from sagakit.broker import EmbeddedBroker
+from services.system import SampleSystem
 
 from ._processes import (
     assert_invariants,
@@ -35,6 +37,20 @@ ORCHESTRATOR_POINTS = (
 WAVE = 12  # orders placed before each kill
 
 
+async def assert_killed(
+    processes: ProcessSystem, system: SampleSystem, member: str, point: str, kills: int
+) -> None:
+    """`member` died by SIGKILL at `point` with sagas unfinished, reported as a crash."""
+    status = await processes.wait_exit(member, timeout=60)
+    assert status == -signal.SIGKILL, f"{member} did not crash at {point}"
+    pending = system.orders.repository.count_by_status().get("PENDING", 0)
+    assert pending > 0, f"everything ended before the crash at {point}: it proves nothing"
+    # each crash is reported as one (what `sagakit chaos` lists as a violation)
+    assert [(c.name, c.returncode) for c in processes.crashes] == [
+        (member, -signal.SIGKILL)
+    ] * kills
+
+
 async def test_an_orchestrator_killed_at_each_boundary_in_turn_loses_nothing(
     kafka_broker: EmbeddedBroker,
     kafka_transport: KafkaTransport,
@@ -53,14 +69,7 @@ async def test_an_orchestrator_killed_at_each_boundary_in_turn_loses_nothing(
         await processes.start_all(envs={"orchestrator-1": {**base, **first}})
         for n, point in enumerate(ORCHESTRATOR_POINTS):
             await system.orders.place(kafka_transport, orders[n * WAVE : (n + 1) * WAVE])
-            status = await processes.wait_exit("orchestrator-1", timeout=60)
-            assert status == -signal.SIGKILL, f"the orchestrator did not crash at {point}"
-            pending = system.orders.repository.count_by_status().get("PENDING", 0)
-            assert pending > 0, f"everything ended before the crash at {point}: it proves nothing"
-            # each crash is reported as one (what `sagakit chaos` lists as a violation)
-            assert [(c.name, c.returncode) for c in processes.crashes] == [
-                ("orchestrator-1", -signal.SIGKILL)
-            ] * (n + 1)
+            await assert_killed(processes, system, "orchestrator-1", point, n + 1)
             env = dict(base)
             if n + 1 < len(ORCHESTRATOR_POINTS):
                 env["SAGAKIT_CRASH_AT"] = ORCHESTRATOR_POINTS[n + 1]
@@ -95,13 +104,7 @@ async def test_a_participant_killed_before_its_reply_answers_from_its_stored_rep
         )
         await system.orders.place(kafka_transport, orders)
 
-        status = await processes.wait_exit("payments", timeout=60)
-        assert status == -signal.SIGKILL, "payments did not crash before its reply"
-        pending = system.orders.repository.count_by_status().get("PENDING", 0)
-        assert pending > 0, "everything ended before the crash; the test proves nothing"
-        assert [(c.name, c.returncode) for c in processes.crashes] == [
-            ("payments", -signal.SIGKILL)
-        ]
+        await assert_killed(processes, system, "payments", "participant.before-reply", 1)
 
         await processes.start("payments")
         await wait_all_ended(system)
