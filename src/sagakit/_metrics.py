@@ -19,6 +19,7 @@ from .transport._base import OutgoingRecord, Subscription
 if TYPE_CHECKING:
     from ._definition import Saga
 
+RESTORE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -56,6 +57,26 @@ class Metrics(Interceptor):
             "sagakit_sagas_in_flight",
             "Sagas neither ended nor parked, in the partitions this instance owns.",
             labels,
+            registry=r,
+        )
+        self.held = Gauge(
+            "sagakit_sagas_held",
+            "Sagas this instance holds in memory: live ones (parked included) and ended ones "
+            "remembered for deduplication, in the partitions it owns.",
+            [*labels, "kind"],
+            registry=r,
+        )
+        self.restore_seconds = Histogram(
+            "sagakit_partition_restore_seconds",
+            "From taking a journal partition over to having restored it (snapshot + tail).",
+            ["saga_type", "source"],
+            buckets=RESTORE_BUCKETS,
+            registry=r,
+        )
+        self.restored_records = Counter(
+            "sagakit_partition_restore_records",
+            "Journal records read after the snapshot (or from the start) while restoring.",
+            ["saga_type"],
             registry=r,
         )
         self.lag = Gauge(

@@ -10,6 +10,7 @@ commands without a recorded reply are re-sent when a partition is restored.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -272,6 +273,13 @@ class Orchestrator(Observed):
         self.metrics.in_flight.labels(saga.name, str(saga.version)).set_function(
             lambda: sum(1 for i in self.instances() if not i.status.settled)
         )
+        held = self.metrics.held
+        held.labels(saga.name, str(saga.version), "live").set_function(
+            lambda: sum(len(p.instances) for p in self._owned.values())
+        )
+        held.labels(saga.name, str(saga.version), "ended").set_function(
+            lambda: sum(len(p.ended) for p in self._owned.values())
+        )
         self.metrics.watch_lag(lambda: self._sub)
         self.name = f"orchestrator:{saga.name}"
 
@@ -464,6 +472,7 @@ class Orchestrator(Observed):
             delay = min(delay * 2, 30.0)
 
     async def _restore_once(self, tp: TopicPartition, part: _Partition) -> None:
+        began = time.perf_counter()
         with anyio.CancelScope() as scope:
             part.restore_scope = scope
             replayed = await restore_partition(
@@ -512,6 +521,11 @@ class Orchestrator(Observed):
             self._sub.resume([tp])
             self._notify()
             snapshot = replayed.snapshot
+            source = "replay" if snapshot is None else "snapshot"
+            self.metrics.restore_seconds.labels(self.saga.name, source).observe(
+                time.perf_counter() - began
+            )
+            self.metrics.restored_records.labels(self.saga.name).inc(replayed.applied)
             log.info(
                 "restored %s[%d]: epoch %d, %d sagas (%d ended kept for deduplication), "
                 "%s, %d records after it, %d fenced, %d re-sent",

@@ -10,6 +10,7 @@ import typer
 from .._errors import SagaError
 from ..broker import EmbeddedBroker
 from ._bench import bench
+from ._bench_growth import bench_growth
 from ._chaos import chaos
 from ._common import err, out
 from ._describe import describe
@@ -65,6 +66,7 @@ app.command()(demo)
 app.command()(compare)
 app.command()(chaos)
 app.command()(bench)
+app.command("bench-growth")(bench_growth)
 
 
 def main() -> None:

@@ -1,0 +1,218 @@
+"""`sagakit bench-growth MODULE:ATTR`: restore time, memory and throughput of an
+orchestrator as the history behind it grows, against the zero-history level of the run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .._errors import SagaError
+from .._loader import LoadError, spec_of
+from .._loop import run as run_loop
+from ._common import AppDir, fail
+from ._flows import Options, ScenarioArg, scenario_of
+
+
+def _levels(text: str) -> tuple[int, ...]:
+    try:
+        levels = tuple(int(part.replace("_", "")) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: give sagas of history, e.g. 0,20000,100000") from None
+    if not levels or any(n < 0 for n in levels):
+        raise typer.BadParameter("give one or more counts of sagas ≥ 0, e.g. 0,20000,100000")
+    return levels
+
+
+def bench_growth(
+    scenario_spec: ScenarioArg,
+    history: Annotated[
+        str,
+        typer.Option(
+            help="Levels of history to measure at, in sagas run so far (comma-separated; "
+            "0 is always measured first)."
+        ),
+    ] = "0,20000,100000",
+    concurrency: Annotated[
+        int, typer.Option(min=1, help="Sagas in flight while throughput is measured.")
+    ] = 64,
+    fill_concurrency: Annotated[
+        int, typer.Option(min=1, help="Sagas in flight while the history is made.")
+    ] = 64,
+    duration: Annotated[
+        float, typer.Option(min=0.5, help="Seconds of throughput measured per level.")
+    ] = 10.0,
+    warmup: Annotated[float, typer.Option(min=0.0, help="Seconds before each window.")] = 2.0,
+    restarts: Annotated[
+        int,
+        typer.Option(min=1, help="Orchestrator restarts per level (restore time: the best)."),
+    ] = 3,
+    dedupe_window_s: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="How long ended sagas are remembered (SAGAKIT_DEDUPE_WINDOW_S of the "
+            "orchestrator); each level waits it out, so memory is measured with nothing "
+            "left to remember.",
+        ),
+    ] = 30.0,
+    snapshot_every: Annotated[
+        int | None, typer.Option(min=1, help="SAGAKIT_SNAPSHOT_EVERY (default: the app's).")
+    ] = None,
+    snapshot_interval_s: Annotated[
+        float | None,
+        typer.Option(min=0.0, help="SAGAKIT_SNAPSHOT_INTERVAL_S (default: the app's)."),
+    ] = None,
+    partitions: Annotated[int, typer.Option(min=1, help="Partitions of every topic.")] = 8,
+    baseline_messages: Annotated[
+        int, typer.Option(min=100, help="Raw messages per broker throughput figure.")
+    ] = 20_000,
+    baseline_round_trips: Annotated[
+        int, typer.Option(min=10, help="Raw round trips per broker latency figure.")
+    ] = 200,
+    bootstrap: Annotated[
+        str | None, typer.Option(help="A running Kafka; default: a fresh embedded broker.")
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="One JSON object with every figure on stdout.")
+    ] = False,
+    markdown: Annotated[bool, typer.Option("--markdown", help="A Markdown table.")] = False,
+    option: Options = None,
+    app_dir: AppDir = None,
+) -> None:
+    """Run waves of sagas on one broker; at each level of history restart the orchestrator
+    and measure its restore time, memory and the saga throughput, next to what the broker
+    itself does at that size."""
+    from .._bench.growth import GrowthPlan, run_growth
+    from .._bench.measure import Target
+
+    scenario = scenario_of(scenario_spec, option, app_dir)
+    try:
+        target = Target(
+            scenario,
+            {"orchestration": spec_of(scenario.app, near=scenario_spec)},
+            Path(app_dir).resolve() if app_dir else Path.cwd(),
+        )
+    except LoadError as exc:
+        raise fail(str(exc)) from None
+    plan = GrowthPlan(
+        history=_levels(history),
+        concurrency=concurrency,
+        fill_concurrency=fill_concurrency,
+        duration_s=duration,
+        warmup_s=warmup,
+        restarts=restarts,
+        dedupe_window_s=dedupe_window_s,
+        snapshot_every=snapshot_every,
+        snapshot_interval_s=snapshot_interval_s,
+        partitions=partitions,
+        bootstrap=bootstrap,
+        baseline_messages=baseline_messages,
+        baseline_round_trips=baseline_round_trips,
+    )
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    err = Console(stderr=True)
+    bar = Progress(
+        TextColumn("[bold]growth[/bold] {task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    )
+    task = bar.add_task("starting", total=1)
+    last = ""
+
+    def progress(what: str, done: float, total: float) -> None:
+        nonlocal last
+        bar.update(task, description=what, completed=done, total=total or 1)
+        phase = what.split(":")[0]
+        if not err.is_terminal and phase != last:
+            last = phase  # no live bar when stderr is a file: a line per phase
+            err.print(f"growth {what}", highlight=False)
+
+    try:
+        with bar:
+            report = run_loop(lambda: run_growth(plan, target, progress))
+    except SagaError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    if json_output:
+        print(json.dumps(report))
+    elif markdown:
+        print(to_markdown(report))
+    else:
+        Console().print(table(report))
+
+
+COLUMNS = (
+    "sagas of history",
+    "journal records",
+    "restore until ready (s)",
+    "vs zero",
+    "orchestrator RSS (MB)",
+    "+ MB",
+    "held: live / ended",
+    "sagas/s",
+    "vs zero",
+    "raw round trip p50, fresh / grown topic (ms)",
+    "raw full journal read (s)",
+)
+
+
+def _num(value: float | None, spec: str = ".2f") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def rows(report: dict[str, Any]) -> list[list[str]]:
+    namespace_journal = [
+        t for t in report["levels"][0]["history_records"] if t.endswith(".journal")
+    ]
+    out = []
+    for level in report["levels"]:
+        r, b = level["ratios"], level["broker"]
+        ok = level["targets"]
+
+        def mark(text: str, passed: bool, first: bool = level is report["levels"][0]) -> str:
+            return text if first else f"{text} {'✓' if passed else '✗'}"
+
+        journal = sum(level["history_records"][t] for t in namespace_journal)
+        out.append(
+            [
+                f"{level['history_sagas']:,}",
+                f"{journal:,}",
+                f"{level['restore_s']:.2f}",
+                mark(_num(r["restore"]), ok["restore"]),
+                f"{level['rss_mb_after_restore']}",
+                mark(_num(level["rss_growth_mb"], "+.1f"), ok["rss"]),
+                f"{_num(level['held_live'], '.0f')} / {_num(level['held_ended'], '.0f')}",
+                f"{level['sagas_per_s']:.1f}",
+                mark(_num(r["throughput"]), ok["throughput"]),
+                f"{b['fresh_round_trip_ms']['p50']:.1f} / {b['grown_round_trip_ms']['p50']:.1f}",
+                f"{b['journal_full_read']['seconds']:.2f}",
+            ]
+        )
+    return out
+
+
+def table(report: dict[str, Any]) -> Table:
+    t = Table(title="History growth (✓/✗: against the targets, vs zero history)")
+    for column in COLUMNS:
+        t.add_column(column, justify="right")
+    for row in rows(report):
+        t.add_row(*row)
+    return t
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows(report)]
+    return "\n".join(lines)
