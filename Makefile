@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench bench-growth clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ lint: $(STAMP)
 # Benchmarks (not tests): e.g. make bench BENCH_ARGS="--mode open --style orchestration"
 bench: $(STAMP)
 	$(BIN)/sagakit bench services.scenario:bench $(BENCH_ARGS)
+
+# Restore time, memory and throughput as history grows (docs/benchmarks.md#history-growth)
+bench-growth: $(STAMP)
+	$(BIN)/sagakit bench-growth services.scenario:bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
