@@ -13,13 +13,13 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from .._errors import SagaError
 from .._loader import LoadError, spec_of
 from .._loop import run as run_loop
 from ._common import AppDir, fail
 from ._flows import Options, ScenarioArg, scenario_of
+from ._progress import progress_bar
 
 
 class BenchMode(StrEnum):
@@ -160,28 +160,8 @@ def bench(
         ),
     )
     err = Console(stderr=True)
-    bar = Progress(
-        TextColumn("[bold]bench[/bold] {task.description}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-    )
-    task = bar.add_task("starting", total=1)
-
-    last = ""
-
-    def progress(what: str, done: float, total: float) -> None:
-        nonlocal last
-        bar.update(task, description=what, completed=done, total=total or 1)
-        if not err.is_terminal and what != last:
-            # no live bar when stderr is a file: a line per phase instead
-            last = what
-            err.print(f"bench {what}", highlight=False)
-
     try:
-        with bar:
+        with progress_bar("bench") as progress:
             report = run_loop(lambda: run_bench(options, target, progress))
     except SagaError as exc:
         err.print(f"[red]error:[/red] {exc}")

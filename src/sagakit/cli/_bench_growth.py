@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from .._errors import SagaError
@@ -20,6 +18,7 @@ from .._loader import LoadError, spec_of
 from .._loop import run as run_loop
 from ._common import AppDir, fail
 from ._flows import Options, ScenarioArg, scenario_of
+from ._progress import progress_bar
 
 
 def _levels(text: str) -> tuple[int, ...]:
@@ -121,27 +120,8 @@ def bench_growth(
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     err = Console(stderr=True)
-    bar = Progress(
-        TextColumn("[bold]growth[/bold] {task.description}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-    )
-    task = bar.add_task("starting", total=1)
-    last = ""
-
-    def progress(what: str, done: float, total: float) -> None:
-        nonlocal last
-        bar.update(task, description=what, completed=done, total=total or 1)
-        phase = re.sub(r"[\d,.]+", "#", what)  # a step, whatever its counts say
-        if not err.is_terminal and phase != last:
-            last = phase  # no live bar when stderr is a file: a line per phase
-            err.print(f"growth {what}", highlight=False)
-
     try:
-        with bar:
+        with progress_bar("growth") as progress:
             report = run_loop(lambda: run_growth(plan, target, progress))
     except SagaError as exc:
         err.print(f"[red]error:[/red] {exc}")
