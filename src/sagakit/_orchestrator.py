@@ -264,6 +264,7 @@ class Orchestrator(Observed):
         self._dirty = anyio.Event()
         self.clock = as_clock(clock)
         self.shutdown_grace_s = shutdown_grace_s
+        self.timers_in_flight = 0  # popped as due, their records not yet sent
         self.reader_check_s = reader_check_s
         self._max_record = getattr(transport, "max_record_bytes", MAX_RECORD_BYTES)
         self._own_interceptors = tuple(interceptors)
@@ -820,6 +821,8 @@ class Orchestrator(Observed):
             due = [(tp, t) for tp, t in self._timers.pop_due(now_ms) if self._ready(tp)]
             if due:
                 records = [self._timer_record(tp, t) for tp, t in due]
+                # out of the schedule and not yet in the inbox: nothing else shows them
+                self.timers_in_flight = len(due)
                 try:
                     await self.transport.send([r for r in records if r is not None])
                     self.stats.timers_fired += len(due)
@@ -833,6 +836,8 @@ class Orchestrator(Observed):
                             self._timers.set(tp, t.saga_id, timers(instance))
                     await anyio.sleep(1.0)
                     continue
+                finally:
+                    self.timers_in_flight = 0
             next_due = self._timers.next_due_ms()
             wait_s = None if next_due is None else max(0.0, (next_due - now_ms) / 1000)
             await self._timers.wait(wait_s, self.clock)
