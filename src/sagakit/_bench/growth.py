@@ -14,7 +14,6 @@ import signal
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,13 +27,11 @@ from .._app import App
 from .._errors import SagaError
 from .._flows import app_of, percentiles
 from ..transport.kafka import KafkaSettings, KafkaTransport
-from .baseline import consumer_for, measure_baseline, round_trips
+from .baseline import ProgressFn, consumer_for, measure_baseline, round_trips
 from .baseline import produce_rate as produce_into
 from .load import closed_loop
 from .measure import Plan, Target, broker_for, git_revision
 from .rig import KafkaRig, RigSetup, kafka_rig
-
-ProgressFn = Callable[[str, float, float], None]
 
 #: Targets of the bounded-cost work, against the zero-history level of the same run.
 RESTORE_RATIO_MAX = 1.3

@@ -14,12 +14,10 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from .._errors import SagaError
 from .._loader import LoadError, spec_of
-from .._loop import run as run_loop
 from ._common import AppDir, fail
 from ._flows import Options, ScenarioArg, scenario_of
-from ._progress import progress_bar
+from ._progress import run_with_progress
 
 
 class BenchMode(StrEnum):
@@ -159,13 +157,7 @@ def bench(
             participant_latency_ms=participant_latency_ms,
         ),
     )
-    err = Console(stderr=True)
-    try:
-        with progress_bar("bench") as progress:
-            report = run_loop(lambda: run_bench(options, target, progress))
-    except SagaError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+    report = run_with_progress("bench", lambda progress: run_bench(options, target, progress))
     if json_output:
         print(json.dumps(report))
     elif markdown:

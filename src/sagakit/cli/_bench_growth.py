@@ -13,12 +13,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .._errors import SagaError
 from .._loader import LoadError, spec_of
-from .._loop import run as run_loop
 from ._common import AppDir, fail
 from ._flows import Options, ScenarioArg, scenario_of
-from ._progress import progress_bar
+from ._progress import run_with_progress
 
 
 def _levels(text: str) -> tuple[int, ...]:
@@ -119,13 +117,7 @@ def bench_growth(
     )
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    err = Console(stderr=True)
-    try:
-        with progress_bar("growth") as progress:
-            report = run_loop(lambda: run_growth(plan, target, progress))
-    except SagaError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+    report = run_with_progress("growth", lambda progress: run_growth(plan, target, progress))
     if json_output:
         print(json.dumps(report))
     elif markdown:

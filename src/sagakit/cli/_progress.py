@@ -4,13 +4,19 @@ line per step when stderr is a file (counts inside a step do not make new lines)
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
+import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-ProgressFn = Callable[[str, float, float], None]
+from .._bench.baseline import ProgressFn
+from .._errors import SagaError
+from .._loop import run as run_loop
+
+T = TypeVar("T")
 
 
 @contextmanager
@@ -37,3 +43,13 @@ def progress_bar(label: str) -> Iterator[ProgressFn]:
 
     with bar:
         yield progress
+
+
+def run_with_progress(label: str, work: Callable[[ProgressFn], Awaitable[T]]) -> T:
+    """Run a long measurement under the progress bar; a SagaError ends the command (exit 2)."""
+    try:
+        with progress_bar(label) as progress:
+            return run_loop(lambda: work(progress))
+    except SagaError as exc:
+        Console(stderr=True).print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
