@@ -61,8 +61,9 @@ class Metrics(Interceptor):
         )
         self.held = Gauge(
             "sagakit_sagas_held",
-            "Sagas this instance holds in memory: live ones (parked included) and ended ones "
-            "remembered for deduplication, in the partitions it owns.",
+            "Sagas in memory, in the partitions this instance owns: whole instances (live, "
+            "parked, and ended ones until the next snapshot) and ended sagas remembered by id "
+            "for deduplication.",
             [*labels, "kind"],
             registry=r,
         )

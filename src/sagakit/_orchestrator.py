@@ -275,7 +275,7 @@ class Orchestrator(Observed):
             lambda: sum(1 for i in self.instances() if not i.status.settled)
         )
         held = self.metrics.held
-        held.labels(saga.name, str(saga.version), "live").set_function(
+        held.labels(saga.name, str(saga.version), "instances").set_function(
             lambda: sum(len(p.instances) for p in self._owned.values())
         )
         held.labels(saga.name, str(saga.version), "ended").set_function(

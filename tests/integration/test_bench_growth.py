@@ -56,7 +56,7 @@ def test_growth_benchmark_restores_from_snapshots_and_holds_no_history() -> None
     for level in (zero, grown):
         # nothing in flight and the window passed: the orchestrator holds no saga at all
         assert level["unfinished"] == 0
-        assert (level["held_live"], level["held_ended"]) == (0, 0)
+        assert (level["held_instances"], level["held_ended"]) == (0, 0)
         # the history is behind the handover snapshot: a restart reads (almost) none of it
         assert level["restore_records_read"] < 50, level
         assert level["restore_s"] == min(level["restore_s_all"]) > 0

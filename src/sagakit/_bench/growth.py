@@ -87,7 +87,7 @@ def rss_mb(pid: int | None) -> float | None:
 
 def scrape(port: int) -> dict[str, float]:
     """The sagakit_* samples of a component's /metrics, summed over their labels
-    (``name{kind="live"}`` kept apart for sagas held)."""
+    (``name{kind="instances"}`` kept apart for sagas held)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         text = response.read().decode()
     values: dict[str, float] = {}
@@ -97,7 +97,7 @@ def scrape(port: int) -> dict[str, float]:
         name_labels, _, value = line.rpartition(" ")
         name, _, labels = name_labels.partition("{")
         if name == "sagakit_sagas_held":
-            name += ".live" if 'kind="live"' in labels else ".ended"
+            name += ".instances" if 'kind="instances"' in labels else ".ended"
         values[name] = values.get(name, 0.0) + float(value)
     return values
 
@@ -305,7 +305,7 @@ async def measure_level(
         "stop_s_all": stops,
         "rss_mb_before_restart": rss_before,
         "rss_mb_after_restore": rss_after,
-        "held_live": metrics.get("sagakit_sagas_held.live"),
+        "held_instances": metrics.get("sagakit_sagas_held.instances"),
         "held_ended": metrics.get("sagakit_sagas_held.ended"),
         "restore_records_read": metrics.get("sagakit_partition_restore_records_total"),
         "partition_restore_s_sum": round(

@@ -142,9 +142,9 @@ COLUMNS = (
 LEGEND = (
     "history: sagas run so far; journal: records in the saga's journal; restore s: orchestrator "
     "restart until ready (best); RSS MB: after the restore, +MB over zero history; held: sagas "
-    "in memory, live / ended; broker RT ms: raw round trip p50 on a fresh / an equally deep "
-    "topic; full read s: raw read of the whole journal; vs 0: ratio to zero history, "
-    "✓/✗ against the targets (restore ≤ 1.3x, RSS ≤ +50 MB, throughput ≥ 0.9x)"
+    "in memory, whole instances / ended ids; broker RT ms: raw round trip p50 on a fresh / "
+    "an equally deep topic; full read s: raw read of the whole journal; vs 0: ratio to zero "
+    "history, ✓/✗ against the targets (restore ≤ 1.3x, RSS ≤ +50 MB, throughput ≥ 0.9x)"
 )
 
 
@@ -173,7 +173,7 @@ def rows(report: dict[str, Any]) -> list[list[str]]:
                 mark(_num(r["restore"]), ok["restore"]),
                 f"{level['rss_mb_after_restore']}",
                 mark(_num(level["rss_growth_mb"], "+.1f"), ok["rss"]),
-                f"{_num(level['held_live'], '.0f')} / {_num(level['held_ended'], '.0f')}",
+                f"{_num(level['held_instances'], '.0f')} / {_num(level['held_ended'], '.0f')}",
                 f"{level['sagas_per_s']:.1f}",
                 mark(_num(r["throughput"]), ok["throughput"]),
                 f"{b['fresh_round_trip_ms']['p50']:.1f} / {b['grown_round_trip_ms']['p50']:.1f}",
