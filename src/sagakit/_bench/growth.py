@@ -1,9 +1,10 @@
 """`sagakit bench-growth`: what history costs. One system runs waves of sagas on one
 broker; at each level of history (sagas run so far) the orchestrator is restarted and its
 restore time, its memory, what it holds and the saga throughput are measured, next to what
-the broker itself does at that size (raw aiokafka on fresh topics and on topics grown as
-deep as the app's, and a raw read of the whole journal: what a restore without snapshots
-would have to read).
+the broker itself does at that size (raw aiokafka on fresh topics; a raw fetch of the last
+record of the app's deepest partition against the same fetch on a fresh topic, which is
+how the embedded broker's cost grows with a partition's length; and a raw read of the
+whole journal: what a restore without snapshots would have to read).
 
 Every figure is compared with the zero-history level of the same run.
 """
@@ -27,8 +28,7 @@ from .._app import App
 from .._errors import SagaError
 from .._flows import app_of, percentiles
 from ..transport.kafka import KafkaSettings, KafkaTransport
-from .baseline import ProgressFn, consumer_for, measure_baseline, round_trips
-from .baseline import produce_rate as produce_into
+from .baseline import ProgressFn, consumer_for, measure_baseline, producer_for
 from .load import closed_loop
 from .measure import Plan, Target, broker_for, git_revision
 from .rig import KafkaRig, RigSetup, kafka_rig
@@ -128,8 +128,18 @@ async def fill(
     return round((len(rig.ended) - first) / seconds, 1) if seconds > 0 else 0.0
 
 
-async def partition_depths(settings: KafkaSettings, topics: dict[str, int]) -> dict[str, int]:
-    """Records in each topic (summed over partitions), from the fetch high-watermarks."""
+@dataclass(frozen=True, slots=True)
+class Depths:
+    """Records in each of the app's topics (summed over partitions), and its deepest
+    partition with the number of records in it."""
+
+    by_topic: dict[str, int]
+    deepest: TopicPartition | None
+    deepest_records: int
+
+
+async def partition_depths(settings: KafkaSettings, topics: dict[str, int]) -> Depths:
+    """How many records the app's topics hold, from the fetch high-watermarks."""
     consumer = consumer_for(settings)
     await consumer.start()
     try:
@@ -138,7 +148,8 @@ async def partition_depths(settings: KafkaSettings, topics: dict[str, int]) -> d
         depths = dict.fromkeys(topics, 0)
         for tp, mark in marks.items():
             depths[tp.topic] += mark
-        return depths
+        deepest = max(marks, key=lambda tp: marks[tp], default=None)
+        return Depths(depths, deepest, marks[deepest] if deepest is not None else 0)
     finally:
         with anyio.CancelScope(shield=True):
             await consumer.stop()
@@ -192,30 +203,79 @@ async def read_whole(settings: KafkaSettings, topic: str, partitions: int) -> di
             await consumer.stop()
 
 
-class Ballast:
-    """Two one-partition topics grown as deep as the app's deepest partition: the raw round
-    trip on them is the broker's own slowdown with topic size, apart from sagakit's."""
+async def tail_fetch_ms(
+    settings: KafkaSettings, tp: TopicPartition, end: int, count: int
+) -> dict[str, float]:
+    """Fetch the last record of `tp` (offset `end` - 1) `count` times, each in a request of
+    its own: what answering a fetch with data costs the broker on a partition that long.
+    (The embedded broker's cost grows with the partition's record batches, so every fetch
+    the live system makes on its deep partitions pays it.)"""
+    consumer = consumer_for(settings)
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        samples = []
+        for _ in range(count):
+            consumer.seek(tp, end - 1)
+            started = time.perf_counter()
+            with anyio.fail_after(60):
+                while not await consumer.getmany(tp, timeout_ms=100, max_records=1):
+                    pass
+            samples.append((time.perf_counter() - started) * 1000)
+        return percentiles(samples)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await consumer.stop()
 
-    def __init__(self, settings: KafkaSettings) -> None:
-        run = f"bench-ballast-{uuid.uuid4().hex[:8]}"
-        self.settings = settings
-        self.ping, self.pong = f"{run}.ping", f"{run}.pong"
-        self.depth = 0
 
-    async def create(self) -> None:
-        async with KafkaTransport(self.settings) as transport:
-            await transport.ensure_topics({self.ping: 1, self.pong: 1})
+async def fresh_partition(settings: KafkaSettings) -> TopicPartition:
+    """A new one-partition topic holding one record."""
+    tp = TopicPartition(f"bench-fresh-{uuid.uuid4().hex[:8]}", 0)
+    async with KafkaTransport(settings) as transport:
+        await transport.ensure_topics({tp.topic: 1})
+    producer = producer_for(settings)
+    await producer.start()
+    try:
+        await producer.send_and_wait(tp.topic, b"{}", partition=0)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await producer.stop()
+    return tp
 
-    async def grow_to(self, depth: int) -> None:
-        if depth > self.depth:
-            for topic in (self.ping, self.pong):
-                await produce_into(self.settings, topic, depth - self.depth)
-            self.depth = depth
 
-    async def round_trip_ms(self, count: int) -> dict[str, float]:
-        return percentiles(
-            await round_trips(self.settings, self.ping, self.pong, count, 20, from_end=True)
-        )
+async def broker_at_depth(
+    settings: KafkaSettings, depths: Depths, count: int
+) -> dict[str, dict[str, float] | str | int]:
+    """The fetch of a partition's last record on a fresh topic and on the app's deepest
+    partition (on a fresh topic again while the app's topics are still empty)."""
+    fresh = await tail_fetch_ms(settings, await fresh_partition(settings), 1, count)
+    tp, records = depths.deepest, depths.deepest_records
+    grown = (
+        fresh if tp is None or records == 0 else await tail_fetch_ms(settings, tp, records, count)
+    )
+    return {
+        "fresh_tail_fetch_ms": fresh,
+        "grown_tail_fetch_ms": grown,
+        "grown_partition": "" if tp is None else f"{tp.topic}[{tp.partition}]",
+        "grown_depth": records,
+    }
+
+
+def cpu_ms_per_saga(
+    used: dict[str, float], orchestrator: str, sagas: int
+) -> dict[str, float | None]:
+    """CPU milliseconds per saga ended in the window: the orchestrator's, the services'
+    (together), the broker's and the load driver's."""
+    services = [s for n, s in used.items() if n not in (orchestrator, "broker", "driver")]
+    parts = {
+        "orchestrator": used.get(orchestrator),
+        "services": sum(services) if services else None,
+        "broker": used.get("broker"),
+        "driver": used.get("driver"),
+    }
+    return {
+        k: None if v is None or not sagas else round(v * 1000 / sagas, 2) for k, v in parts.items()
+    }
 
 
 async def restart_orchestrator(
@@ -239,7 +299,6 @@ async def measure_level(
     app: App,
     namespace: str,
     plan: GrowthPlan,
-    ballast: Ballast,
     env: dict[str, str],
     level: int,
     progress: ProgressFn | None,
@@ -262,7 +321,6 @@ async def measure_level(
     say("broker figures")
     topics = app.topics(namespace)
     depths = await partition_depths(settings, topics)
-    deepest = max((d // n for t, d in depths.items() if (n := topics[t])), default=0)
     journal = namespace + app.sagas[0].journal_topic
     full_read = await read_whole(settings, journal, plan.partitions)
     fresh = await measure_baseline(
@@ -271,8 +329,7 @@ async def measure_level(
         messages=plan.baseline_messages,
         round_trip_count=plan.baseline_round_trips,
     )
-    await ballast.grow_to(deepest)
-    grown_rt = await ballast.round_trip_ms(plan.baseline_round_trips)
+    at_depth = await broker_at_depth(settings, depths, plan.baseline_round_trips)
 
     restores, stops = [], []
     for i in range(plan.restarts):
@@ -294,11 +351,12 @@ async def measure_level(
     completed = sum(
         1 for _, e in rig.rows() if e is not None and window.start_ms <= e < window.end_ms
     )
+    cpu = cpu_ms_per_saga(window.cpu_used(), name, completed)
     return {
         "history_sagas": level,
         # every saga placed before this level's restarts, measurement windows included
         "placed_sagas": placed,
-        "history_records": depths,
+        "history_records": depths.by_topic,
         "fill_sagas_per_s": fill_rate,
         "restore_s": min(restores),
         "restore_s_all": restores,
@@ -313,12 +371,12 @@ async def measure_level(
         ),
         "sagas_per_s": round(completed / window.seconds, 1) if window.seconds > 0 else 0.0,
         "unfinished": window.left_pending,
+        "cpu_ms_per_saga": cpu,
         "broker": {
             "fresh_round_trip_ms": fresh.round_trip_ms,
             "fresh_produce_msgs_per_s": fresh.produce_msgs_per_s,
             "fresh_consume_msgs_per_s": fresh.consume_msgs_per_s,
-            "grown_depth": deepest,
-            "grown_round_trip_ms": grown_rt,
+            **at_depth,
             "journal_full_read": full_read,
         },
     }
@@ -339,8 +397,8 @@ def compare(levels: list[dict[str, Any]]) -> None:
         ratios["broker_fresh_round_trip_p50"] = ratio(
             broker["fresh_round_trip_ms"]["p50"], base_broker["fresh_round_trip_ms"]["p50"]
         )
-        ratios["broker_grown_round_trip_p50"] = ratio(
-            broker["grown_round_trip_ms"]["p50"], base_broker["grown_round_trip_ms"]["p50"]
+        ratios["broker_grown_tail_fetch_p50"] = ratio(
+            broker["grown_tail_fetch_ms"]["p50"], base_broker["grown_tail_fetch_ms"]["p50"]
         )
         before, after = base["rss_mb_after_restore"], level["rss_mb_after_restore"]
         growth = None if before is None or after is None else round(after - before, 1)
@@ -372,10 +430,9 @@ async def run_growth(
         env=env,
     )
     started = time.time()
-    async with broker_for(Plan(bootstrap=plan.bootstrap)) as (settings, broker_pid):
-        ballast = Ballast(settings)
-        await ballast.create()
-        async with kafka_rig(
+    async with (
+        broker_for(Plan(bootstrap=plan.bootstrap)) as (settings, broker_pid),
+        kafka_rig(
             scenario,
             target.app_specs["orchestration"],
             setup,
@@ -383,15 +440,14 @@ async def run_growth(
             app_dir=target.app_dir,
             broker_pid=broker_pid,
             progress=progress,
-        ) as rig:
-            levels = []
-            for level in levels_wanted:
-                levels.append(
-                    await measure_level(
-                        rig, settings, app, namespace, plan, ballast, env, level, progress
-                    )
-                )
-                levels[-1]["broker"]["rss_mb"] = rss_mb(broker_pid)
+        ) as rig,
+    ):
+        levels = []
+        for level in levels_wanted:
+            levels.append(
+                await measure_level(rig, settings, app, namespace, plan, env, level, progress)
+            )
+            levels[-1]["broker"]["rss_mb"] = rss_mb(broker_pid)
     compare(levels)
     return {
         "config": {
