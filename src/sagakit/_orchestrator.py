@@ -506,6 +506,9 @@ class Orchestrator(Observed):
                 if (touched is None or inst.saga_id in touched)
                 and (notice := ended_notice(inst)) is not None
             ]
+            # what the dedupe window let go while the partition had no owner leaves memory
+            # now, not at the next snapshot (which an idle partition may never need)
+            evict(part.instances, part.ended, self._now_ms(), self._window_ms)
             if resend:
                 await self.transport.send(resend)
                 self.stats.commands_sent += len(resend)
@@ -751,6 +754,10 @@ class Orchestrator(Observed):
         return None
 
     # snapshots ----------------------------------------------------------------------------
+    @property
+    def _window_ms(self) -> int:
+        return round(self.history.dedupe_window_s * 1000)
+
     def _now_ms(self) -> int:
         return round(self.clock.time() * 1000)
 
@@ -758,7 +765,7 @@ class Orchestrator(Observed):
         """Let the sagas that ended leave memory, and snapshot the partition (between
         batches: the caller holds the loop's lock or is the batch)."""
         now_ms = self._now_ms()
-        evict(part.instances, part.ended, now_ms, round(self.history.dedupe_window_s * 1000))
+        evict(part.instances, part.ended, now_ms, self._window_ms)
         try:
             await write_snapshot(
                 self.event_log,

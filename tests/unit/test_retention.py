@@ -92,3 +92,33 @@ async def test_after_retention_deletes_what_a_snapshot_covers_nothing_live_is_lo
         assert done.status is SagaStatus.COMPLETED and done.state.approved_by == "bob"  # type: ignore[attr-defined]
         await env2.settle()
         assert [t.saga_id for t in env2.transitions] == ["waiting"]  # done-1 did not start again
+
+
+async def test_ended_sagas_past_the_window_are_not_brought_back_by_a_restore() -> None:
+    clock = VirtualClock()
+    broker = MemoryBroker(clock=clock.time)
+    async with SagaTestEnvironment(
+        [SAGA], partitions=1, broker=broker, clock=clock, history=HISTORY
+    ) as env:
+        for n in range(3):
+            await env.start(SAGA, f"done-{n}", RetTicket(n=n))
+            await env.client.signal(SAGA.name, f"done-{n}", RetApproved(by="ann"))
+        await env.settle()
+        await env.advance(30)  # the timed snapshot: it holds the three ended ids
+        (orchestrator,) = env.orchestrators.values()
+        assert orchestrator.status("done-0") is SagaStatus.COMPLETED
+    found = await read_checkpoints(KafkaEventLog(env.transport, SAGA.checkpoints_topic), 0)
+    assert found.latest is not None and found.latest.ended == 3
+
+    clock.set(clock.time() + HISTORY.dedupe_window_s + 1)  # no owner while the window passes
+    async with SagaTestEnvironment(
+        [SAGA], partitions=1, broker=broker, clock=clock, history=HISTORY
+    ) as env2:
+        (orchestrator,) = env2.orchestrators.values()
+        # the snapshot still lists them, the new owner does not hold them
+        assert [orchestrator.status(f"done-{n}") for n in range(3)] == [None] * 3
+        # and, as documented, a start with one of those ids begins a new saga
+        await env2.start(SAGA, "done-1", RetTicket(n=7))
+        await env2.settle()
+        assert [t.saga_id for t in env2.transitions] == ["done-1"]
+        assert env2.instance("done-1").state.n == 7  # type: ignore[union-attr]
