@@ -6,10 +6,12 @@ an owner would (with the claim-epoch fencing) but read-only.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field, fields
+from typing import TypeVar
 
+import anyio
 import orjson
 from pydantic import BaseModel
 
@@ -94,12 +96,47 @@ async def _as_of_snapshot(transport: Transport, topic: str, partition: int) -> R
     return replayer if replayer is not None and replayer.snapshot is not None else None
 
 
+#: Partitions read at once (each read is a consumer of its own: its start-up dominates).
+READ_CONCURRENCY = 8
+T = TypeVar("T")
+
+
+async def each_partition(partitions: int, read: Callable[[int], Awaitable[T]]) -> list[T]:
+    """`read(p)` for every partition, `READ_CONCURRENCY` at a time, results in partition
+    order; the first error is raised as itself (the other reads are cancelled)."""
+    results: dict[int, T] = {}
+    errors: list[Exception] = []
+    limiter = anyio.CapacityLimiter(READ_CONCURRENCY)
+
+    async def one(p: int, scope: anyio.CancelScope) -> None:
+        try:
+            async with limiter:
+                results[p] = await read(p)
+        except Exception as exc:
+            errors.append(exc)
+            scope.cancel()
+
+    async with anyio.create_task_group() as tg:
+        for p in range(partitions):
+            tg.start_soon(one, p, tg.cancel_scope)
+    if errors:
+        raise errors[0]
+    return [results[p] for p in range(partitions)]
+
+
+@dataclass
+class _PartitionView:
+    replayer: Replayer
+    first: int | None
+    snapshot: Replayer | None
+
+
 async def read_journal(transport: Transport, topic: str, partitions: int) -> JournalView:
     """Every saga the journal still holds; where retention deleted a partition's oldest
     records, the live sagas and the ended ids of its latest snapshot fill the gap."""
-    view = JournalView(topic)
     log = KafkaEventLog(transport, topic)
-    for p in range(partitions):
+
+    async def read_partition(p: int) -> _PartitionView:
         replayer = Replayer(_decode)
         first: int | None = None
         async with aclosing(log.read(p)) as batches:
@@ -107,10 +144,16 @@ async def read_journal(transport: Transport, topic: str, partitions: int) -> Jou
                 if first is None and batch:
                     first = batch[0].offset
                 replayer.feed(batch)
-        anomalies = replayer.anomalies
-        if first:  # records before `first` were deleted
-            view.trimmed[p] = first
-            snap = await _as_of_snapshot(transport, topic, p)
+        # records before `first` were deleted: the snapshot fills the gap
+        snap = await _as_of_snapshot(transport, topic, p) if first else None
+        return _PartitionView(replayer, first, snap)
+
+    view = JournalView(topic)
+    for p, part in enumerate(await each_partition(partitions, read_partition)):
+        replayer, anomalies = part.replayer, part.replayer.anomalies
+        if part.first:
+            view.trimmed[p] = part.first
+            snap = part.snapshot
             if snap is not None:
                 replayer.instances.update(snap.instances)  # whole, where the gap cut them
                 view.ended.update(
@@ -276,12 +319,15 @@ async def read_topic(transport: Transport, topic: str) -> list[Record]:
     existing = await transport.existing_topics()
     if topic not in existing:
         raise TransportError(f"topic {topic!r} does not exist")
-    records: list[Record] = []
-    for p in range(existing[topic]):
+
+    async def read_partition(p: int) -> list[Record]:
+        records: list[Record] = []
         async with aclosing(transport.read(topic, p)) as batches:
             async for batch in batches:
                 records.extend(batch)
-    return records
+        return records
+
+    return [r for part in await each_partition(existing[topic], read_partition) for r in part]
 
 
 def header(record: Record, name: str) -> str | None:

@@ -9,6 +9,8 @@ import anyio
 
 from sagakit import KafkaEventLog, KafkaTransport, SagaStatus
 from sagakit._chaos import dead_letters, journal_instances
+from sagakit._dlq import DeadLetter
+from sagakit._inspect import read_topic
 from sagakit._journal import Replayer, decode_instance, decode_transition
 from sagakit._processes import ProcessSystem
 from sagakit._snapshots import replay_from_latest_snapshot
@@ -79,6 +81,17 @@ def duplicated_effects(system: SampleSystem) -> int:
     return sum(1 for per_order in counts for n in per_order.values() if n > 1)
 
 
+async def dead_letter_reasons(transport: KafkaTransport, namespace: str) -> list[str]:
+    """What each dead letter of the namespace says, for a failing test's message."""
+    reasons = []
+    for topic in await transport.existing_topics():
+        if topic.startswith(namespace) and topic.endswith(".dlq"):
+            for r in await read_topic(transport, topic):
+                d = DeadLetter.of(r)
+                reasons.append(f"{topic}@{r.offset}: {d.error_type}: {d.error_message}")
+    return reasons
+
+
 async def assert_invariants(
     transport: KafkaTransport, system: SampleSystem, namespace: str, orders: int
 ) -> None:
@@ -90,7 +103,7 @@ async def assert_invariants(
     assert check_consistency(system) == []
     assert duplicated_effects(system) == 0
     dlq, reasonless = await dead_letters(transport, namespace)
-    assert dlq == {} and reasonless == []
+    assert dlq == {} and reasonless == [], await dead_letter_reasons(transport, namespace)
     if system.orders.style == "choreography":
         return
     expected = {"APPROVED": SagaStatus.COMPLETED, "REJECTED": SagaStatus.COMPENSATED}
