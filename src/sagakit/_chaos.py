@@ -149,6 +149,7 @@ async def run_chaos(
     *,
     count: int = 200,
     kill_every_s: float = 5.0,
+    max_kills: int | None = None,
     seed: int = 7,
     bootstrap: str | None = None,
     timeout_s: float = 300.0,
@@ -159,7 +160,8 @@ async def run_chaos(
     work_dir: Path | None = None,
 ) -> ChaosResult:
     """Run the scenario's app as processes (`app_spec` is how they import it), kill one
-    every `kill_every_s`, then check the journal, the DLQs and the business state."""
+    every `kill_every_s` (`max_kills` at most, then let it settle), then check the journal,
+    the DLQs and the business state."""
     if bootstrap is None:
         async with EmbeddedBroker() as broker:
             return await run_chaos(
@@ -167,6 +169,7 @@ async def run_chaos(
                 app_spec,
                 count=count,
                 kill_every_s=kill_every_s,
+                max_kills=max_kills,
                 seed=seed,
                 bootstrap=broker.bootstrap_servers,
                 timeout_s=timeout_s,
@@ -211,7 +214,7 @@ async def run_chaos(
                 ended = _Ending(scenario, world, starts)
 
                 async def chaos_monkey() -> None:
-                    while True:
+                    while max_kills is None or sum(killed.values()) < max_kills:
                         await anyio.sleep(kill_every_s)
                         for name in processes.crashed():  # as a supervisor would
                             await processes.start(name, wait_ready=None)

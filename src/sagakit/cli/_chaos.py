@@ -21,6 +21,10 @@ def chaos(
     kill_every: Annotated[
         float, typer.Option(min=0.5, help="Seconds between two SIGKILLs of a random process.")
     ] = 5.0,
+    max_kills: Annotated[
+        int | None,
+        typer.Option(min=0, help="Stop killing after this many SIGKILLs (default: until the end)."),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the start requests and of the victims.")] = 7,
     option: Options = None,
     orchestrators: Annotated[
@@ -33,7 +37,8 @@ def chaos(
     app_dir: AppDir = None,
 ) -> None:
     """Run the scenario's app as processes (orchestrators and every service), SIGKILL one
-    at random every KILL_EVERY seconds and restart it, then check the invariants.
+    at random every KILL_EVERY seconds and restart it (MAX_KILLS times at most), then
+    check the invariants.
 
     Exit status 0 only if every saga ended, the journal shows them settled with no
     consumer lag left, the journal has no gap, every dead letter has a reason, and the
@@ -61,6 +66,7 @@ def chaos(
                 app_spec,
                 count=count,
                 kill_every_s=kill_every,
+                max_kills=max_kills,
                 seed=seed,
                 bootstrap=bootstrap,
                 timeout_s=timeout,
