@@ -44,7 +44,7 @@ from ._metrics import Metrics
 from ._observed import Observed
 from ._readers import watch_readers
 from ._runtime import ConsumeLoop, LoopSettings, first_offsets
-from ._snapshots import History, evict, restore_partition, write_snapshot
+from ._snapshots import History, evict, forget_expired, restore_partition, write_snapshot
 from ._timers import TimerSchedule
 from .eventlog._base import EventLog
 from .eventlog.kafka import KafkaEventLog
@@ -507,8 +507,10 @@ class Orchestrator(Observed):
                 and (notice := ended_notice(inst)) is not None
             ]
             # what the dedupe window let go while the partition had no owner leaves memory
-            # now, not at the next snapshot (which an idle partition may never need)
-            evict(part.instances, part.ended, self._now_ms(), self._window_ms)
+            # now, not at the next snapshot (which an idle partition may never need); what
+            # ended inside the window stays as the journal has it (a repeat of a message
+            # it took, re-delivered after a crash, is still recognised as one)
+            forget_expired(part.instances, part.ended, self._now_ms(), self._window_ms)
             if resend:
                 await self.transport.send(resend)
                 self.stats.commands_sent += len(resend)

@@ -114,7 +114,19 @@ def evict(
         if instance.parent is None:
             ended[saga_id] = EndedSaga.of(instance)
             del instances[saga_id]
-        elif now_ms - instance.updated_ms > window_ms:
+    forget_expired(instances, ended, now_ms, window_ms)
+
+
+def forget_expired(
+    instances: dict[str, SagaInstance],
+    ended: dict[str, EndedSaga],
+    now_ms: int,
+    window_ms: int,
+) -> None:
+    """Forget (in place) the sagas that ended more than `window_ms` ago, whole or by id;
+    those inside the window stay as they are."""
+    for saga_id, instance in list(instances.items()):
+        if instance.status.terminal and now_ms - instance.updated_ms > window_ms:
             del instances[saga_id]
     for saga_id, e in list(ended.items()):
         if now_ms - e.ended_ms > window_ms:
