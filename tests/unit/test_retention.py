@@ -44,12 +44,15 @@ JOURNAL = "rtest-ticket.journal"
 HISTORY = History(snapshot_every=4, snapshot_interval_s=10, dedupe_window_s=600)
 
 
+def environment(broker: MemoryBroker, clock: VirtualClock) -> SagaTestEnvironment:
+    """One orchestrator of SAGA on one partition of `broker` (a new one restores it)."""
+    return SagaTestEnvironment([SAGA], partitions=1, broker=broker, clock=clock, history=HISTORY)
+
+
 async def test_after_retention_deletes_what_a_snapshot_covers_nothing_live_is_lost() -> None:
     clock = VirtualClock()
     broker = MemoryBroker(clock=clock.time)
-    async with SagaTestEnvironment(
-        [SAGA], partitions=1, broker=broker, clock=clock, history=HISTORY
-    ) as env:
+    async with environment(broker, clock) as env:
         for n in range(4):
             await env.start(SAGA, f"done-{n}", RetTicket(n=n))
             await env.client.signal(SAGA.name, f"done-{n}", RetApproved(by="ann"))
@@ -83,9 +86,7 @@ async def test_after_retention_deletes_what_a_snapshot_covers_nothing_live_is_lo
 
     # a new orchestrator restores from the snapshot: the live saga goes on, a start
     # re-sent inside the dedupe window is still recognised
-    async with SagaTestEnvironment(
-        [SAGA], partitions=1, broker=broker, clock=clock, history=HISTORY
-    ) as env2:
+    async with environment(broker, clock) as env2:
         await env2.start(SAGA, "done-1", RetTicket(n=1))
         await env2.client.signal(SAGA.name, "waiting", RetApproved(by="bob"))
         done = await env2.wait_until_ended("waiting")
@@ -97,9 +98,7 @@ async def test_after_retention_deletes_what_a_snapshot_covers_nothing_live_is_lo
 async def test_ended_sagas_past_the_window_are_not_brought_back_by_a_restore() -> None:
     clock = VirtualClock()
     broker = MemoryBroker(clock=clock.time)
-    async with SagaTestEnvironment(
-        [SAGA], partitions=1, broker=broker, clock=clock, history=HISTORY
-    ) as env:
+    async with environment(broker, clock) as env:
         for n in range(3):
             await env.start(SAGA, f"done-{n}", RetTicket(n=n))
             await env.client.signal(SAGA.name, f"done-{n}", RetApproved(by="ann"))
@@ -111,9 +110,7 @@ async def test_ended_sagas_past_the_window_are_not_brought_back_by_a_restore() -
     assert found.latest is not None and found.latest.ended == 3
 
     clock.set(clock.time() + HISTORY.dedupe_window_s + 1)  # no owner while the window passes
-    async with SagaTestEnvironment(
-        [SAGA], partitions=1, broker=broker, clock=clock, history=HISTORY
-    ) as env2:
+    async with environment(broker, clock) as env2:
         (orchestrator,) = env2.orchestrators.values()
         # the snapshot still lists them, the new owner does not hold them
         assert [orchestrator.status(f"done-{n}") for n in range(3)] == [None] * 3
