@@ -49,7 +49,7 @@ class GrowthPlan:
 
     history: tuple[int, ...] = (0, 20_000, 100_000)
     concurrency: int = 64
-    fill_concurrency: int = 64
+    fill_concurrency: int = 256
     duration_s: float = 10.0
     warmup_s: float = 2.0
     restarts: int = 3

@@ -42,8 +42,13 @@ def bench_growth(
         int, typer.Option(min=1, help="Sagas in flight while throughput is measured.")
     ] = 64,
     fill_concurrency: Annotated[
-        int, typer.Option(min=1, help="Sagas in flight while the history is made.")
-    ] = 64,
+        int,
+        typer.Option(
+            min=1,
+            help="Sagas in flight while the history is made (more in flight, fewer fetches "
+            "per saga: the fill is faster on a broker whose fetches cost more as it grows).",
+        ),
+    ] = 256,
     duration: Annotated[
         float, typer.Option(min=0.5, help="Seconds of throughput measured per level.")
     ] = 10.0,
