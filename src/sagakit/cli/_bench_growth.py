@@ -192,11 +192,15 @@ def rows(report: dict[str, Any]) -> list[list[str]]:
 
 
 def table(report: dict[str, Any]) -> Table:
+    """A column per level and a row per figure: a terminal fits a few levels, not twelve
+    figures side by side (the markdown table has a row per level)."""
+    levels = rows(report)
     t = Table(title="History growth", caption=LEGEND)
-    for column in COLUMNS:
-        t.add_column(column, justify="right")
-    for row in rows(report):
-        t.add_row(*row)
+    t.add_column(COLUMNS[0])
+    for level in levels:
+        t.add_column(level[0], justify="right")
+    for i, figure in enumerate(COLUMNS[1:], start=1):
+        t.add_row(figure, *(level[i] for level in levels))
     return t
 
 
