@@ -49,13 +49,18 @@ def environment(broker: MemoryBroker, clock: VirtualClock) -> SagaTestEnvironmen
     return SagaTestEnvironment([SAGA], partitions=1, broker=broker, clock=clock, history=HISTORY)
 
 
+async def approved(env: SagaTestEnvironment, count: int) -> None:
+    """Start `count` tickets, done-0 onwards, and approve each: they complete."""
+    for n in range(count):
+        await env.start(SAGA, f"done-{n}", RetTicket(n=n))
+        await env.client.signal(SAGA.name, f"done-{n}", RetApproved(by="ann"))
+
+
 async def test_after_retention_deletes_what_a_snapshot_covers_nothing_live_is_lost() -> None:
     clock = VirtualClock()
     broker = MemoryBroker(clock=clock.time)
     async with environment(broker, clock) as env:
-        for n in range(4):
-            await env.start(SAGA, f"done-{n}", RetTicket(n=n))
-            await env.client.signal(SAGA.name, f"done-{n}", RetApproved(by="ann"))
+        await approved(env, 4)
         await env.start(SAGA, "waiting", RetTicket(n=9))
         await env.settle()
         assert env.instance("done-0").status is SagaStatus.COMPLETED  # type: ignore[union-attr]
@@ -99,9 +104,7 @@ async def test_ended_sagas_past_the_window_are_not_brought_back_by_a_restore() -
     clock = VirtualClock()
     broker = MemoryBroker(clock=clock.time)
     async with environment(broker, clock) as env:
-        for n in range(3):
-            await env.start(SAGA, f"done-{n}", RetTicket(n=n))
-            await env.client.signal(SAGA.name, f"done-{n}", RetApproved(by="ann"))
+        await approved(env, 3)
         await env.settle()
         await env.advance(30)  # the timed snapshot: it holds the three ended ids
         (orchestrator,) = env.orchestrators.values()

@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 
 import anyio
 
+from .baseline import ProgressFn
 from .rig import Rig
-
-ProgressFn = Callable[[str, float, float], None]
 
 #: How often the drivers look at the orders database (and, open loop, place a batch).
 TICK_S = 0.002

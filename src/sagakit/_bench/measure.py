@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,7 +21,7 @@ from ..scenario import Style
 from ..transport._base import Transport
 from ..transport.kafka import KafkaSettings
 from ..transport.memory import MemoryTransport
-from .baseline import Baseline, measure_baseline
+from .baseline import Baseline, ProgressFn, measure_baseline
 from .cpu import children_named
 from .hops import hop_latencies
 from .load import Window, closed_loop, open_loop
@@ -30,7 +30,6 @@ from .rig import Rig, RigSetup, kafka_rig, memory_rig
 if TYPE_CHECKING:
     from ..scenario import Scenario
 
-ProgressFn = Callable[[str, float, float], None]
 
 #: The latency the design asks for at 70 % of peak load (p99, ms).
 P99_TARGET_MS = 75.0

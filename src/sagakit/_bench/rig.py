@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +31,8 @@ from ..tracing import Tracing
 from ..transport._base import Record, Transport
 from ..transport.kafka import KafkaSettings, KafkaTransport
 from ..transport.memory import MemoryTransport
+from .baseline import ProgressFn
 from .cpu import cpu_seconds, own_cpu_seconds
-
-ProgressFn = Callable[[str, float, float], None]
 
 _SETTLED = (b'"status":"COMPLETED"', b'"status":"COMPENSATED"', b'"status":"RESOLVED"')
 

@@ -21,11 +21,9 @@ import anyio.to_thread
 import orjson
 
 from ..scenario import Style
-from .baseline import Baseline, measure_baseline
+from .baseline import Baseline, ProgressFn, measure_baseline
 from .measure import Measurement, Mode, Plan, Target, broker_for, git_revision, measure
 from .sweep import CONCURRENCY_STEPS, FRACTIONS, closed_series, open_series
-
-ProgressFn = Callable[[str, float, float], None]
 
 
 @dataclass(frozen=True, slots=True)
