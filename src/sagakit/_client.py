@@ -113,9 +113,11 @@ class SagaClient:
         message_id: str | None = None,
         *,
         parent: str | None = None,
+        actor: str | None = None,
+        note: str | None = None,
     ) -> OutgoingRecord:
         """A person's request (resume, resolve, signal, cancel) for one saga, on that saga's
-        inbox partition."""
+        inbox partition; `actor` (who asks) and `note` (why) go into the saga's journal."""
         message_id = message_id or f"{saga_id}:operator:{uuid.uuid4().hex}"
         envelope = Envelope(
             message_id=message_id,
@@ -124,20 +126,29 @@ class SagaClient:
             correlation_id=saga_id,
             causation_id=message_id,
             saga_type=saga_type,
+            operator=actor or None,
+            operator_note=note or None,
         )
         topic = f"{self.namespace}{saga_type}.inbox"
         if self.tracing.enabled and parent is not None:  # part of that trace (the saga's)
             envelope = self.tracing.stamp(envelope, topic, parent=parent)
         return encode_record(topic, envelope, request, codec=self.codec)
 
-    async def resume(self, saga_type: str, saga_id: str, note: str = "") -> None:
-        """Ask a FAILED_NEEDS_ATTENTION saga to retry from where it stopped."""
-        await self.transport.send([self.operator_record(saga_type, saga_id, ResumeSaga(note=note))])
+    async def resume(
+        self, saga_type: str, saga_id: str, note: str = "", *, actor: str | None = None
+    ) -> None:
+        """Ask a FAILED_NEEDS_ATTENTION saga to retry from where it stopped (`actor`: who
+        asks, recorded in its journal with the `note`)."""
+        await self.transport.send(
+            [self.operator_record(saga_type, saga_id, ResumeSaga(note=note), actor=actor)]
+        )
 
-    async def resolve(self, saga_type: str, saga_id: str, note: str) -> None:
+    async def resolve(
+        self, saga_type: str, saga_id: str, note: str, *, actor: str | None = None
+    ) -> None:
         """Mark a FAILED_NEEDS_ATTENTION saga resolved by hand (it ends as RESOLVED)."""
         await self.transport.send(
-            [self.operator_record(saga_type, saga_id, ResolveSaga(note=note))]
+            [self.operator_record(saga_type, saga_id, ResolveSaga(note=note), actor=actor)]
         )
 
     async def signal(
@@ -148,17 +159,28 @@ class SagaClient:
         *,
         message_id: str | None = None,
         parent: str | None = None,
+        actor: str | None = None,
+        note: str | None = None,
     ) -> None:
         """Send a saga the message one of its waits (`WaitFor`) takes, e.g. a manager's
         ``Approved``. A saga that has not reached the wait yet keeps it; one that has
         ended, or is past that wait, dead-letters it with the reason. Give a `message_id`
-        (the webhook's delivery id, say) to make a signal sent twice count once."""
-        await self.transport.send([self.operator_record(saga_type, saga_id, message, message_id)])
+        (the webhook's delivery id, say) to make a signal sent twice count once; `actor`
+        and `note` (who and why) are recorded in the saga's journal."""
+        await self.transport.send(
+            [
+                self.operator_record(
+                    saga_type, saga_id, message, message_id, parent=parent, actor=actor, note=note
+                )
+            ]
+        )
 
-    async def cancel(self, saga_type: str, saga_id: str, reason: str) -> None:
+    async def cancel(
+        self, saga_type: str, saga_id: str, reason: str, *, actor: str | None = None
+    ) -> None:
         """Ask a running saga to stop: before its pivot it compensates what it did and
         ends COMPENSATED with ``cancelled: <reason>``; after the pivot (or once it has
         ended) the request is refused and dead-lettered with why."""
         await self.transport.send(
-            [self.operator_record(saga_type, saga_id, CancelSaga(reason=reason))]
+            [self.operator_record(saga_type, saga_id, CancelSaga(reason=reason), actor=actor)]
         )

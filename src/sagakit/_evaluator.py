@@ -192,6 +192,9 @@ class Transition(_Outstanding):
     #: for a child saga: where its end is reported (reply topic, parent saga id, the id
     #: of the parent's command it answers); on the records that set or change it
     parent: tuple[str, str, str] | None = None
+    #: who asked for it, on a transition an operator request caused (its `operator`
+    #: header: whoever could produce to the saga's inbox says who they are)
+    actor: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -717,9 +720,11 @@ def _signal(
     if any(message_id == env.message_id for _t, message_id, _p in instance.signals):
         return Decision(instance=instance, ignored=f"duplicate signal {env.message_id}")
     draft = _Draft.from_instance(definition, instance, incoming)
+    draft.actor = env.operator
     message = incoming.message
     if wait.name in draft.waits:  # the saga is there: the signal decides the wait
         draft.take_signal(wait, message)
+        draft.note = env.operator_note
         return draft.progress("signalled", wait.name)
     payload = message.__pydantic_serializer__.to_json(message).decode()
     draft.signals.append((env.message_type, env.message_id, payload))
@@ -757,6 +762,7 @@ def _cancel(
     reason = f"cancelled: {request.reason}" if request.reason else "cancelled"
     draft.abort(reason)
     draft.note = reason
+    draft.actor = incoming.envelope.operator
     return draft.progress("cancelled", None)
 
 
@@ -775,6 +781,7 @@ def _operator(
         )
     draft = _Draft.from_instance(definition, instance, incoming)
     draft.note = request.note or None
+    draft.actor = incoming.envelope.operator
     if isinstance(request, ResolveSaga):
         draft.waiting = []
         return draft.finish("resolved", None, SagaStatus.RESOLVED)
@@ -819,6 +826,7 @@ class _Draft:
     choices: dict[str, str] = field(default_factory=dict)
     deadline_ms: int | None = None
     note: str | None = None
+    actor: str | None = None
     start_digest: str | None = None
     shape: str | None = None
     parent: tuple[str, str, str] | None = None
@@ -1227,6 +1235,7 @@ class _Draft:
             waiting=tuple(self.waiting),
             deadline_ms=self.deadline_ms,
             note=self.note,
+            actor=self.actor,
             start_digest=self.start_digest,
             shape=self.shape,
             choices=tuple(sorted(self.choices.items())),

@@ -110,6 +110,7 @@ def encode_transition(t: Transition) -> bytes:
             "event": t.event,
             "step": t.step,
             "note": t.note,
+            **({"actor": t.actor} if t.actor is not None else {}),
         },
         default=_default,
     )
@@ -244,6 +245,7 @@ def decode_transition(data: bytes, saga: Saga[Any] | Mapping[int, Saga[Any]] | N
             event=d["event"],
             step=d["step"],
             note=d.get("note"),
+            actor=d.get("actor"),
         )
     except DecodeError:
         raise

@@ -229,6 +229,9 @@ class Header:
     REPLY_TO = "reply-to"
     TRACEPARENT = "traceparent"
     TRACESTATE = "tracestate"
+    #: who asked for an operator request (resume, resolve, signal, cancel), and why
+    OPERATOR = "operator"
+    OPERATOR_NOTE = "operator-note"
 
 
 _OPTIONAL = {
@@ -237,7 +240,12 @@ _OPTIONAL = {
     "reply_to": Header.REPLY_TO,
     "traceparent": Header.TRACEPARENT,
     "tracestate": Header.TRACESTATE,
+    "operator": Header.OPERATOR,
+    "operator_note": Header.OPERATOR_NOTE,
 }
+#: The longest `operator` and `operator-note` a record may carry (longer: a DecodeError).
+MAX_OPERATOR_CHARS = 200
+MAX_OPERATOR_NOTE_CHARS = 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +262,9 @@ class Envelope:
     reply_to: str | None = None
     traceparent: str | None = None
     tracestate: str | None = None
+    #: who asked (an operator request): recorded in the journal as the transition's actor
+    operator: str | None = None
+    operator_note: str | None = None
     extra: tuple[tuple[str, bytes], ...] = field(default=())
 
     def to_headers(self) -> list[tuple[str, bytes]]:
@@ -274,6 +285,10 @@ class Envelope:
             headers.append(("traceparent", self.traceparent.encode()))
         if self.tracestate is not None:
             headers.append(("tracestate", self.tracestate.encode()))
+        if self.operator is not None:
+            headers.append((Header.OPERATOR, self.operator.encode()))
+        if self.operator_note is not None:
+            headers.append((Header.OPERATOR_NOTE, self.operator_note.encode()))
         if self.extra:
             headers.extend(self.extra)
         return headers
@@ -305,6 +320,12 @@ class Envelope:
         missing = [h for h in _REQUIRED if not found.get(h)]
         if missing:
             raise DecodeError(f"record lacks required header(s) {', '.join(missing)}")
+        for name, most in (
+            (Header.OPERATOR, MAX_OPERATOR_CHARS),
+            (Header.OPERATOR_NOTE, MAX_OPERATOR_NOTE_CHARS),
+        ):
+            if len(found.get(name, "")) > most:
+                raise DecodeError(f"record header {name!r} is longer than {most} characters")
         return cls(
             message_id=found[Header.MESSAGE_ID],
             message_type=found[Header.MESSAGE_TYPE],
@@ -316,6 +337,8 @@ class Envelope:
             reply_to=found.get(Header.REPLY_TO),
             traceparent=found.get(Header.TRACEPARENT),
             tracestate=found.get(Header.TRACESTATE),
+            operator=found.get(Header.OPERATOR) or None,
+            operator_note=found.get(Header.OPERATOR_NOTE) or None,
             extra=tuple(extra),
         )
 

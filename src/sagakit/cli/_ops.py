@@ -223,6 +223,7 @@ def transition_json(t: Transition) -> dict[str, Any]:
         "waits": [name for name, _due in t.waits],
         "failure": t.failure,
         "note": t.note,
+        "by": t.actor,
     }
 
 
@@ -264,7 +265,9 @@ def _print_history(
             [
                 str(t.seq),
                 _when(t.at_ms),
-                t.event + (f" — {t.note}" if t.note else ""),
+                t.event
+                + (f" by {t.actor}" if t.actor else "")
+                + (f" — {t.note}" if t.note else ""),
                 t.step or "",
                 t.status.value,
                 t.cause_type,
@@ -402,6 +405,28 @@ def _operator(
 
 Note = Annotated[str, typer.Option(help="Why, for the journal.")]
 Wait = Annotated[float, typer.Option(help="Seconds to wait for the orchestrator.")]
+Actor = Annotated[
+    str | None,
+    typer.Option(
+        "--as",
+        envvar="SAGAKIT_OPERATOR",
+        help="Who is asking, recorded in the saga's journal (default: user@host).",
+    ),
+]
+
+
+def _actor(given: str | None) -> str:
+    """Who runs an operator command: `--as` (or SAGAKIT_OPERATOR), else user@host."""
+    if given:
+        return given
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
 
 
 @sagas_app.command("resume")
@@ -410,6 +435,7 @@ def sagas_resume(
     bootstrap: Bootstrap,
     app_spec: AppSpec = None,
     note: Note = "",
+    actor: Actor = None,
     saga_type: SagaType = None,
     namespace: Namespace = None,
     wait: Wait = 15.0,
@@ -418,6 +444,7 @@ def sagas_resume(
 ) -> None:
     """Retry a FAILED_NEEDS_ATTENTION saga from where it stopped (recorded in the journal)."""
     app = maybe_app(app_spec, app_dir)
+    who = _actor(actor)
     _operator(
         saga_id,
         bootstrap,
@@ -425,7 +452,7 @@ def sagas_resume(
         namespace_of(app, namespace),
         saga_type,
         wait,
-        lambda client, kind: client.resume(kind, saga_id, note),
+        lambda client, kind: client.resume(kind, saga_id, note, actor=who),
         ("resumed",),
         json_output,
         _parked_only(saga_id),
@@ -438,6 +465,7 @@ def sagas_resolve(
     bootstrap: Bootstrap,
     note: Annotated[str, typer.Option(help="What was fixed by hand, for the journal.")],
     app_spec: AppSpec = None,
+    actor: Actor = None,
     saga_type: SagaType = None,
     namespace: Namespace = None,
     wait: Wait = 15.0,
@@ -446,6 +474,7 @@ def sagas_resolve(
 ) -> None:
     """Mark a FAILED_NEEDS_ATTENTION saga fixed by hand; it ends as RESOLVED."""
     app = maybe_app(app_spec, app_dir)
+    who = _actor(actor)
     _operator(
         saga_id,
         bootstrap,
@@ -453,7 +482,7 @@ def sagas_resolve(
         namespace_of(app, namespace),
         saga_type,
         wait,
-        lambda client, kind: client.resolve(kind, saga_id, note),
+        lambda client, kind: client.resolve(kind, saga_id, note, actor=who),
         ("resolved",),
         json_output,
         _parked_only(saga_id),
@@ -501,6 +530,8 @@ def sagas_signal(
     bootstrap: Bootstrap,
     app_spec: AppSpec = None,
     data: Annotated[str, typer.Option(help="The signal's fields as a JSON object.")] = "{}",
+    note: Note = "",
+    actor: Actor = None,
     saga_type: SagaType = None,
     namespace: Namespace = None,
     wait: Wait = 15.0,
@@ -510,6 +541,7 @@ def sagas_signal(
     """Send a saga the message one of its waits (WaitFor) is waiting for: a person's
     approval, say. Kept by the saga if it has not reached that wait yet."""
     app = maybe_app(app_spec, app_dir)
+    who = _actor(actor)
     model = registered(message_type)
     if model is None:
         raise typer.BadParameter(
@@ -529,7 +561,7 @@ def sagas_signal(
         namespace_of(app, namespace),
         saga_type,
         wait,
-        lambda client, kind: client.signal(kind, saga_id, message),
+        lambda client, kind: client.signal(kind, saga_id, message, actor=who, note=note),
         ("signalled", "signal-kept"),
         json_output,
         _refusal(app, saga_type, message, saga_id),
@@ -542,6 +574,7 @@ def sagas_cancel(
     bootstrap: Bootstrap,
     reason: Annotated[str, typer.Option(help="Why, for the journal and the saga's failure.")],
     app_spec: AppSpec = None,
+    actor: Actor = None,
     saga_type: SagaType = None,
     namespace: Namespace = None,
     wait: Wait = 15.0,
@@ -551,6 +584,7 @@ def sagas_cancel(
     """Stop a running saga: before its pivot it compensates and ends COMPENSATED with the
     reason; after the pivot it is refused (with --app the refusal is said here)."""
     app = maybe_app(app_spec, app_dir)
+    who = _actor(actor)
     _operator(
         saga_id,
         bootstrap,
@@ -558,7 +592,7 @@ def sagas_cancel(
         namespace_of(app, namespace),
         saga_type,
         wait,
-        lambda client, kind: client.cancel(kind, saga_id, reason),
+        lambda client, kind: client.cancel(kind, saga_id, reason, actor=who),
         ("cancelled",),
         json_output,
         _refusal(app, saga_type, CancelSaga(reason=reason), saga_id),
