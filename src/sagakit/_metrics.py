@@ -20,6 +20,24 @@ if TYPE_CHECKING:
     from ._definition import Saga
 
 RESTORE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+#: a saga's run, start to end: from a fast saga's fraction of a second to a day of waiting
+SAGA_BUCKETS = (
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+    14400.0,
+    86400.0,
+)
 STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -57,6 +75,27 @@ class Metrics(Interceptor):
             "sagakit_sagas_in_flight",
             "Sagas neither ended nor parked, in the partitions this instance owns.",
             labels,
+            registry=r,
+        )
+        self.needing_attention = Gauge(
+            "sagakit_sagas_needing_attention",
+            "Sagas parked as FAILED_NEEDS_ATTENTION now (waiting for a person to resume or "
+            "resolve them), in the partitions this instance owns.",
+            labels,
+            registry=r,
+        )
+        self.oldest_running = Gauge(
+            "sagakit_saga_oldest_running_seconds",
+            "Age of the oldest saga neither ended nor parked, in the partitions this instance "
+            "owns (0: none).",
+            labels,
+            registry=r,
+        )
+        self.saga_seconds = Histogram(
+            "sagakit_saga_duration_seconds",
+            "From a saga's start to its end, by how it ended.",
+            [*labels, "status"],
+            buckets=SAGA_BUCKETS,
             registry=r,
         )
         self.held = Gauge(
@@ -186,6 +225,10 @@ class Metrics(Interceptor):
                 self._child(self.step_seconds, (*labels, pending.step, phase, outcome)).observe(
                     max(0, t.at_ms - previous.updated_ms) / 1000
                 )
+        if t.status.terminal and (previous is None or not previous.status.terminal):
+            self._child(self.saga_seconds, (*labels, t.status.value)).observe(
+                max(0, t.at_ms - t.started_ms) / 1000
+            )
         if previous is None or previous.status is not t.status:
             counter = {
                 SagaStatus.COMPLETED: self.completed,

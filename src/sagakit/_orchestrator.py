@@ -274,6 +274,14 @@ class Orchestrator(Observed):
         self.metrics.in_flight.labels(saga.name, str(saga.version)).set_function(
             lambda: sum(1 for i in self.instances() if not i.status.settled)
         )
+        self.metrics.needing_attention.labels(saga.name, str(saga.version)).set_function(
+            lambda: sum(
+                1 for i in self.instances() if i.status is SagaStatus.FAILED_NEEDS_ATTENTION
+            )
+        )
+        self.metrics.oldest_running.labels(saga.name, str(saga.version)).set_function(
+            self._oldest_running_s
+        )
         held = self.metrics.held
         held.labels(saga.name, str(saga.version), "instances").set_function(
             lambda: sum(len(p.instances) for p in self._owned.values())
@@ -283,6 +291,10 @@ class Orchestrator(Observed):
         )
         self.metrics.watch_lag(lambda: self._sub)
         self.name = f"orchestrator:{saga.name}"
+
+    def _oldest_running_s(self) -> float:
+        started = [i.started_ms for i in self.instances() if not i.status.settled]
+        return max(0.0, self.clock.time() - min(started) / 1000) if started else 0.0
 
     @property
     def _sub(self) -> Subscription | None:

@@ -113,6 +113,17 @@ async def test_probes_metrics_and_the_orders_api_of_a_running_system(
     assert started == 20
     assert completed == statuses["APPROVED"] and compensated == statuses["REJECTED"]
     assert sum(metric(t, "sagakit_sagas_in_flight", **labels) for t in orchestrators) == 0
+    # what the alerts (deploy/prometheus-rules.yaml) watch
+    ended = {
+        status: sum(
+            metric(t, "sagakit_saga_duration_seconds_count", status=status, **labels)
+            for t in orchestrators
+        )
+        for status in ("COMPLETED", "COMPENSATED")
+    }
+    assert ended == {"COMPLETED": completed, "COMPENSATED": compensated}
+    assert sum(metric(t, "sagakit_sagas_needing_attention") for t in orchestrators) == 0
+    assert all(metric(t, "sagakit_saga_oldest_running_seconds") == 0 for t in orchestrators)
     steps = sum(
         metric(t, "sagakit_step_duration_seconds_count", step="reserve-credit", phase="forward")
         for t in orchestrators

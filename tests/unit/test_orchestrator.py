@@ -293,6 +293,9 @@ impatient = Saga(
 )
 
 
+OLDEST = "sagakit_saga_oldest_running_seconds"
+
+
 async def test_unanswered_commands_time_out_are_retried_and_then_parked_not_compensated() -> None:
     # ping has no compensation: a ping that may have taken effect cannot be undone, so
     # undoing the booking before it would leave a half-done trip; a person decides
@@ -301,10 +304,18 @@ async def test_unanswered_commands_time_out_are_retried_and_then_parked_not_comp
         await env.start(impatient, "t6", Trip(trip_id="t6", seats=1))
         await env.advance(29)  # virtual time: nothing is due yet
         waiting = env.instance("t6")
+        registry = env.orchestrators["impatient"].metrics.registry
+        labels = {"saga_type": "impatient", "saga_version": "1"}
+        oldest_while_running = registry.get_sample_value(OLDEST, labels)
         await env.advance(3600)  # three 30 s timeouts and two ~5 s back-offs, in order
         instance = await env.wait_until_ended("t6")
         pings = [dict(r.headers)["message-id"] for r in env.broker.records("nobody.commands")]
         timers_fired = env.orchestrators["impatient"].stats.timers_fired
+        parked_now = registry.get_sample_value("sagakit_sagas_needing_attention", labels)
+        oldest_once_parked = registry.get_sample_value(OLDEST, labels)
+    # what the alerts of deploy/prometheus-rules.yaml watch
+    assert oldest_while_running == pytest.approx(29, abs=1)
+    assert (parked_now, oldest_once_parked) == (1, 0)
     assert waiting is not None and waiting.status is SagaStatus.RUNNING
     assert waiting.pending is not None and waiting.pending.attempt == 1
     assert instance.status is SagaStatus.FAILED_NEEDS_ATTENTION
