@@ -4,11 +4,14 @@ Dockerfile, docker-compose.yml and deploy/ (kustomize) are checked against what 
 says: the HTTP contract of `sagakit._http` (and the orders service's POST /orders), the
 topics the sample apps create (and their partition counts), the real subcommands and
 options of the CLI and of the sample's load generator, the components of the apps the
-containers run, the OpenTelemetry component names and the orchestrator's replica count.
+containers run, the OpenTelemetry component names and the orchestrator's replica count;
+the console's deployment (its read model, tokens and Jaeger link), and the Prometheus alert
+rules (every metric they query is one sagakit registers).
 """
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import os
@@ -27,9 +30,10 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from sagakit import App, History, SqliteStore
+from sagakit import App, History, SagaStatus, SqliteStore
 from sagakit._http import DEFAULT_HTTP_PORT, HEALTH_PATH, READY_PATH
 from sagakit._loader import load_as, load_object
+from sagakit._metrics import Metrics
 from sagakit._postgres import DSN_ENV as POSTGRES_DSN_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,6 +50,17 @@ PROFILE_APPS = {
 SAGAKIT = ("sagakit",)
 LOAD = ("python", "-m", "services.load")
 PROGRAMS = {SAGAKIT: "sagakit", LOAD: "services.load"}
+#: The console, the web UI (`sagakit run APP --component console`), run beside the
+#: orchestration style's components. Its component and the settings it reads are its
+#: contract, stated here: the checks accept them where the code does not know them yet.
+CONSOLE = "console"
+CONSOLE_OTEL_NAME = "sagakit-console"
+READ_MODEL_ENV = "SAGAKIT_READ_MODEL"  # a PostgreSQL URL: its own database, console
+TOKENS_FILE_ENV = "SAGAKIT_CONSOLE_TOKENS_FILE"  # NAME:ROLE:TOKEN a line, # comments
+JAEGER_URL_ENV = "SAGAKIT_JAEGER_URL"  # the Jaeger UI, for trace links
+CONSOLE_ENV = frozenset({READ_MODEL_ENV, TOKENS_FILE_ENV, JAEGER_URL_ENV})
+CONSOLE_ROLES = ("viewer", "operator", "admin")
+RULES = DEPLOY / "prometheus-rules.yaml"
 
 # -- the sample app, imported from the repository (the image copies services/ as is) ----------
 
@@ -62,7 +77,10 @@ def sample_app(spec: str) -> App:
 
 
 def otel_name(component: str) -> str:
-    """The OpenTelemetry service name of a component (``orchestrator:x``, ``service:y``)."""
+    """The OpenTelemetry service name of a component (``orchestrator:x``, ``service:y``,
+    ``console``)."""
+    if component == CONSOLE:
+        return CONSOLE_OTEL_NAME
     kind, _, name = component.partition(":")
     return ORCHESTRATOR if kind == "orchestrator" else name
 
@@ -439,6 +457,14 @@ def service_of(p: Parsed) -> Any:
     return app_of(p).service(component.partition(":")[2])
 
 
+def deployed_components(spec: str) -> list[str]:
+    """What the containers of a style run, one each: every component of its app, and the
+    console beside the orchestration style."""
+    app = sample_app(spec)
+    console = [CONSOLE] if spec == PROFILE_APPS["orchestration"] else []
+    return list(dict.fromkeys([*app.components, *console]))
+
+
 # -- topics --------------------------------------------------------------------------------
 
 
@@ -637,7 +663,7 @@ def test_deployments_probe_and_expose_the_http_contract(
         assert service["spec"]["ports"] == [
             {"name": "http", "port": DEFAULT_HTTP_PORT, "targetPort": "http"}
         ], c.where
-    assert serving == len(sample_app(PROFILE_APPS["orchestration"]).components)
+    assert serving == len(deployed_components(PROFILE_APPS["orchestration"]))
 
 
 def test_compose_healthchecks_use_the_http_contract(
@@ -655,8 +681,9 @@ def test_compose_healthchecks_use_the_http_contract(
         parts = urlsplit(url)
         assert (parts.port, parts.path) == (DEFAULT_HTTP_PORT, HEALTH_PATH), c.where
         assert c.env["SAGAKIT_HTTP_PORT"] == str(DEFAULT_HTTP_PORT)
-    # the orchestrator and the services of the orchestration style, the choreography's
-    assert serving == sum(len(sample_app(spec).components) for spec in PROFILE_APPS.values())
+    # the orchestrator, the services and the console of the orchestration style, the
+    # choreography's services
+    assert serving == sum(len(deployed_components(spec)) for spec in PROFILE_APPS.values())
     with_routes = [
         c for c, p in parse_all(clis, compose_containers) if ("POST", orders_path()) in routes_of(p)
     ]
@@ -728,14 +755,16 @@ def test_container_commands_use_real_cli_commands_and_options(
     assert errors == []
     known = all_envvars(clis) | {POSTGRES_DSN_ENV}  # the one PostgresStore reads itself
     for c, p in cli_uses:
-        unknown = {k for k in c.env if k.startswith("SAGAKIT_") and k not in known}
+        # the console's settings: only its containers have them
+        reads = known | (CONSOLE_ENV if CONSOLE in components_of(p) else set())
+        unknown = {k for k in c.env if k.startswith("SAGAKIT_") and k not in reads}
         assert unknown == set(), f"{c.where}: no CLI option reads {unknown}"
         if is_run(p):
             (spec,) = p.arguments
             app = app_of(p)  # imports as `sagakit run` would
             chosen = components_of(p)
             assert len(chosen) == 1, f"{c.where}: one component, so OTEL_SERVICE_NAME is its"
-            assert set(chosen) <= set(app.components), f"{c.where}: {app!r}"
+            assert set(chosen) <= {*app.components, CONSOLE}, f"{c.where}: {app!r}"
             assert p.options["bootstrap"] and p.options["profile"] == "kafka"
             assert not p.options["embedded"], c.where
             # MODULE is imported from --app-dir (SAGAKIT_APP_DIR), else the cwd
@@ -797,7 +826,9 @@ def test_otel_names_are_the_components_and_traces_go_to_jaeger(
         assert (endpoint.scheme, endpoint.hostname, endpoint.port) == ("http", "jaeger", 4318)
     components = {otel_name(c) for c in sample_app(PROFILE_APPS["orchestration"]).components}
     assert components == {ORCHESTRATOR, "orders", "payments", "inventory", "shipping"}
-    assert names == {"docker-compose.yml": components, "deploy": components}
+    deployed = {otel_name(c) for c in deployed_components(PROFILE_APPS["orchestration"])}
+    assert deployed == components | {CONSOLE_OTEL_NAME}
+    assert names == {"docker-compose.yml": deployed, "deploy": deployed}
 
     jaeger = compose["services"]["jaeger"]
     assert jaeger["image"].startswith("jaegertracing/all-in-one:")
@@ -849,14 +880,15 @@ def test_both_styles_run_every_service_once(
         assert p.arguments == [PROFILE_APPS[profile]], c.where
         runs[profile] += components_of(p)
     for style, components in runs.items():
-        assert sorted(components) == sorted(sample_app(PROFILE_APPS[style]).components), style
+        assert sorted(components) == sorted(deployed_components(PROFILE_APPS[style])), style
         assert loads[style] == 1
     unprofiled = {n for n, s in compose["services"].items() if "profiles" not in s}
     assert unprofiled == {"sagakit-image", "kafka", "kafka-init", "jaeger", "postgres"}
     k8s = [p for c, p in cli_uses if c.where.startswith("deploy/") and is_run(p)]
-    app = sample_app(PROFILE_APPS["orchestration"])
     assert {spec for p in k8s for spec in p.arguments} == {PROFILE_APPS["orchestration"]}
-    assert sorted(c for p in k8s for c in components_of(p)) == sorted(app.components)
+    assert sorted(c for p in k8s for c in components_of(p)) == sorted(
+        deployed_components(PROFILE_APPS["orchestration"])
+    )
 
 
 _STORES = """
@@ -982,6 +1014,252 @@ def test_bootstrap_points_at_the_kafka_of_the_artefact(
         assert p.options["profile"] == "kafka"
 
 
+# -- the console ----------------------------------------------------------------------------
+
+
+def console_tokens(text: str, where: str) -> list[tuple[str, str, str]]:
+    """The NAME:ROLE:TOKEN lines of a console tokens file (``#`` comments), checked."""
+    tokens = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split(":", 2)
+        assert len(parts) == 3 and all(parts), f"{where}: {line!r} is not NAME:ROLE:TOKEN"
+        assert parts[1] in CONSOLE_ROLES, f"{where}: {line!r}"
+        tokens.append((parts[0], parts[1], parts[2]))
+    assert tokens, f"{where}: no token"
+    assert len({t for *_, t in tokens}) == len(tokens), f"{where}: a token twice"
+    # demo tokens, plainly so: nothing that looks like a real secret is shipped
+    assert all("change-me" in t for *_, t in tokens), where
+    return tokens
+
+
+def compose_secret_mounts(service: dict[str, Any]) -> dict[str, str]:
+    """Where a compose service's secrets are mounted: path -> secret."""
+    mounts = {}
+    for entry in service.get("secrets", []):
+        source = entry if isinstance(entry, str) else entry["source"]
+        target = source if isinstance(entry, str) else entry.get("target", source)
+        mounts[target if target.startswith("/") else f"/run/secrets/{target}"] = source
+    return mounts
+
+
+def test_the_console_has_its_read_model_tokens_and_trace_links(
+    compose: dict[str, Any],
+    manifests: list[dict[str, Any]],
+    cli_uses: list[tuple[Container, Parsed]],
+) -> None:
+    consoles = {c.where: c for c, p in cli_uses if CONSOLE in components_of(p)}
+    assert sorted(consoles) == ["deploy/console", "docker-compose.yml:console"]
+    assert "console" in init_databases()
+    jaeger_ui = 16686
+    assert jaeger_ui in {p["port"] for p in named(manifests, "Service", "jaeger")["spec"]["ports"]}
+    assert f"{jaeger_ui}:{jaeger_ui}" in compose["services"]["jaeger"]["ports"]
+    for c in consoles.values():
+        # its read model: a database of its own on the services' PostgreSQL server
+        url = urlsplit(c.env[READ_MODEL_ENV])
+        assert (url.scheme, url.hostname, url.port) == ("postgresql", "postgres", 5432), c.where
+        assert url.path == "/console", c.where
+        # trace links open the Jaeger UI in the browser: the port each artefact publishes
+        jaeger = urlsplit(c.env[JAEGER_URL_ENV])
+        assert (jaeger.scheme, jaeger.hostname, jaeger.port) == (
+            "http",
+            "localhost",
+            jaeger_ui,
+        ), c.where
+        assert c.env[TOKENS_FILE_ENV].startswith("/"), c.where
+
+    # docker-compose.yml: beside the orchestration style, the tokens a compose secret
+    c = consoles["docker-compose.yml:console"]
+    service = c.spec
+    assert service["profiles"] == ["orchestration"]
+    assert c.env[READ_MODEL_ENV] == (
+        "postgresql://sagakit:${POSTGRES_PASSWORD:-sagakit}@postgres:5432/console"
+    ), "the password comes from one place"
+    assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert service["ports"] == [f"8090:{DEFAULT_HTTP_PORT}"]
+    others = [
+        n
+        for n, s in compose["services"].items()
+        if n != "console" and any(str(p).split(":")[0] == "8090" for p in s.get("ports", []))
+    ]
+    assert others == [], "host port 8090 is the console's"
+    mounts = compose_secret_mounts(service)
+    assert c.env[TOKENS_FILE_ENV] == "/run/secrets/console-tokens"
+    secret = compose["secrets"][mounts[c.env[TOKENS_FILE_ENV]]]
+    tokens_file = ROOT / secret["file"]
+    assert tokens_file == DEPLOY / "console-tokens.example"
+    console_tokens(tokens_file.read_text(), str(tokens_file.relative_to(ROOT)))
+
+    # deploy/: the orchestrator's security settings, the credentials of postgres-credentials,
+    # the tokens a Secret mounted read-only
+    c = consoles["deploy/console"]
+    deployment = c.spec
+    assert deployment["spec"]["replicas"] == 1
+    pod = deployment["spec"]["template"]["spec"]
+    container = the_container(deployment)
+    orchestrator = named(manifests, "Deployment", "orchestrator")
+    assert pod["securityContext"] == orchestrator["spec"]["template"]["spec"]["securityContext"]
+    assert container["securityContext"] == the_container(orchestrator)["securityContext"]
+    service = named(manifests, "Service", CONSOLE)
+    assert (
+        service["spec"]["selector"].items()
+        <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    )
+    env = [e["name"] for e in container["env"]]
+    refs = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]
+        for e in container["env"]
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+    assert list(refs) == ["POSTGRES_USER", "POSTGRES_PASSWORD"]
+    assert all(r["name"].startswith("postgres-credentials") for r in refs.values())
+    assert [r["key"] for r in refs.values()] == ["username", "password"]
+    assert max(env.index(n) for n in refs) < env.index(READ_MODEL_ENV), "defined before the URL"
+    url = urlsplit(c.env[READ_MODEL_ENV])
+    assert (url.username, url.password) == ("$(POSTGRES_USER)", "$(POSTGRES_PASSWORD)")
+    path = PurePosixPath(c.env[TOKENS_FILE_ENV])
+    assert path == PurePosixPath("/etc/sagakit/console/tokens")
+    (mount,) = [
+        m for m in container["volumeMounts"] if PurePosixPath(m["mountPath"]) == path.parent
+    ]
+    assert mount.get("readOnly") is True
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"]["secretName"].startswith("console-tokens")
+    assert volume["secret"]["items"] == [{"key": "tokens", "path": path.name}]
+    assert volume["secret"]["defaultMode"] & 0o007 == 0, "not readable by other users"
+    kustomization = load_yaml(DEPLOY / "kustomization.yaml")
+    assert "console-tokens" in {g["name"] for g in kustomization["secretGenerator"]}
+    if kubectl() is not None:  # the generated Secret the volume names
+        (generated,) = [
+            d
+            for d in of_kind(manifests, "Secret")
+            if d["metadata"]["name"] == volume["secret"]["secretName"]
+        ]
+        text = base64.b64decode(generated["data"]["tokens"]).decode()
+        console_tokens(text, "deploy/kustomization.yaml: console-tokens")
+
+
+def test_the_port_forwards_of_the_kustomization_name_real_services(
+    manifests: list[dict[str, Any]],
+) -> None:
+    text = (DEPLOY / "kustomization.yaml").read_text()
+    forwards = re.findall(r"kubectl -n (\S+) port-forward svc/(\S+) (?:\d+:)?(\d+)", text)
+    assert {name for _, name, _ in forwards} >= {"jaeger", "orders", CONSOLE}
+    for namespace, name, port in forwards:
+        assert namespace == load_yaml(DEPLOY / "kustomization.yaml")["namespace"]
+        service = named(manifests, "Service", name)
+        assert int(port) in {p["port"] for p in service["spec"]["ports"]}, name
+
+
+# -- the alert rules ------------------------------------------------------------------------
+
+#: The series each metric type exposes (prometheus_client's text format).
+SERIES_SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "gauge": ("",),
+    "histogram": ("_bucket", "_count", "_sum", "_created"),
+    "summary": ("", "_count", "_sum", "_created"),
+    "info": ("_info",),
+}
+
+
+def registered_series() -> set[str]:
+    """Every series name a sagakit component's metrics expose."""
+    names = set()
+    for family in Metrics("x").registry.collect():
+        assert family.type in SERIES_SUFFIXES, (family.name, family.type)
+        names |= {family.name + suffix for suffix in SERIES_SUFFIXES[family.type]}
+    assert "sagakit_dead_letters_total" in names and "sagakit_dead_letters" not in names
+    return names
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    doc = load_yaml(RULES)
+    assert set(doc) == {"groups"}
+    rules = [r for g in doc["groups"] for r in g["rules"]]
+    assert all(g["name"] for g in doc["groups"]) and rules
+    return rules
+
+
+def metrics_queried(expr: str) -> set[str]:
+    """The sagakit_ metric names in a PromQL expression (label values left out)."""
+    unquoted = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    return set(re.findall(r"\bsagakit_\w*", unquoted))
+
+
+def test_the_alert_rules_are_complete_and_query_metrics_sagakit_registers(
+    clis: dict[tuple[str, ...], Cli],
+) -> None:
+    registered = registered_series()
+    rules = alert_rules()
+    names = [r["alert"] for r in rules]
+    assert len(set(names)) == len(names)
+    assert {"SagasNeedAttention", "SagaRunningTooLong", "DeadLettersGrowing"} <= set(names)
+    assert "ConsumerLagHigh" in names
+    for rule in rules:
+        name, expr = rule["alert"], rule["expr"]
+        assert isinstance(expr, str) and expr.strip(), name
+        assert re.fullmatch(r"\d+[smhdwy]", str(rule["for"])), name
+        assert rule["labels"]["severity"] in ("warning", "critical"), name
+        annotations = rule["annotations"]
+        assert annotations["summary"].strip() and annotations["description"].strip(), name
+        queried = metrics_queried(expr)
+        assert queried <= registered, f"{name}: sagakit registers no {queried - registered}"
+        assert queried or re.match(r"up\b", expr), f"{name} queries no sagakit metric"
+        # the annotations name labels the result keeps (the `by` of its aggregation), the
+        # saga type where it has one
+        text = " ".join(annotations.values())
+        grouped = {
+            label.strip() for by in re.findall(r"\bby \(([^)]*)\)", expr) for label in by.split(",")
+        }
+        referenced = set(re.findall(r"\$labels\.(\w+)", text))
+        if grouped:
+            assert referenced <= grouped, name
+        if "saga_type" in grouped:
+            assert "$labels.saga_type" in annotations["summary"], name
+        # what to do: real commands of the CLI, real states in the console's links
+        for command in re.findall(r"`sagakit ([^`]+)`", text):
+            argv = shlex.split(re.sub(r"\{\{[^}]*\}\}", "X", command))
+            env = {"SAGAKIT_BOOTSTRAP": "localhost:29092"}
+            assert parse_argv(clis[SAGAKIT], argv, env, name).errors == []
+        for status in re.findall(r"/\?status=(\w+)", text):
+            assert status in set(SagaStatus), name
+    (attention,) = [r for r in rules if r["alert"] == "SagasNeedAttention"]
+    said = " ".join(attention["annotations"].values())
+    assert "--state FAILED_NEEDS_ATTENTION" in said and "/?status=FAILED_NEEDS_ATTENTION" in said
+
+
+def test_the_alert_expressions_are_promql() -> None:
+    promtool = shutil.which("promtool")
+    if promtool is not None:
+        done = subprocess.run(
+            [promtool, "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return
+    promql = pytest.importorskip(
+        "promql_parser", reason="neither promtool nor promql-parser is installed"
+    )
+    for rule in alert_rules():
+        promql.parse(rule["expr"])  # raises on a syntax error
+
+
+def test_kustomize_ships_the_alert_rules_as_a_configmap(manifests: list[dict[str, Any]]) -> None:
+    kustomization = load_yaml(DEPLOY / "kustomization.yaml")
+    (generator,) = [
+        g for g in kustomization["configMapGenerator"] if g["name"] == "sagakit-prometheus-rules"
+    ]
+    assert generator["files"] == [f"sagakit-rules.yaml={RULES.name}"]
+    assert generator["options"]["disableNameSuffixHash"] is True  # a name Prometheus can use
+    header = RULES.read_text().split("\ngroups:")[0]
+    assert "rule_files" in header and "sagakit-prometheus-rules" in header
+    if kubectl() is not None:
+        configmap = named(manifests, "ConfigMap", "sagakit-prometheus-rules")
+        assert configmap["data"] == {"sagakit-rules.yaml": RULES.read_text()}
+
+
 # -- the image -----------------------------------------------------------------------------
 
 
@@ -1099,11 +1377,13 @@ def test_kustomize_renders_every_resource_into_one_namespace(
 ) -> None:
     kustomization = load_yaml(DEPLOY / "kustomization.yaml")
     files = {DEPLOY / r for r in kustomization["resources"]}
-    assert files == set(DEPLOY.glob("*.yaml")) - {DEPLOY / "kustomization.yaml"}
-    raw = [d for f in files for d in yaml.safe_load_all(f.read_text()) if d]
     generated = [
         g for kind in ("configMapGenerator", "secretGenerator") for g in kustomization[kind]
     ]
+    # a generator's file (KEY=FILE) is data, not a resource: prometheus-rules.yaml
+    sources = {DEPLOY / f.rpartition("=")[2] for g in generated for f in g.get("files", [])}
+    assert files == set(DEPLOY.glob("*.yaml")) - {DEPLOY / "kustomization.yaml"} - sources
+    raw = [d for f in files for d in yaml.safe_load_all(f.read_text()) if d]
     assert len(manifests) == len(raw) + len(generated)
     for d in manifests:
         if d["kind"] != "Namespace":
