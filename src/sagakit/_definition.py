@@ -418,11 +418,15 @@ class Saga(Generic[S]):
         state: type[S],
         steps: Sequence[Node[S]],
         deadline_s: float | None = None,
+        searchable: Sequence[str] = (),
     ):
         self.name = name
         self.version = version
         self.state = state
         self.deadline_s = deadline_s
+        #: state fields the read model indexes (`sagakit sagas list --field NAME=VALUE`,
+        #: the console's search): top-level field names of `state`
+        self.searchable = tuple(searchable)
         self.pivot_index: int | None = None
         self.steps: tuple[Node[S], ...] = tuple(steps)
         self.tree = _Seq(())
@@ -502,6 +506,13 @@ class Saga(Generic[S]):
             raise self._fail(None, f"state must be a pydantic model class, got {self.state!r}")
         if not self.steps:
             raise self._fail(None, "has no steps")
+        unknown = [f for f in self.searchable if f not in self.state.model_fields]
+        if unknown:
+            raise self._fail(
+                None,
+                f"searchable names {', '.join(map(repr, unknown))}, not a field of "
+                f"{self.state.__qualname__} (fields: {', '.join(self.state.model_fields)})",
+            )
         if self.deadline_s is not None and not (
             math.isfinite(self.deadline_s) and self.deadline_s > 0
         ):

@@ -31,6 +31,7 @@ from .._inspect import (
     saga_type_of,
 )
 from .._messages import CancelSaga, Envelope, Message, registered
+from .._readmodel import where
 from ..transport._base import Record
 from ..transport.kafka import KafkaTransport
 from ._common import (
@@ -76,20 +77,13 @@ def _saga_types(app: App | None, saga_type: str | None) -> set[str] | None:
     return {s.name for s in app.sagas} if app is not None else None
 
 
-def _at(instance: SagaInstance) -> str:
-    """Where the saga is: the steps in flight (or waiting to retry), or the waits."""
-    steps = [p.step for p in instance.in_flight] or [w.step for w in instance.waiting]
-    steps += [f"waiting: {name}" for name, _due in instance.waits]
-    return ", ".join(steps)
-
-
 def instance_json(i: SagaInstance) -> dict[str, Any]:
     return {
         "saga_id": i.saga_id,
         "saga_type": i.saga_type,
         "version": i.version,
         "status": i.status.value,
-        "step": _at(i) or None,
+        "step": where(i) or None,
         "failure": i.failure,
         "started": _iso(i.started_ms),
         "updated": _iso(i.updated_ms),

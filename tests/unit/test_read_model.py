@@ -1,0 +1,286 @@
+"""The read model against the journal: whatever owners, zombies and repeats wrote, and
+however the records arrive (in batches of any size, read again after a crash), the
+projection's rows are the instances a full replay gives, each with its whole timeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import BaseModel
+
+from sagakit import SagaStatus, Transition
+from sagakit._dlq import dead_letter
+from sagakit._journal import (
+    Replayer,
+    claim_entry,
+    decode_transition,
+    transition_entry,
+    transitions_entry,
+)
+from sagakit._readmodel import where
+from sagakit._readstore import SagaQuery, SqliteReadStore
+from sagakit.eventlog._base import JournalEntry, StoredEntry
+from sagakit.eventlog.kafka import EPOCH_HEADER, KIND_HEADER
+from sagakit.transport._base import Record
+
+TOPIC = "ns.trip.journal"
+SAGAS = ("s0", "s1", "s2")
+STATUSES = (
+    SagaStatus.RUNNING,
+    SagaStatus.RUNNING,
+    SagaStatus.COMPENSATING,
+    SagaStatus.FAILED_NEEDS_ATTENTION,
+    SagaStatus.COMPLETED,
+    SagaStatus.COMPENSATED,
+)
+
+
+class TripState(BaseModel):
+    trip: str
+    n: int = 0
+
+
+def transition(saga_id: str, seq: int, status: SagaStatus, at: int, started: int) -> Transition:
+    return Transition(
+        saga_id=saga_id,
+        saga_type="trip",
+        version=1 + seq % 2,
+        seq=seq,
+        cause=f"{saga_id}:{started}:{seq}",
+        cause_type="sagakit.StartSaga" if seq == 1 else "trips.Booked",
+        at_ms=at,
+        event="started" if seq == 1 else "step-succeeded",
+        step=None if seq == 1 else "book",
+        status=status,
+        state=TripState(trip=saga_id, n=seq),
+        completed=(),
+        compensated=(),
+        in_flight=(),
+        failure="no seats" if status is SagaStatus.FAILED_NEEDS_ATTENTION else None,
+        correlation_id=saga_id,
+        started_ms=started,
+        waits=(("approval", None),) if seq % 3 == 0 else (),
+        actor="ops" if seq % 4 == 0 else None,
+    )
+
+
+def record(offset: int, entry: JournalEntry) -> Record:
+    return Record(
+        topic=TOPIC,
+        partition=0,
+        offset=offset,
+        key=entry.key.encode() or None,
+        value=entry.data,
+        headers=((KIND_HEADER, entry.kind.encode()), (EPOCH_HEADER, str(entry.epoch).encode())),
+        timestamp_ms=offset,
+    )
+
+
+# What owners write: (op, saga index, status index, batched with the next op)
+ops = st.lists(
+    st.tuples(
+        st.sampled_from(["next", "next", "next", "claim", "zombie", "repeat"]),
+        st.integers(0, len(SAGAS) - 1),
+        st.integers(0, len(STATUSES) - 1),
+        st.booleans(),
+    ),
+    max_size=40,
+)
+
+
+def journal(script: list[tuple[str, int, int, bool]]) -> list[JournalEntry]:
+    """Journal entries of one partition as owners (and a zombie) would write them."""
+    entries: list[JournalEntry] = []
+    epoch, clock = 1, 1000
+    seqs = dict.fromkeys(SAGAS, 0)
+    runs = dict.fromkeys(SAGAS, 1000)
+    ended = dict.fromkeys(SAGAS, False)
+    batch: list[Transition] = []
+
+    def flush() -> None:
+        if batch:
+            entries.append(
+                transitions_entry(batch, epoch)
+                if len(batch) > 1
+                else transition_entry(batch[0], epoch)
+            )
+            batch.clear()
+
+    entries.append(claim_entry(epoch))
+    for op, i, status, batched in script:
+        saga, clock = SAGAS[i], clock + 10
+        if op == "claim":
+            flush()
+            epoch += 1
+            entries.append(claim_entry(epoch))
+        elif op == "zombie":  # a former owner writes after losing the partition: fenced
+            flush()
+            if epoch > 1:
+                t = transition(saga, seqs[saga] + 1, STATUSES[status], clock, runs[saga])
+                entries.append(transition_entry(t, epoch - 1))
+        elif op == "repeat" and seqs[saga]:  # a record written again: skipped
+            flush()
+            t = transition(saga, seqs[saga], STATUSES[status], clock, runs[saga])
+            entries.append(transition_entry(t, epoch))
+        elif op == "next":
+            if ended[saga]:  # started again after its dedupe window: a new run
+                seqs[saga], runs[saga], ended[saga] = 0, clock, False
+            seqs[saga] += 1
+            s = STATUSES[status] if seqs[saga] > 1 else SagaStatus.RUNNING
+            ended[saga] = s.terminal
+            batch.append(transition(saga, seqs[saga], s, clock, runs[saga]))
+            if not batched:
+                flush()
+    flush()
+    return entries
+
+
+async def project(
+    store: SqliteReadStore, records: list[Record], cuts: list[int], back: list[int]
+) -> None:
+    """Feed `records` in batches ending at `cuts`; after each, read again from `back`
+    records earlier (what a crash before the group commit does)."""
+    start = 0
+    for cut, rewind in zip([*cuts, len(records)], [*back, 0], strict=False):
+        end = max(start, min(cut, len(records)))
+        await store.project(records[start:end])
+        start = max(0, end - rewind)
+    await store.project(records[start:])
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    script=ops,
+    cuts=st.lists(st.integers(0, 60), max_size=6),
+    back=st.lists(st.integers(0, 5), max_size=6),
+)
+def test_the_projection_equals_a_full_replay(
+    tmp_path: Path, script: list[tuple[str, int, int, bool]], cuts: list[int], back: list[int]
+) -> None:
+    entries = journal(script)
+    records = [record(i, e) for i, e in enumerate(entries)]
+    replayer = Replayer(lambda data: decode_transition(data, None))
+    replayer.feed([StoredEntry(i, e) for i, e in enumerate(entries)])
+
+    async def check() -> None:
+        store = SqliteReadStore(":memory:")
+        await project(store, records, sorted(cuts), back)
+        rows, total = await store.sagas(SagaQuery(limit=100))
+        assert total == len(replayer.instances)
+        by_id = {r.saga_id: r for r in rows}
+        for saga_id, inst in replayer.instances.items():
+            row = by_id[saga_id]
+            assert (row.status, row.seq, row.version) == (inst.status, inst.seq, inst.version)
+            assert (row.started_ms, row.updated_ms) == (inst.started_ms, inst.updated_ms)
+            assert row.step == where(inst) and row.failure == inst.failure
+            assert row.ended_ms == (inst.updated_ms if inst.status.terminal else None)
+            assert row.waits == tuple(name for name, _ in inst.waits)
+            timeline = await store.timeline(row)
+            assert [t.seq for t in timeline] == list(range(1, inst.seq + 1))
+            assert timeline[-1].transition().status is inst.status
+        positions = await store.positions()
+        assert positions[(TOPIC, 0)].next_offset == len(records)
+        assert positions[(TOPIC, 0)].epoch == replayer.epoch
+        await store.close()
+
+    anyio.run(check)
+
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_a_restarted_projector_goes_on_from_what_it_committed(tmp_path: Path) -> None:
+    entries = journal([("next", 0, 0, False), ("next", 1, 0, False), ("next", 0, 4, False)])
+    records = [record(i, e) for i, e in enumerate(entries)]
+    path = tmp_path / "rm.db"
+    store = SqliteReadStore(path)
+    await store.project(records[:2])
+    identity = await store.identity()
+    await store.close()
+    again = SqliteReadStore(path)
+    await again.project(records)  # everything delivered again after the restart
+    rows, _ = await again.sagas(SagaQuery())
+    assert {r.saga_id: (r.status, r.seq) for r in rows} == {
+        "s0": (SagaStatus.COMPLETED, 2),
+        "s1": (SagaStatus.RUNNING, 1),
+    }
+    assert len(await again.timeline(next(r for r in rows if r.saga_id == "s0"))) == 2
+    assert await again.identity() == identity
+
+
+async def test_queries_by_type_status_time_prefix_and_searchable_fields() -> None:
+    store = SqliteReadStore(":memory:")
+    entries = [claim_entry(1)]
+    for n in range(6):
+        t = transition(f"trip-{n}", 1, SagaStatus.RUNNING, 1000 + n, 1000 + n)
+        entries.append(transition_entry(t, 1))
+    done = transition("trip-0", 2, SagaStatus.FAILED_NEEDS_ATTENTION, 2000, 1000)
+    entries.append(transition_entry(done, 1))
+    await store.project([record(i, e) for i, e in enumerate(entries)], {"trip": ("trip",)})
+
+    async def ids(**query: object) -> list[str]:
+        rows, _ = await store.sagas(SagaQuery(**query))  # type: ignore[arg-type]
+        return [r.saga_id for r in rows]
+
+    assert await ids(status=SagaStatus.FAILED_NEEDS_ATTENTION) == ["trip-0"]
+    assert (await store.find("trip-0"))[0].parked_reason == "no seats"
+    assert await ids(started_from_ms=1004) == ["trip-5", "trip-4"]
+    assert await ids(id_prefix="trip-3") == ["trip-3"]
+    assert await ids(fields=(("trip", "trip-2"),)) == ["trip-2"]
+    assert await ids(saga_type="other") == []
+    assert await ids(limit=2, offset=1) == ["trip-5", "trip-4"]  # trip-0 changed last
+    rows, total = await store.sagas(SagaQuery(limit=2))
+    assert (len(rows), total) == (2, 6)
+    assert (await store.counts())["trip"] == {
+        SagaStatus.RUNNING: 5,
+        SagaStatus.FAILED_NEEDS_ATTENTION: 1,
+    }
+
+
+async def test_dead_letters_are_projected_and_sagas_pruned_after_the_retention() -> None:
+    store = SqliteReadStore(":memory:")
+    t = transition("old", 1, SagaStatus.RUNNING, 1000, 1000)
+    end = transition("old", 2, SagaStatus.COMPLETED, 1500, 1000)
+    live = transition("new", 1, SagaStatus.RUNNING, 5000, 5000)
+    entries = [claim_entry(1), *(transition_entry(x, 1) for x in (t, end, live))]
+    await store.project([record(i, e) for i, e in enumerate(entries)])
+    original = Record(
+        "ns.trip.inbox", 3, 17, b"old", b"{", (("message-id", b"m-1"), ("saga-id", b"old")), 1200
+    )
+    letter = dead_letter(original, "DecodeError", "not JSON", consumer="orchestrator")
+    dlq = Record("ns.trip.inbox.dlq", 0, 0, letter.key, letter.value, letter.headers, 1300)
+    await store.project([dlq])
+    (row,), total = await store.letters()
+    assert total == 1 and (row.message_id, row.saga_id, row.error_type) == (
+        "m-1",
+        "old",
+        "DecodeError",
+    )
+    assert (row.original_topic, row.original_partition, row.original_offset) == (
+        "ns.trip.inbox",
+        3,
+        17,
+    )
+    assert await store.prune(2000) == 1  # "old" ended at 1500
+    rows, _ = await store.sagas(SagaQuery())
+    assert [r.saga_id for r in rows] == ["new"]
+    assert (await store.letters())[1] == 0
+
+
+def test_a_searchable_field_must_be_a_field_of_the_state() -> None:
+    from sagakit import DefinitionError, Saga, Step
+
+    from .test_orchestrator import Book, Booked, Trip
+
+    steps = [Step("book", invoke=Book, on_reply={Booked: None})]
+    assert Saga("rm-trip", state=Trip, steps=steps, searchable=["trip_id"]).searchable == (
+        "trip_id",
+    )
+    with pytest.raises(DefinitionError, match=r"searchable names 'customer'.*trip_id"):
+        Saga("rm-trip", state=Trip, steps=steps, searchable=["customer"])
