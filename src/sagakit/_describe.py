@@ -364,3 +364,41 @@ def text(saga: Saga[Any]) -> str:
 
 def render(saga: Saga[Any], *, as_mermaid: bool) -> str:
     return mermaid(saga) if as_mermaid else text(saga)
+
+
+def mermaid_at(saga: Saga[Any], t: Any) -> str:
+    """`mermaid(saga)` with where one saga is (`t`: its last transition, or its instance)
+    highlighted: steps done in green, undone in orange, in flight (or waiting to retry,
+    or a wait it is at) in blue with a thick border, and the end it reached."""
+    by_name = {step.name: _node_id(step) for step in saga.resolved()}
+
+    def ids(names: Any) -> list[str]:
+        found = []
+        for name in names:
+            node = by_name.get(str(name).partition("#")[0])  # a ForEach item: its step
+            if node is not None and node not in found:
+                found.append(node)
+        return found
+
+    done = ids(n for n in t.completed if n not in t.compensated)
+    undone = ids(t.compensated)
+    now = ids([p.step for p in t.in_flight] + [w.step for w in t.waiting])
+    now += [_group_id("wait", name) for name, _due in t.waits]
+    end = {
+        "COMPLETED": COMPLETED,
+        "COMPENSATED": COMPENSATED,
+        "FAILED_NEEDS_ATTENTION": PARKED,
+        "RESOLVED": None,
+    }.get(t.status.value)
+    out = [
+        mermaid(saga),
+        "    classDef done fill:#bbf7d0,stroke:#15803d",
+        "    classDef undone fill:#fed7aa,stroke:#c2410c",
+        "    classDef now fill:#bfdbfe,stroke:#1d4ed8,stroke-width:4px",
+    ]
+    for cls, nodes in (("done", done), ("undone", undone), ("now", now)):
+        if nodes:
+            out.append(f"    class {','.join(nodes)} {cls}")
+    if end is not None and (end == COMPLETED or f"| {end}" in out[0]):
+        out.append(f"    class {end} now")
+    return "\n".join(out)

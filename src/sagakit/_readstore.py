@@ -477,6 +477,34 @@ class ReadStore:
             )
         return [_letter(r) for r in rows], int(total[0][0])
 
+    async def durations(self, saga_type: str, last: int = 1000) -> list[int]:
+        """How long the latest `last` sagas of a type that completed or compensated took
+        (ms), shortest first: RESOLVED ones waited for a person and are left out."""
+        async with self.transaction() as db:
+            rows = await db.fetch(
+                "SELECT ended_ms - started_ms FROM sagakit_rm_sagas WHERE saga_type = ? AND "
+                "status IN ('COMPLETED', 'COMPENSATED') ORDER BY ended_ms DESC LIMIT ?",
+                [saga_type, last],
+            )
+        return sorted(int(r[0]) for r in rows)
+
+    async def running_since(self, saga_type: str, started_before_ms: int) -> int:
+        """Sagas of a type, neither ended nor parked, that started before the time."""
+        async with self.transaction() as db:
+            rows = await db.fetch(
+                "SELECT COUNT(*) FROM sagakit_rm_sagas WHERE saga_type = ? AND ended_ms IS NULL "
+                "AND status <> 'FAILED_NEEDS_ATTENTION' AND started_ms < ?",
+                [saga_type, started_before_ms],
+            )
+        return int(rows[0][0])
+
+    async def letters_since(self, at_ms: int) -> int:
+        async with self.transaction() as db:
+            rows = await db.fetch(
+                "SELECT COUNT(*) FROM sagakit_rm_letters WHERE at_ms >= ?", [at_ms]
+            )
+        return int(rows[0][0])
+
     async def letter_counts(self) -> dict[str, int]:
         async with self.transaction() as db:
             rows = await db.fetch("SELECT topic, COUNT(*) FROM sagakit_rm_letters GROUP BY topic")

@@ -13,6 +13,7 @@ from ._bench import bench
 from ._bench_growth import bench_growth
 from ._chaos import chaos
 from ._common import err, out
+from ._console import console
 from ._describe import describe
 from ._flows import compare, demo
 from ._ops import dlq_app, sagas_app
@@ -67,6 +68,7 @@ app.command()(compare)
 app.command()(chaos)
 app.command()(bench)
 app.command("bench-growth")(bench_growth)
+app.command()(console)
 
 
 def main() -> None:

@@ -13,10 +13,9 @@ from pydantic import ValidationError
 
 from .._app import App
 from .._client import SagaClient
-from .._codec import Incoming
 from .._dlq import DeadLetter
 from .._errors import SagaError, TransportError
-from .._evaluator import EndedSaga, SagaInstance, SagaStatus, Transition, decide, replay
+from .._evaluator import EndedSaga, SagaInstance, SagaStatus, Transition, replay
 from .._inspect import (
     AS_OF_SNAPSHOT,
     consumed_topics,
@@ -30,7 +29,8 @@ from .._inspect import (
     replay_dead_letters,
     saga_type_of,
 )
-from .._messages import CancelSaga, Envelope, Message, registered
+from .._messages import CancelSaga, Message, ResolveSaga, ResumeSaga, registered
+from .._operations import refusal
 from .._readmodel import where
 from ..transport._base import Record
 from ..transport.kafka import KafkaTransport
@@ -349,19 +349,6 @@ def _print_events(saga_id: str, events: list[Record], json_output: bool) -> None
     )
 
 
-def _parked_only(saga_id: str) -> Callable[[list[Transition]], str | None]:
-    def check(history: list[Transition]) -> str | None:
-        status = history[-1].status
-        if status is SagaStatus.FAILED_NEEDS_ATTENTION:
-            return None
-        return (
-            f"saga {saga_id} is {status.value}; only FAILED_NEEDS_ATTENTION sagas "
-            "can be resumed or resolved"
-        )
-
-    return check
-
-
 def _operator(
     saga_id: str,
     bootstrap: str,
@@ -449,7 +436,7 @@ def sagas_resume(
         lambda client, kind: client.resume(kind, saga_id, note, actor=who),
         ("resumed",),
         json_output,
-        _parked_only(saga_id),
+        _refusal(app, ResumeSaga(), saga_id),
     )
 
 
@@ -479,7 +466,7 @@ def sagas_resolve(
         lambda client, kind: client.resolve(kind, saga_id, note, actor=who),
         ("resolved",),
         json_output,
-        _parked_only(saga_id),
+        _refusal(app, ResolveSaga(note=note), saga_id),
     )
 
 
@@ -490,27 +477,14 @@ def _definition(app: App | None, saga_type: str, version: int) -> Any:
     return next((v for v in app.versions(saga_type) if v.version == version), None)
 
 
-def _refusal(app: App | None, saga_type: str | None, request: Message, saga_id: str) -> Any:
+def _refusal(app: App | None, request: Message, saga_id: str) -> Any:
     """A check that asks the saga's own definition (when the app is given) whether it
     would take `request`, so a refusal is said here instead of in a dead letter."""
 
     def check(history: list[Transition]) -> str | None:
-        status = history[-1].status
-        if status.terminal:
-            return f"saga {saga_id} is {status.value}: it has ended"
-        definition = _definition(app, history[-1].saga_type, history[-1].version)
-        if definition is None:
-            return None
-        instance = replay(history)[saga_id]
-        envelope = Envelope(
-            message_id=f"{saga_id}:check",
-            message_type=request.message_type,
-            saga_id=saga_id,
-            correlation_id=saga_id,
-            causation_id=f"{saga_id}:check",
-        )
-        decision = decide(definition, instance, Incoming(envelope, request, instance.updated_ms))
-        return decision.rejected
+        last = history[-1]
+        definition = _definition(app, last.saga_type, last.version)
+        return refusal(definition, replay(history)[saga_id], request)
 
     return check
 
@@ -558,7 +532,7 @@ def sagas_signal(
         lambda client, kind: client.signal(kind, saga_id, message, actor=who, note=note),
         ("signalled", "signal-kept"),
         json_output,
-        _refusal(app, saga_type, message, saga_id),
+        _refusal(app, message, saga_id),
     )
 
 
@@ -589,7 +563,7 @@ def sagas_cancel(
         lambda client, kind: client.cancel(kind, saga_id, reason, actor=who),
         ("cancelled",),
         json_output,
-        _refusal(app, saga_type, CancelSaga(reason=reason), saga_id),
+        _refusal(app, CancelSaga(reason=reason), saga_id),
     )
 
 

@@ -12,8 +12,12 @@ import typer
 from aiohttp import web
 
 from .._app import App, AppRunner
+from .._console import Console
+from .._console._auth import Role, Token
+from .._console._server import new_admin_token
 from .._http import DEFAULT_HTTP_PORT, HttpEndpoints, Route
 from .._logging import configure_logging
+from .._readstore import open_read_model
 from .._snapshots import History
 from ..broker import EmbeddedBroker
 from ..tracing import ComponentTracings
@@ -31,6 +35,7 @@ from ._common import (
     run_async,
     settings,
 )
+from ._console import CONSOLE, settings_from_env
 
 HttpPort = Annotated[
     int,
@@ -52,8 +57,9 @@ def run(
             "-c",
             envvar="SAGAKIT_COMPONENTS",
             metavar="KIND:NAME",
-            help="What this process runs: orchestrator:SAGA or service:NAME (repeatable; "
-            "orchestrator or service alone: all of that kind). Default: everything.",
+            help="What this process runs: orchestrator:SAGA, service:NAME or console (the web "
+            "console, see `sagakit console`) (repeatable; orchestrator or service alone: all "
+            "of that kind). Default: every orchestrator and service.",
         ),
     ] = None,
     bootstrap: Annotated[
@@ -151,10 +157,14 @@ def run(
     if data_dir is not None:
         os.environ["SAGAKIT_DATA_DIR"] = str(data_dir.resolve())
     app = load_app(app_spec, app_dir)
+    wants_console = component is not None and CONSOLE in component
     try:
-        chosen = app.select(component)
+        chosen = app.select(
+            [c for c in component if c != CONSOLE] if component is not None else None
+        )
     except Exception as exc:
         raise fail(str(exc)) from None
+    console_settings = settings_from_env() if wants_console else None
     if embedded == (bootstrap is not None):
         raise fail("say where Kafka is: --bootstrap HOST:PORT, or --embedded for a broker here")
     tracings = ComponentTracings(shared=len(chosen) > 1)
@@ -187,18 +197,33 @@ def run(
             simulated_io_s=simulated_io_ms / 1000,
             history=history,
         )
+        console = None
+        if console_settings is not None:
+            console = Console(
+                app,
+                transport,
+                open_read_model(console_settings.read_model),
+                console_settings,
+                namespace=namespace,
+                metrics=runner.metrics,
+            )
         async with transport, anyio.create_task_group() as tg:
             tg.start_soon(_stop_on_signals, tg.cancel_scope)
+            routes = _routes(runner, transport) + (console.routes() if console else [])
+            http = HttpEndpoints(
+                port=http_port,
+                ready=lambda: (runner.ready or not chosen) and (console is None or console.ready),
+                metrics=[runner.metrics],
+                routes=routes,
+            )
             if http_port:
-                http = HttpEndpoints(
-                    port=http_port,
-                    ready=lambda: runner.ready,
-                    metrics=[runner.metrics],
-                    routes=_routes(runner, transport),
-                )
                 await tg.start(http.run)
-            await tg.start(runner.run)
-            await runner.wait_ready()
+            if chosen:
+                await tg.start(runner.run)
+                await runner.wait_ready()
+            if console is not None:
+                await tg.start(console.run)
+                _announce(console, http.bound_port or http_port)
             print("READY", flush=True)
 
     try:
@@ -209,7 +234,25 @@ def run(
 
 
 def _client(chosen: tuple[str, ...]) -> str:
+    if not chosen:
+        return CONSOLE
     return chosen[0].replace(":", "-") if len(chosen) == 1 else "all"
+
+
+def _announce(console: Console, port: int) -> None:
+    """Say where the console is; without tokens or a proxy, make an admin token up."""
+    auth = console.settings.auth
+    if not auth.configured:
+        token = new_admin_token()
+        auth.tokens.append(Token("admin", Role.admin, token))
+        print(
+            "console: no tokens file, SAGAKIT_CONSOLE_TOKENS or proxy header given; "
+            "made up an admin token for this run",
+            flush=True,
+        )
+        print(f"console: sign in at http://localhost:{port}/login?token={token}", flush=True)
+    else:
+        print(f"console: http://localhost:{port}/ (read model {console.store.url})", flush=True)
 
 
 def _routes(runner: AppRunner, transport: Transport) -> list[Route]:
