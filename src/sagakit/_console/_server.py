@@ -266,12 +266,12 @@ class Console:
         response.set_cookie(
             COOKIE, token.strip(), httponly=True, samesite="Strict", secure=secure, path="/"
         )
-        return response
+        raise response
 
     async def logout(self, request: web.Request) -> web.StreamResponse:
         response = web.HTTPSeeOther("/login")
         response.del_cookie(COOKIE, path="/")
-        return response
+        raise response
 
     # -- the list ---------------------------------------------------------------------------
     def _query(self, request: web.Request) -> SagaQuery:
