@@ -98,8 +98,10 @@ class ProcessSystem:
         profile: str = "embedded",
         log_dir: Path | None = None,
         env: Mapping[str, str] | None = None,
+        console: bool = False,
     ) -> None:
-        """`env` is added to every member's environment (OTEL_* variables, say)."""
+        """`env` is added to every member's environment (OTEL_* variables, say); with
+        `console`, a member ``console`` runs the web console (configured by `env`)."""
         self.app = app
         self.bootstrap = bootstrap
         self.data_dir = data_dir
@@ -124,6 +126,10 @@ class ProcessSystem:
                 port = self.http_ports[member] = free_port()
                 argv = [*base, "--component", component, *common, "--http-port", str(port)]
                 self.members[member] = Member(member, argv)
+        if console:
+            port = self.http_ports["console"] = free_port()
+            argv = [*base, "--component", "console", *common, "--http-port", str(port)]
+            self.members["console"] = Member("console", argv)
         self.env = dict(env or {})
         #: Processes that ended without `kill`, `signal` or `stop_all`, in order.
         self.crashes: list[Exit] = []
@@ -131,7 +137,7 @@ class ProcessSystem:
 
     @property
     def orchestrators(self) -> list[str]:
-        return [n for n in self.members if n not in self.services]
+        return [n for n in self.members if n not in self.services and n != "console"]
 
     async def __aenter__(self) -> ProcessSystem:
         self._tg = anyio.create_task_group()

@@ -30,6 +30,7 @@ pytestmark = pytest.mark.anyio
 
 SAGA = approval()
 INBOX = SAGA.inbox_topic
+TRACEPARENT = f"00-{'ab' * 16}-{'cd' * 8}-01"
 TOKENS = {role: f"{role.name}-token-0123456789" for role in Role}
 
 
@@ -47,8 +48,9 @@ async def console(tmp_path: Path) -> AsyncIterator[tuple[str, MemoryBroker]]:
     started = list(run.records)
     run.answer("a", DONE["a"]())
     waiting = list(run.records)
+    traced = [dataclasses.replace(t, trace=TRACEPARENT) for t in started]
     journal = [
-        *renamed(started, "running"),
+        *renamed(traced, "running"),
         *renamed(waiting, "waiting"),
         *renamed(waiting, "parked", status=SagaStatus.FAILED_NEEDS_ATTENTION, failure="stuck"),
     ]
@@ -66,7 +68,13 @@ async def console(tmp_path: Path) -> AsyncIterator[tuple[str, MemoryBroker]]:
     await store.project([*records, *broker.records(f"{INBOX}.dlq")])
     auth = Auth(tokens=[Token(r.name, r, TOKENS[r]) for r in Role])
     app = App("console-auth", sagas=[SAGA])
-    c = Console(app, transport, store, ConsoleSettings(auth=auth), namespace="")
+    c = Console(
+        app,
+        transport,
+        store,
+        ConsoleSettings(auth=auth, jaeger_url="http://jaeger.example:16686/"),
+        namespace="",
+    )
     http = HttpEndpoints(port=0, host="127.0.0.1", ready=lambda: True, routes=c.routes())
     import anyio
 
@@ -204,3 +212,15 @@ async def test_a_trusted_proxys_user_header_counts_only_from_the_proxy(tmp_path:
     )  # type: ignore[attr-defined]
     assert who("10.1.2.3", **{"X-Forwarded-User": "eve", "X-Forwarded-Groups": "dev"}) is None
     assert who("192.168.1.9", **{"X-Forwarded-User": "ada", "X-Forwarded-Groups": "sre"}) is None
+
+
+async def test_a_saga_page_links_its_trace_in_jaeger(console: tuple[str, MemoryBroker]) -> None:
+    base, _ = console
+    headers = {"Authorization": f"Bearer {TOKENS[Role.viewer]}"}
+    async with aiohttp.ClientSession() as http:
+        async with http.get(base + "/sagas/wtest-approval/running", headers=headers) as r:
+            page = await r.text()
+        async with http.get(base + "/api/sagas/wtest-approval/running", headers=headers) as r:
+            saga = await r.json()
+    assert f'href="http://jaeger.example:16686/trace/{"ab" * 16}"' in page
+    assert saga["trace_id"] == "ab" * 16 and [t["seq"] for t in saga["timeline"]] == [1]

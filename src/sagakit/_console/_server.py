@@ -68,6 +68,11 @@ def _when(ms: int | None) -> str:
     return stamp.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
 
 
+def _clock(ms: int) -> str:
+    """The time of day (UTC) to the millisecond: a timeline's column."""
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).strftime("%H:%M:%S.%f")[:-3]
+
+
 def _ago(ms: int | None) -> str:
     if ms is None:
         return ""
@@ -126,6 +131,7 @@ class Console:
         )
         self.env.filters["when"] = _when
         self.env.filters["ago"] = _ago
+        self.env.filters["clock"] = _clock
         self.env.globals["Role"] = Role
 
     @property
@@ -439,10 +445,12 @@ class Console:
         )
 
     async def saga_fragment(self, request: web.Request, who: Identity) -> web.StreamResponse:
+        """Nothing (204) while the saga is as the page shows it (`seq`); once it has
+        changed, the whole page again (its actions and its diagram change too)."""
         row = await self._saga(request)
-        return self._render(
-            "saga_live.html", request, who, **await self._saga_context(request, row)
-        )
+        if request.query.get("seq") == str(row.seq):
+            return web.Response(status=204)
+        return web.Response(status=200, headers={"HX-Refresh": "true"})
 
     async def saga_action(
         self, request: web.Request, who: Identity, form: Any
