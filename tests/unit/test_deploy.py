@@ -31,10 +31,12 @@ import pytest
 import yaml
 
 from sagakit import App, History, SagaStatus, SqliteStore
+from sagakit._console import Role, parse_tokens
 from sagakit._http import DEFAULT_HTTP_PORT, HEALTH_PATH, READY_PATH
 from sagakit._loader import load_as, load_object
 from sagakit._metrics import Metrics
 from sagakit._postgres import DSN_ENV as POSTGRES_DSN_ENV
+from sagakit.cli import _console as console_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -51,15 +53,15 @@ SAGAKIT = ("sagakit",)
 LOAD = ("python", "-m", "services.load")
 PROGRAMS = {SAGAKIT: "sagakit", LOAD: "services.load"}
 #: The console, the web UI (`sagakit run APP --component console`), run beside the
-#: orchestration style's components. Its component and the settings it reads are its
-#: contract, stated here: the checks accept them where the code does not know them yet.
-CONSOLE = "console"
+#: orchestration style's components; it reads its settings from the environment
+#: (`sagakit.cli._console.ENV`), not from options of `sagakit run`.
+CONSOLE = console_cli.CONSOLE
 CONSOLE_OTEL_NAME = "sagakit-console"
-READ_MODEL_ENV = "SAGAKIT_READ_MODEL"  # a PostgreSQL URL: its own database, console
-TOKENS_FILE_ENV = "SAGAKIT_CONSOLE_TOKENS_FILE"  # NAME:ROLE:TOKEN a line, # comments
-JAEGER_URL_ENV = "SAGAKIT_JAEGER_URL"  # the Jaeger UI, for trace links
-CONSOLE_ENV = frozenset({READ_MODEL_ENV, TOKENS_FILE_ENV, JAEGER_URL_ENV})
-CONSOLE_ROLES = ("viewer", "operator", "admin")
+READ_MODEL_ENV = console_cli.ENV["read_model"]  # a PostgreSQL URL: its own database
+TOKENS_FILE_ENV = console_cli.ENV["tokens_file"]  # NAME:ROLE:TOKEN a line, # comments
+JAEGER_URL_ENV = console_cli.ENV["jaeger_url"]  # the Jaeger UI, for trace links
+CONSOLE_ENV = frozenset(console_cli.ENV.values())
+CONSOLE_ROLES = tuple(r.name for r in Role)
 RULES = DEPLOY / "prometheus-rules.yaml"
 
 # -- the sample app, imported from the repository (the image copies services/ as is) ----------
@@ -1029,6 +1031,7 @@ def console_tokens(text: str, where: str) -> list[tuple[str, str, str]]:
         assert parts[1] in CONSOLE_ROLES, f"{where}: {line!r}"
         tokens.append((parts[0], parts[1], parts[2]))
     assert tokens, f"{where}: no token"
+    assert len(parse_tokens(text, where)) == len(tokens)  # as the console reads it
     assert len({t for *_, t in tokens}) == len(tokens), f"{where}: a token twice"
     # demo tokens, plainly so: nothing that looks like a real secret is shipped
     assert all("change-me" in t for *_, t in tokens), where

@@ -4,6 +4,7 @@ projection's rows are the instances a full replay gives, each with its whole tim
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -22,7 +23,7 @@ from sagakit._journal import (
     transitions_entry,
 )
 from sagakit._readmodel import where
-from sagakit._readstore import SagaQuery, SqliteReadStore
+from sagakit._readstore import PostgresReadStore, ReadStore, SagaQuery, SqliteReadStore
 from sagakit.eventlog._base import JournalEntry, StoredEntry
 from sagakit.eventlog.kafka import EPOCH_HEADER, KIND_HEADER
 from sagakit.transport._base import Record
@@ -195,15 +196,26 @@ def test_the_projection_equals_a_full_replay(
 pytestmark = pytest.mark.anyio
 
 
-async def test_a_restarted_projector_goes_on_from_what_it_committed(tmp_path: Path) -> None:
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], ReadStore]:
+    """A read store on SQLite (a file) or on a new PostgreSQL database: each call opens
+    another store on the same database (a restarted projector)."""
+    if request.param == "sqlite":
+        return lambda: SqliteReadStore(tmp_path / "rm.db")
+    dsn = request.getfixturevalue("postgres_dsn")
+    return lambda: PostgresReadStore(dsn)
+
+
+async def test_a_restarted_projector_goes_on_from_what_it_committed(
+    make_store: Callable[[], ReadStore],
+) -> None:
     entries = journal([("next", 0, 0, False), ("next", 1, 0, False), ("next", 0, 4, False)])
     records = [record(i, e) for i, e in enumerate(entries)]
-    path = tmp_path / "rm.db"
-    store = SqliteReadStore(path)
+    store = make_store()
     await store.project(records[:2])
     identity = await store.identity()
     await store.close()
-    again = SqliteReadStore(path)
+    again = make_store()
     await again.project(records)  # everything delivered again after the restart
     rows, _ = await again.sagas(SagaQuery())
     assert {r.saga_id: (r.status, r.seq) for r in rows} == {
@@ -212,10 +224,13 @@ async def test_a_restarted_projector_goes_on_from_what_it_committed(tmp_path: Pa
     }
     assert len(await again.timeline(next(r for r in rows if r.saga_id == "s0"))) == 2
     assert await again.identity() == identity
+    await again.close()
 
 
-async def test_queries_by_type_status_time_prefix_and_searchable_fields() -> None:
-    store = SqliteReadStore(":memory:")
+async def test_queries_by_type_status_time_prefix_and_searchable_fields(
+    make_store: Callable[[], ReadStore],
+) -> None:
+    store = make_store()
     entries = [claim_entry(1)]
     for n in range(6):
         t = transition(f"trip-{n}", 1, SagaStatus.RUNNING, 1000 + n, 1000 + n)
@@ -241,10 +256,13 @@ async def test_queries_by_type_status_time_prefix_and_searchable_fields() -> Non
         SagaStatus.RUNNING: 5,
         SagaStatus.FAILED_NEEDS_ATTENTION: 1,
     }
+    await store.close()
 
 
-async def test_dead_letters_are_projected_and_sagas_pruned_after_the_retention() -> None:
-    store = SqliteReadStore(":memory:")
+async def test_dead_letters_are_projected_and_sagas_pruned_after_the_retention(
+    make_store: Callable[[], ReadStore],
+) -> None:
+    store = make_store()
     t = transition("old", 1, SagaStatus.RUNNING, 1000, 1000)
     end = transition("old", 2, SagaStatus.COMPLETED, 1500, 1000)
     live = transition("new", 1, SagaStatus.RUNNING, 5000, 5000)
@@ -271,6 +289,7 @@ async def test_dead_letters_are_projected_and_sagas_pruned_after_the_retention()
     rows, _ = await store.sagas(SagaQuery())
     assert [r.saga_id for r in rows] == ["new"]
     assert (await store.letters())[1] == 0
+    await store.close()
 
 
 def test_a_searchable_field_must_be_a_field_of_the_state() -> None:
