@@ -4,6 +4,7 @@ projection's rows are the instances a full replay gives, each with its whole tim
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -303,3 +304,49 @@ def test_a_searchable_field_must_be_a_field_of_the_state() -> None:
     )
     with pytest.raises(DefinitionError, match=r"searchable names 'customer'.*trip_id"):
         Saga("rm-trip", state=Trip, steps=steps, searchable=["customer"])
+
+
+def test_sagas_list_and_show_read_the_read_model(tmp_path: Path) -> None:
+    """`sagakit sagas list/show --read-model URL`: no broker needed."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from sagakit.cli import app as cli
+
+    path = tmp_path / "rm.db"
+    parked = transition("trip-1", 2, SagaStatus.FAILED_NEEDS_ATTENTION, 3000, 1000)
+    entries = [
+        claim_entry(1),
+        transition_entry(transition("trip-1", 1, SagaStatus.RUNNING, 1000, 1000), 1),
+        transition_entry(transition("trip-2", 1, SagaStatus.RUNNING, 2000, 2000), 1),
+        transition_entry(dataclasses.replace(parked, actor="ada", note="why not"), 1),
+    ]
+
+    async def fill() -> None:
+        store = SqliteReadStore(path)
+        await store.project([record(i, e) for i, e in enumerate(entries)], {"trip": ("trip",)})
+        await store.close()
+
+    anyio.run(fill)
+    url = f"sqlite:///{path}"
+    runner = CliRunner()
+    listed = runner.invoke(cli, ["sagas", "list", "--read-model", url, "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert [(s["saga_id"], s["status"]) for s in json.loads(listed.stdout)] == [
+        ("trip-1", "FAILED_NEEDS_ATTENTION"),
+        ("trip-2", "RUNNING"),
+    ]
+    picked = runner.invoke(
+        cli, ["sagas", "list", "--read-model", url, "--json", "--field", "trip=trip-2"]
+    )
+    assert [s["saga_id"] for s in json.loads(picked.stdout)] == ["trip-2"]
+    shown = runner.invoke(cli, ["sagas", "show", "trip-1", "--read-model", url, "--json"])
+    assert shown.exit_code == 0, shown.output
+    timeline = json.loads(shown.stdout)["timeline"]
+    assert [(t["seq"], t["by"], t["note"]) for t in timeline] == [
+        (1, None, None),
+        (2, "ada", "why not"),
+    ]
+    missing = runner.invoke(cli, ["sagas", "list", "--field", "trip=x"])
+    assert missing.exit_code != 0 and "--read-model" in missing.output

@@ -115,6 +115,14 @@ def namespace_of(app: App | None, namespace: str | None) -> str:
     return app.namespace if app is not None else ""
 
 
+def run_store(action: Callable[[], Awaitable[T]]) -> T:
+    """Run `action` (on a read model); a SagaError ends the command with exit 2."""
+    try:
+        return run_loop(action)
+    except SagaError as exc:
+        raise fail(str(exc)) from None
+
+
 def run_with(bootstrap: str, action: Callable[[KafkaTransport], Awaitable[T]]) -> T:
     """Run `action` on a started transport; a SagaError ends the command with exit 2."""
 

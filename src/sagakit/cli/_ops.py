@@ -31,7 +31,8 @@ from .._inspect import (
 )
 from .._messages import CancelSaga, Message, ResolveSaga, ResumeSaga, registered
 from .._operations import refusal
-from .._readmodel import where
+from .._readmodel import SagaRow, where
+from .._readstore import READ_MODEL_ENV, SagaQuery, open_read_model
 from ..transport._base import Record
 from ..transport.kafka import KafkaTransport
 from ._common import (
@@ -41,11 +42,13 @@ from ._common import (
     JsonOpt,
     Namespace,
     err,
+    fail,
     maybe_app,
     namespace_of,
     out,
     print_json,
     print_table,
+    run_store,
     run_with,
 )
 
@@ -106,24 +109,122 @@ def ended_json(e: EndedSaga, saga_type: str) -> dict[str, Any]:
     }
 
 
+ReadModel = Annotated[
+    str | None,
+    typer.Option(
+        envvar=READ_MODEL_ENV,
+        help="Read the console's read model (sqlite:///PATH or postgresql://...) instead "
+        "of the journals: fast, and it keeps sagas the journal's retention deleted.",
+    ),
+]
+OptBootstrap = Annotated[
+    str | None,
+    typer.Option(
+        envvar="SAGAKIT_BOOTSTRAP", help="Kafka bootstrap servers (or set SAGAKIT_BOOTSTRAP)."
+    ),
+]
+
+
+def _read_model_rows(read_model: str, query: SagaQuery) -> tuple[list[SagaRow], int]:
+    async def main() -> tuple[list[SagaRow], int]:
+        store = open_read_model(read_model)
+        try:
+            return await store.sagas(query)
+        finally:
+            await store.close()
+
+    return run_store(main)
+
+
+def row_json(r: SagaRow) -> dict[str, Any]:
+    """A read-model row as `sagas list --json` prints sagas."""
+    return {
+        "saga_id": r.saga_id,
+        "saga_type": r.saga_type,
+        "version": r.version,
+        "status": r.status.value,
+        "step": r.step or None,
+        "failure": r.parked_reason or r.failure,
+        "started": _iso(r.started_ms),
+        "updated": _iso(r.updated_ms),
+        "seq": r.seq,
+    }
+
+
+def _fields(items: list[str] | None) -> tuple[tuple[str, str], ...]:
+    found = []
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise typer.BadParameter(f"{item!r}: expected NAME=VALUE", param_hint="--field")
+        found.append((name, value))
+    return tuple(found)
+
+
+def _ms(value: datetime.datetime | None) -> int | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=datetime.UTC)
+    return round(value.timestamp() * 1000)
+
+
 @sagas_app.command("list")
 def sagas_list(
-    bootstrap: Bootstrap,
+    bootstrap: OptBootstrap = None,
     app_spec: AppSpec = None,
     state: Annotated[
         SagaStatus | None, typer.Option("--state", help="Only sagas in this state.")
     ] = None,
     saga_type: Annotated[str | None, typer.Option(help="Only sagas of this type.")] = None,
     version: Annotated[int | None, typer.Option(help="Only sagas of this version.")] = None,
+    id_prefix: Annotated[
+        str | None, typer.Option(help="Only saga ids starting with this (read model).")
+    ] = None,
+    field: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="NAME=VALUE: only sagas whose state field (one the definition declares "
+            "searchable) has this value (read model; repeatable)."
+        ),
+    ] = None,
+    started_from: Annotated[
+        datetime.datetime | None,
+        typer.Option(help="Only sagas started at or after this time, UTC (read model)."),
+    ] = None,
+    started_before: Annotated[
+        datetime.datetime | None,
+        typer.Option(help="Only sagas started before this time, UTC (read model)."),
+    ] = None,
+    read_model: ReadModel = None,
     namespace: Namespace = None,
     limit: Annotated[int, typer.Option(help="Show at most this many (0: all).")] = 200,
     json_output: JsonOpt = False,
     app_dir: AppDir = None,
 ) -> None:
-    """Every saga found in the journals, with its state (read-only), newest first."""
+    """Every saga found in the journals (or the read model), with its state, newest first."""
     app = maybe_app(app_spec, app_dir)
     ns = namespace_of(app, namespace)
     types = _saga_types(app, saga_type)
+    if read_model:
+        query = SagaQuery(
+            saga_type=saga_type,
+            version=version,
+            status=state,
+            started_from_ms=_ms(started_from),
+            started_before_ms=_ms(started_before),
+            id_prefix=id_prefix,
+            fields=_fields(field),
+            limit=limit or 1_000_000_000,
+        )
+        rows, total = _read_model_rows(read_model, query)
+        rows = [r for r in rows if types is None or r.saga_type in types]
+        _print_sagas([(row_json(r), r.updated_ms) for r in rows], total, json_output)
+        return
+    if id_prefix or field or started_from or started_before:
+        raise fail("--id-prefix, --field, --started-from and --started-before need --read-model")
+    if bootstrap is None:
+        raise fail("say where to read: --bootstrap HOST:PORT (the journals) or --read-model URL")
 
     async def action(transport: KafkaTransport) -> list[tuple[dict[str, Any], int]]:
         rows: list[tuple[dict[str, Any], int]] = []  # (row, updated ms)
@@ -155,7 +256,10 @@ def sagas_list(
     if version is not None:
         found = [r for r in found if r[0]["version"] == version]
     found.sort(key=lambda r: r[1], reverse=True)
-    shown = found[:limit] if limit else found
+    _print_sagas(found[:limit] if limit else found, len(found), json_output)
+
+
+def _print_sagas(shown: list[tuple[dict[str, Any], int]], total: int, json_output: bool) -> None:
     if json_output:
         print_json([row for row, _ in shown])
         return
@@ -173,9 +277,25 @@ def sagas_list(
             ]
             for row, updated in shown
         ],
-        title=f"{len(found)} saga(s)"
-        + (f", {len(shown)} shown" if len(shown) < len(found) else ""),
+        title=f"{total} saga(s)" + (f", {len(shown)} shown" if len(shown) < total else ""),
     )
+
+
+def _from_read_model(
+    read_model: str, saga_id: str, saga_type: str | None
+) -> tuple[str, list[Transition]] | None:
+    async def main() -> tuple[str, list[Transition]] | None:
+        store = open_read_model(read_model)
+        try:
+            rows = await store.find(saga_id, saga_type)
+            if not rows:
+                return None
+            timeline = await store.timeline(rows[0])
+            return rows[0].saga_type, [t.transition() for t in timeline]
+        finally:
+            await store.close()
+
+    return run_store(main)
 
 
 def _new(t: Transition, before: Transition | None) -> list[Any]:
@@ -275,17 +395,27 @@ def _print_history(
 @sagas_app.command("show")
 def sagas_show(
     saga_id: str,
-    bootstrap: Bootstrap,
+    bootstrap: OptBootstrap = None,
     app_spec: AppSpec = None,
     saga_type: SagaType = None,
+    read_model: ReadModel = None,
     namespace: Namespace = None,
     json_output: JsonOpt = False,
     app_dir: AppDir = None,
 ) -> None:
-    """The timeline of one saga: from its journal (orchestration), or rebuilt from the
-    domain events that carry its id (choreography)."""
+    """The timeline of one saga: from its journal (orchestration) or the read model, or
+    rebuilt from the domain events that carry its id (choreography)."""
     app = maybe_app(app_spec, app_dir)
     ns = namespace_of(app, namespace)
+    if read_model:
+        found_in_model = _from_read_model(read_model, saga_id, saga_type)
+        if found_in_model is not None:
+            _print_history(*found_in_model, json_output, whole=True)
+            return
+        if bootstrap is None:
+            raise fail(f"no saga {saga_id!r} in the read model {read_model}")
+    if bootstrap is None:
+        raise fail("say where to read: --bootstrap HOST:PORT (the journals) or --read-model URL")
 
     async def action(transport: KafkaTransport) -> tuple[str, list[Transition]] | list[Record]:
         try:
