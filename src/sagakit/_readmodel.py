@@ -221,10 +221,12 @@ def searchable_fields(t: Transition, names: Sequence[str]) -> list[tuple[str, st
 def journal_lines(record: Record) -> tuple[str, int, list[bytes]]:
     """(kind, epoch, transition lines) of a journal record; kind FOREIGN if it is none."""
     entry = _entry(record)
+    # a NUL in a JSON string would reach the database's text columns (PostgreSQL refuses it)
+    data = entry.data.replace(b"\\u0000", b"\\ufffd")
     if entry.kind == TRANSITIONS:
-        return entry.kind, entry.epoch, entry.data.split(b"\n")
+        return entry.kind, entry.epoch, data.split(b"\n")
     if entry.kind == TRANSITION:
-        return entry.kind, entry.epoch, [entry.data]
+        return entry.kind, entry.epoch, [data]
     return entry.kind, entry.epoch, []
 
 
@@ -276,8 +278,14 @@ def fold_journal(
     return Position(next_offset, epoch)
 
 
+def _text(value: str) -> str:
+    """Text from a record's headers as a database keeps it (PostgreSQL refuses NUL)."""
+    return value.replace("\x00", "\ufffd")
+
+
 def fold_letters(records: Iterable[Record], position: Position, changes: Changes) -> Position:
-    """Dead letters of one DLQ partition, from `position` on."""
+    """Dead letters of one DLQ partition, from `position` on (their headers are whatever
+    the producer wrote: text is kept as text a database takes)."""
     next_offset = position.next_offset
     for record in records:
         if record.offset < next_offset:
@@ -290,16 +298,16 @@ def fold_letters(records: Iterable[Record], position: Position, changes: Changes
                 partition=record.partition,
                 offset=record.offset,
                 at_ms=record.timestamp_ms,
-                message_id=letter.message_id,
-                message_type=letter.message_type,
-                saga_id=letter.header("saga-id") or "",
-                error_type=letter.error_type,
-                error_message=letter.error_message,
-                original_topic=letter.original_topic,
+                message_id=_text(letter.message_id),
+                message_type=_text(letter.message_type),
+                saga_id=_text(letter.header("saga-id") or ""),
+                error_type=_text(letter.error_type),
+                error_message=_text(letter.error_message),
+                original_topic=_text(letter.original_topic),
                 original_partition=letter.original_partition,
                 original_offset=letter.original_offset,
-                consumer=letter.consumer,
-                truncated=letter.truncated,
+                consumer=_text(letter.consumer) if letter.consumer is not None else None,
+                truncated=tuple(_text(t) for t in letter.truncated),
             )
         )
     return Position(next_offset, position.epoch)

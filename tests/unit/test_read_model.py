@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -20,6 +21,7 @@ from sagakit._journal import (
     Replayer,
     claim_entry,
     decode_transition,
+    encode_transition,
     transition_entry,
     transitions_entry,
 )
@@ -28,6 +30,8 @@ from sagakit._readstore import PostgresReadStore, ReadStore, SagaQuery, SqliteRe
 from sagakit.eventlog._base import JournalEntry, StoredEntry
 from sagakit.eventlog.kafka import EPOCH_HEADER, KIND_HEADER
 from sagakit.transport._base import Record
+
+from ..integration.hostile import RawName
 
 TOPIC = "ns.trip.journal"
 SAGAS = ("s0", "s1", "s2")
@@ -350,3 +354,53 @@ def test_sagas_list_and_show_read_the_read_model(tmp_path: Path) -> None:
     ]
     missing = runner.invoke(cli, ["sagas", "list", "--field", "trip=x"])
     assert missing.exit_code != 0 and "--read-model" in missing.output
+
+
+def hostile_journal_records(topic: str) -> list[Record]:
+    """Records an adversary with produce access could put on a journal topic."""
+    good = transition("ok", 1, SagaStatus.RUNNING, 1000, 1000)
+    line = encode_transition(good)
+    kind, epoch = KIND_HEADER, EPOCH_HEADER
+    shapes: list[tuple[bytes | None, bytes | None, tuple[tuple[str, Any], ...]]] = [
+        (None, None, ()),
+        (b"x", b"{}", ()),
+        (b"x", line, ((kind, None), (epoch, None))),
+        (b"x", line, ((kind, b"transition"), (epoch, b"not a number"))),
+        (b"x", line, ((kind, b"\xff\xfe"), (epoch, b"1"))),
+        (b"x", line, ((kind, b"gossip"), (epoch, b"1"))),
+        (b"x", b"not json", ((kind, b"transition"), (epoch, b"1"))),
+        (b"x", b'{"saga_type": 5, "saga_id": []}', ((kind, b"transition"), (epoch, b"1"))),
+        (b"x", b"[1, 2]", ((kind, b"transitions"), (epoch, b"1"))),
+        (b"x", line + b"\n\xff garbage", ((kind, b"transitions"), (epoch, b"1"))),
+        (b"x", None, ((kind, b"transition"), (epoch, b"1"))),
+        (b"x", line.replace(b'"ok"', b'"o\\u0000k"'), ((kind, b"transition"), (epoch, b"1"))),
+        (b"x", b"\x00" * 100_000, ((kind, b"transition"), (epoch, b"1"))),
+    ]
+    return [
+        Record(topic, 0, i, key, value, headers, i)
+        for i, (key, value, headers) in enumerate(shapes)
+    ]
+
+
+async def test_hostile_records_are_skipped_and_the_projection_goes_on(
+    make_store: Callable[[], ReadStore],
+) -> None:
+    store = make_store()
+    hostile = hostile_journal_records(TOPIC)
+    after = transition("after", 1, SagaStatus.RUNNING, 5000, 5000)
+    tail = record(len(hostile), transition_entry(after, 1))
+    letters = [
+        Record("ns.x.inbox.dlq", 0, 0, None, None, (), 1),
+        Record("ns.x.inbox.dlq", 0, 1, b"k", b"v", (("original-partition", b"zz"), ("x", None)), 2),
+        Record("ns.x.inbox.dlq", 0, 2, None, None, ((RawName("n"), b"\xff"),), 3),
+        Record("ns.x.inbox.dlq", 0, 3, None, None, (("error-message", b"a\x00b"),), 4),
+    ]
+    done = await store.project([*hostile, tail, *letters])
+    rows, _ = await store.sagas(SagaQuery())
+    # the transition line of a mixed record is projected ("ok"), the rest are skipped
+    assert sorted(r.saga_id for r in rows) == ["after", "ok", "o\ufffdk"]
+    assert len(done.anomalies) >= 8 and (await store.letters())[1] == 4
+    positions = await store.positions()
+    assert positions[(TOPIC, 0)].next_offset == len(hostile) + 1
+    assert positions[("ns.x.inbox.dlq", 0)].next_offset == 4
+    await store.close()
