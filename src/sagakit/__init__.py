@@ -43,6 +43,9 @@ from ._messages import Command, Envelope, Event, Header, Message, Reply, StartSa
 from ._orchestrator import Orchestrator
 from ._participant import HandlerContext, Service
 from ._postgres import PostgresStore
+from ._projector import Projector
+from ._readmodel import SagaRow, TimelineRow
+from ._readstore import PostgresReadStore, ReadStore, SagaQuery, SqliteReadStore, open_read_model
 from ._snapshots import History
 from .eventlog import EventLog, KafkaEventLog, MemoryEventLog
 from .scenario import Ended, Scenario, Start, World
@@ -97,7 +100,10 @@ __all__ = (
     "PartitionsLost",
     "PendingCommand",
     "Phase",
+    "PostgresReadStore",
     "PostgresStore",
+    "Projector",
+    "ReadStore",
     "Record",
     "Reply",
     "RetryPolicy",
@@ -106,10 +112,13 @@ __all__ = (
     "SagaError",
     "SagaInfo",
     "SagaInstance",
+    "SagaQuery",
+    "SagaRow",
     "SagaStatus",
     "Scenario",
     "Scope",
     "Service",
+    "SqliteReadStore",
     "SqliteStore",
     "Start",
     "StartSaga",
@@ -118,6 +127,7 @@ __all__ = (
     "SubSaga",
     "Switch",
     "SystemClock",
+    "TimelineRow",
     "TopicMismatch",
     "TopicPartition",
     "Transition",
@@ -127,5 +137,6 @@ __all__ = (
     "World",
     "decide",
     "evolve",
+    "open_read_model",
     "replay",
 )
