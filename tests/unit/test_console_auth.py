@@ -149,17 +149,40 @@ async def test_without_a_sign_in_or_the_forms_csrf_token_nothing_is_written(
 ) -> None:
     base, broker = console
     path, form = ACTIONS[action]
-    admin = {"Authorization": f"Bearer {TOKENS[Role.admin]}"}
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
         async with http.post(base + path, data=form, allow_redirects=False) as r:
             assert r.status == 401
+        # signed in by the cookie (a browser would send it with a forged form too)
         async with http.post(
-            base + path, data={**form, "csrf": "0" * 64}, headers=admin, allow_redirects=False
+            base + "/login", data={"token": TOKENS[Role.admin]}, allow_redirects=False
+        ) as r:
+            assert r.status == 303
+        async with http.post(
+            base + path, data={**form, "csrf": "0" * 64}, allow_redirects=False
         ) as r:
             assert r.status == 403 and "CSRF" in await r.text()
-        async with http.post(base + path, data=form, headers=admin, allow_redirects=False) as r:
+        async with http.post(base + path, data=form, allow_redirects=False) as r:
             assert r.status == 403
     assert broker.records(INBOX) == []
+
+
+async def test_a_script_with_a_bearer_token_needs_no_csrf_token(
+    console: tuple[str, MemoryBroker],
+) -> None:
+    base, broker = console
+    path, form = ACTIONS["resume"]
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            base + path,
+            data=form,
+            headers={"Authorization": f"Bearer {TOKENS[Role.operator]}"},
+            allow_redirects=False,
+        ) as r,
+    ):
+        assert r.status == 303
+    (request,) = broker.records(INBOX)
+    assert dict(request.headers)["operator"] == b"operator"
 
 
 async def test_pages_send_a_stranger_to_sign_in_and_a_token_signs_in(
