@@ -24,6 +24,7 @@ from anyio.abc import TaskStatus
 
 from ._definition import Saga
 from ._errors import PartitionsLost
+from ._inspect import _as_of_snapshot
 from ._metrics import Metrics
 from ._readmodel import is_dlq, is_journal
 from ._readstore import ReadStore
@@ -74,6 +75,7 @@ class Projector:
         self._loop: ConsumeLoop | None = None
         self._pending: frozenset[TopicPartition] = frozenset()
         self._joined = anyio.Event()
+        self._seen: set[TopicPartition] = set()
         if metrics is not None:
             metrics.watch_lag(lambda: self._sub)
 
@@ -162,8 +164,36 @@ class Projector:
     def partitions_lost(self, lost: PartitionsLost) -> None:
         log.info("read model: partitions moved to another projector: %s", lost)
 
+    async def _seed_trimmed(self, records: Sequence[Record]) -> None:
+        """A journal partition seen for the first time whose first record is not at offset
+        0: the journal's retention deleted what came before, so the sagas that have not
+        changed since are taken from its latest snapshot (the live ones whole, the ended
+        ones it remembers by id and final status)."""
+        firsts = first_offsets(records)
+        new = [tp for tp in firsts if is_journal(tp.topic) and tp not in self._seen]
+        if not new:
+            return
+        positions = await self.store.positions()
+        for tp in new:
+            self._seen.add(tp)
+            if firsts[tp] == 0 or (tp.topic, tp.partition) in positions:
+                continue
+            replayer = await _as_of_snapshot(self.transport, tp.topic, tp.partition)
+            if replayer is None:
+                log.warning(
+                    "read model: %s[%d] keeps its records from offset %d on and has no "
+                    "snapshot: sagas that have not changed since are not in the read model",
+                    tp.topic,
+                    tp.partition,
+                    firsts[tp],
+                )
+                continue
+            saga_type = tp.topic[len(self.namespace) : -len(".journal")]
+            await self.store.seed(tp.topic, tp.partition, replayer, saga_type)
+
     async def process(self, records: Sequence[Record]) -> Mapping[TopicPartition, int] | None:
         try:
+            await self._seed_trimmed(records)
             done = await self.store.project(records, self.searchable)
         except Exception:
             log.exception("read model: writing a batch of %d record(s) failed", len(records))

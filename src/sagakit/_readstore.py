@@ -22,7 +22,8 @@ import anyio
 import orjson
 
 from ._errors import SagaError
-from ._evaluator import SagaStatus
+from ._evaluator import SagaInstance, SagaStatus
+from ._journal import Replayer, encode_transition
 from ._readmodel import (
     Changes,
     LetterRow,
@@ -34,6 +35,8 @@ from ._readmodel import (
     fold_letters,
     is_journal,
     saga_keys,
+    saga_row,
+    timeline_row,
 )
 from .transport._base import Record
 
@@ -316,6 +319,30 @@ class ReadStore:
             fenced=changes.fenced,
             anomalies=changes.anomalies,
         )
+
+    async def seed(self, topic: str, partition: int, replayer: Replayer, saga_type: str) -> int:
+        """Write what a partition's latest snapshot and the journal after it hold (its
+        oldest records are gone) as the partition's rows and position; how many sagas."""
+        from ._inspect import _snapshot_entry
+
+        at = replayer.snapshot
+        note = (
+            f"the journal's records before snapshot {at.snapshot_id} (offset {at.offset}) "
+            "were deleted by its retention before the read model read them; this is the "
+            "saga as that snapshot has it"
+        )
+        changes = Changes()
+        known: list[Any] = [*replayer.instances.values(), *replayer.ended.values()]
+        for saga in known:
+            kind = saga.saga_type if isinstance(saga, SagaInstance) else saga_type
+            t = _snapshot_entry(saga, kind, note)
+            data = encode_transition(t)
+            changes.sagas[(kind, t.saga_id)] = saga_row(t, data, None)
+            changes.timeline.append(timeline_row(t, data))
+        changes.positions[(topic, partition)] = Position(replayer.next_offset, replayer.epoch)
+        async with self.transaction() as db:
+            await self._write(db, changes)
+        return len(known)
 
     async def _positions(
         self, db: _Db, partitions: Sequence[tuple[str, int]]

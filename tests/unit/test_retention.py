@@ -6,10 +6,13 @@ say plainly when a saga's history is gone."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import anyio
 import pytest
 from pydantic import BaseModel
 
-from sagakit import Event, History, Saga, SagaStatus, WaitFor
+from sagakit import Event, History, Projector, Saga, SagaQuery, SagaStatus, SqliteReadStore, WaitFor
 from sagakit._inspect import AS_OF_SNAPSHOT, HistoryGone, read_journal, saga_history
 from sagakit._snapshots import read_checkpoints
 from sagakit.eventlog.kafka import KafkaEventLog
@@ -122,3 +125,39 @@ async def test_ended_sagas_past_the_window_are_not_brought_back_by_a_restore() -
         await env2.settle()
         assert [t.saga_id for t in env2.transitions] == ["done-1"]
         assert env2.instance("done-1").state.n == 7  # type: ignore[union-attr]
+
+
+async def test_a_read_model_started_after_retention_takes_the_rest_from_the_snapshot(
+    tmp_path: Path,
+) -> None:
+    clock = VirtualClock()
+    broker = MemoryBroker(clock=clock.time)
+    async with environment(broker, clock) as env:
+        await approved(env, 4)
+        await env.start(SAGA, "waiting", RetTicket(n=9))
+        await env.settle()
+        await env.advance(30)  # the timed snapshot
+        found = await read_checkpoints(KafkaEventLog(env.transport, SAGA.checkpoints_topic), 0)
+        assert found.latest is not None
+        broker.delete_records(JOURNAL, 0, found.latest.offset)
+        await env.start(SAGA, "later", RetTicket(n=10))  # after the snapshot: in the tail
+        await env.settle()
+        store = SqliteReadStore(tmp_path / "rm.db")
+        projector = Projector(env.transport, store, discover_s=0.1)
+        async with anyio.create_task_group() as tg:
+            await tg.start(projector.run)
+            with anyio.fail_after(10):
+                while (await store.sagas(SagaQuery()))[1] < 6:  # noqa: ASYNC110
+                    await anyio.sleep(0.05)
+            tg.cancel_scope.cancel()
+    rows = {r.saga_id: r for r in (await store.sagas(SagaQuery()))[0]}
+    assert {i: r.status for i, r in rows.items()} == {
+        **{f"done-{n}": SagaStatus.COMPLETED for n in range(4)},
+        "waiting": SagaStatus.RUNNING,
+        "later": SagaStatus.RUNNING,
+    }
+    assert rows["waiting"].waits == ("approval",) and rows["done-0"].ended_ms is not None
+    (entry,) = await store.timeline(rows["waiting"])
+    assert entry.event == AS_OF_SNAPSHOT and "retention" in (entry.note or "")
+    assert [t.seq for t in await store.timeline(rows["later"])] == [1]
+    await store.close()
