@@ -245,5 +245,10 @@ async def test_a_saga_page_links_its_trace_in_jaeger(console: tuple[str, MemoryB
             page = await r.text()
         async with http.get(base + "/api/sagas/wtest-approval/running", headers=headers) as r:
             saga = await r.json()
+        async with http.get(base + "/api/counts", headers=headers) as r:
+            counts = await r.json()
     assert f'href="http://jaeger.example:16686/trace/{"ab" * 16}"' in page
     assert saga["trace_id"] == "ab" * 16 and [t["seq"] for t in saga["timeline"]] == [1]
+    # what the alert rules watch, from the read model
+    assert counts["by_type"] == {"wtest-approval": {"RUNNING": 2, "FAILED_NEEDS_ATTENTION": 1}}
+    assert counts["alerts"]["parked"] == 1 and counts["alerts"]["dead_letters"] == 1
