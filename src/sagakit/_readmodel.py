@@ -14,6 +14,7 @@ in one transaction: a projector that crashes reads again from what was committed
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -130,6 +131,34 @@ class Changes:
     fenced: int = 0
     #: records of a journal that are not journal entries, or transitions out of order
     anomalies: list[str] = field(default_factory=list)
+
+
+def iso(ms: int | float | None) -> str | None:
+    """A time in ms since the epoch as ISO 8601 UTC, to the millisecond."""
+    if ms is None:
+        return None
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).isoformat(
+        timespec="milliseconds"
+    )
+
+
+def row_json(r: SagaRow) -> dict[str, Any]:
+    """A saga row as JSON (`sagas list --read-model --json`, the console's /api/sagas)."""
+    return {
+        "saga_id": r.saga_id,
+        "saga_type": r.saga_type,
+        "version": r.version,
+        "status": r.status.value,
+        "step": r.step or None,
+        "failure": r.failure,
+        "parked_reason": r.parked_reason,
+        "started": iso(r.started_ms),
+        "updated": iso(r.updated_ms),
+        "ended": iso(r.ended_ms),
+        "seq": r.seq,
+        "trace_id": r.trace_id,
+        "waits": list(r.waits),
+    }
 
 
 def is_journal(topic: str) -> bool:

@@ -93,7 +93,7 @@ async def test_operators_approve_a_waiting_saga_in_the_console_and_viewers_canno
                 async with http.get(f"{console}/api/sagas?id=demo-", headers=auth) as r:
                     sagas = (await r.json())["sagas"]
                 waits = [s for s in sagas if s["waits"]]
-                if len(sagas) == 7 and all(s["ended_ms"] or s["waits"] for s in sagas) and waits:
+                if len(sagas) == 7 and all(s["ended"] or s["waits"] for s in sagas) and waits:
                     break
                 await anyio.sleep(0.3)
         assert [s["saga_id"] for s in waits] == ["demo-big-order"]

@@ -34,7 +34,7 @@ from .._messages import CancelSaga, Message, ResolveSaga, ResumeSaga, registered
 from .._metrics import Metrics
 from .._operations import refusal
 from .._projector import Projector
-from .._readmodel import SagaRow
+from .._readmodel import SagaRow, row_json
 from .._readstore import AuditEntry, ReadStore, SagaQuery, now_ms
 from ..transport._base import Transport
 from ._auth import COOKIE, Auth, Identity, Role
@@ -595,12 +595,12 @@ class Console:
     # -- JSON, for scripts ----------------------------------------------------------------
     async def api_sagas(self, request: web.Request, who: Identity) -> web.StreamResponse:
         rows, total = await self.store.sagas(self._query(request))
-        return web.json_response({"total": total, "sagas": [_row_json(r) for r in rows]})
+        return web.json_response({"total": total, "sagas": [row_json(r) for r in rows]})
 
     async def api_saga(self, request: web.Request, who: Identity) -> web.StreamResponse:
         row = await self._saga(request)
         timeline = [orjson.loads(t.data) for t in await self.store.timeline(row)]
-        return web.json_response({**_row_json(row), "timeline": timeline})
+        return web.json_response({**row_json(row), "timeline": timeline})
 
     async def api_counts(self, request: web.Request, who: Identity) -> web.StreamResponse:
         counts = await self._counts()
@@ -612,23 +612,6 @@ class Console:
                 "alerts": counts["alerts"],
             }
         )
-
-
-def _row_json(r: SagaRow) -> dict[str, Any]:
-    return {
-        "saga_id": r.saga_id,
-        "saga_type": r.saga_type,
-        "version": r.version,
-        "status": r.status.value,
-        "step": r.step or None,
-        "started_ms": r.started_ms,
-        "updated_ms": r.updated_ms,
-        "ended_ms": r.ended_ms,
-        "failure": r.failure,
-        "parked_reason": r.parked_reason,
-        "trace_id": r.trace_id,
-        "waits": list(r.waits),
-    }
 
 
 _SECURITY_HEADERS = {

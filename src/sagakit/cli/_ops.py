@@ -31,7 +31,7 @@ from .._inspect import (
 )
 from .._messages import CancelSaga, Message, ResolveSaga, ResumeSaga, registered
 from .._operations import refusal
-from .._readmodel import SagaRow, where
+from .._readmodel import SagaRow, iso, row_json, where
 from .._readstore import READ_MODEL_ENV, SagaQuery, open_read_model
 from ..transport._base import Record
 from ..transport.kafka import KafkaTransport
@@ -66,14 +66,6 @@ def _when(ms: int | float | None) -> str:
     return datetime.datetime.fromtimestamp(ms / 1000).isoformat(sep=" ", timespec="milliseconds")
 
 
-def _iso(ms: int | float | None) -> str | None:
-    if ms is None:
-        return None
-    return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).isoformat(
-        timespec="milliseconds"
-    )
-
-
 def _saga_types(app: App | None, saga_type: str | None) -> set[str] | None:
     if saga_type is not None:
         return {saga_type}
@@ -88,8 +80,8 @@ def instance_json(i: SagaInstance) -> dict[str, Any]:
         "status": i.status.value,
         "step": where(i) or None,
         "failure": i.failure,
-        "started": _iso(i.started_ms),
-        "updated": _iso(i.updated_ms),
+        "started": iso(i.started_ms),
+        "updated": iso(i.updated_ms),
         "seq": i.seq,
     }
 
@@ -104,7 +96,7 @@ def ended_json(e: EndedSaga, saga_type: str) -> dict[str, Any]:
         "step": None,
         "failure": None,
         "started": None,
-        "updated": _iso(e.ended_ms),
+        "updated": iso(e.ended_ms),
         "seq": None,
     }
 
@@ -134,21 +126,6 @@ def _read_model_rows(read_model: str, query: SagaQuery) -> tuple[list[SagaRow], 
             await store.close()
 
     return run_store(main)
-
-
-def row_json(r: SagaRow) -> dict[str, Any]:
-    """A read-model row as `sagas list --json` prints sagas."""
-    return {
-        "saga_id": r.saga_id,
-        "saga_type": r.saga_type,
-        "version": r.version,
-        "status": r.status.value,
-        "step": r.step or None,
-        "failure": r.parked_reason or r.failure,
-        "started": _iso(r.started_ms),
-        "updated": _iso(r.updated_ms),
-        "seq": r.seq,
-    }
 
 
 def _fields(items: list[str] | None) -> tuple[tuple[str, str], ...]:
@@ -321,7 +298,7 @@ def _sent(t: Transition, before: Transition | None = None) -> str:
 def transition_json(t: Transition) -> dict[str, Any]:
     return {
         "seq": t.seq,
-        "at": _iso(t.at_ms),
+        "at": iso(t.at_ms),
         "event": t.event,
         "step": t.step,
         "status": t.status.value,
@@ -448,7 +425,7 @@ async def _find(
 def _print_events(saga_id: str, events: list[Record], json_output: bool) -> None:
     rows: list[dict[str, str]] = [
         {
-            "at": _iso(r.timestamp_ms) or "",
+            "at": iso(r.timestamp_ms) or "",
             "by": r.topic.rsplit(".", 2)[-2],
             "event": header(r, "message-type") or "",
             "message_id": header(r, "message-id") or "",
