@@ -19,6 +19,7 @@ import anyio
 from aiohttp import web
 from anyio.abc import TaskStatus
 
+from ._errors import SagaError
 from ._metrics import Metrics
 
 DEFAULT_HTTP_PORT = 8080
@@ -78,7 +79,15 @@ class HttpEndpoints:
         await runner.setup()
         try:
             site = web.TCPSite(runner, self.host, self.port)
-            await site.start()
+            try:
+                await site.start()
+            except OSError as exc:
+                why = (exc.strerror or str(exc)).lower()
+                raise SagaError(
+                    f"cannot serve HTTP on {self.host}:{self.port}: {why}; "
+                    "is another process using the port? Choose one with --http-port "
+                    "(SAGAKIT_HTTP_PORT; 0: no HTTP server)"
+                ) from None
             addresses = runner.addresses
             self.bound_port = int(addresses[0][1]) if addresses else self.port
             log.info(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import aiohttp
 import anyio
 import pytest
@@ -52,3 +54,33 @@ def test_the_loop_runs_on_uvloop_only_when_asked(monkeypatch: pytest.MonkeyPatch
     assert run(loop_module).startswith("asyncio")
     monkeypatch.setenv("SAGAKIT_UVLOOP", "1")
     assert run(loop_module).startswith("uvloop")
+
+
+def test_a_port_in_use_is_said_plainly_not_as_a_traceback(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "sagakit",
+                "run",
+                "services.app:app",
+                "--embedded",
+                "--http-port",
+                str(port),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=Path(__file__).parents[2],
+        )
+    assert run.returncode == 2
+    assert f"cannot serve HTTP on 0.0.0.0:{port}" in run.stderr and "--http-port" in run.stderr
+    assert "Traceback" not in run.stderr

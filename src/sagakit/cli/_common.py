@@ -137,10 +137,20 @@ def run_with(bootstrap: str, action: Callable[[KafkaTransport], Awaitable[T]]) -
 
 
 def run_async(fn: Callable[[], Awaitable[T]]) -> T:
+    """Run `fn`; a SagaError (also one raised in a task group) ends the command with its
+    message and exit 2, not a traceback."""
     try:
         return run_loop(fn)
     except SagaError as exc:
         raise fail(str(exc)) from None
+    except BaseExceptionGroup as group:
+        errors, rest = group.split(SagaError)
+        if errors is None or rest is not None:
+            raise
+        first: BaseException = errors
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise fail(str(first)) from None
 
 
 def print_json(data: Any) -> None:
