@@ -8,7 +8,9 @@ Points: orchestrator.before-append (decided, nothing journaled), orchestrator.be
 (journaled, commands not sent), orchestrator.before-commit (sent, offsets not
 committed), orchestrator.snapshot-before-journal / -before-index / -after-index (a
 snapshot not written, written but not listed in the checkpoints topic, listed),
-participant.before-reply (business effect committed, reply not sent).
+participant.before-reply (business effect committed, reply not sent),
+projector.before-write (a batch of the journal fetched, nothing of it in the read model),
+projector.after-write (written to the read model, its offsets not committed to the group).
 Unset, each check is one dict lookup.
 """
 
@@ -25,6 +27,8 @@ POINTS = (
     "orchestrator.snapshot-before-index",
     "orchestrator.snapshot-after-index",
     "participant.before-reply",
+    "projector.before-write",
+    "projector.after-write",
 )
 
 

@@ -24,6 +24,7 @@ from anyio.abc import TaskStatus
 
 from ._definition import Saga
 from ._errors import PartitionsLost
+from ._faults import fault_point
 from ._inspect import _as_of_snapshot
 from ._metrics import Metrics
 from ._readmodel import is_dlq, is_journal
@@ -194,7 +195,9 @@ class Projector:
     async def process(self, records: Sequence[Record]) -> Mapping[TopicPartition, int] | None:
         try:
             await self._seed_trimmed(records)
+            fault_point("projector.before-write")
             done = await self.store.project(records, self.searchable)
+            fault_point("projector.after-write")
         except Exception:
             log.exception("read model: writing a batch of %d record(s) failed", len(records))
             loop = self._loop
