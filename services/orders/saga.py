@@ -53,6 +53,15 @@ PATIENT = RetryPolicy(max_attempts=3, timeout_s=10.0, initial_backoff_s=0.5, max
 #: scheduled the shipment, which nothing undoes, so keep asking (then a person decides).
 PERSISTENT = RetryPolicy(max_attempts=10, timeout_s=10.0, initial_backoff_s=0.5, max_backoff_s=5.0)
 
+#: How long a participant has to answer each of the 3 attempts of an undo (ReleaseCredit,
+#: ReleaseStock) before the saga is parked for a person; unset: sagakit's default (30 s).
+UNDO_TIMEOUT_S = os.environ.get("PLACE_ORDER_UNDO_TIMEOUT_S")
+UNDO: dict[str, Any] = (
+    {"compensation_retry": RetryPolicy(max_attempts=3, timeout_s=float(UNDO_TIMEOUT_S))}
+    if UNDO_TIMEOUT_S
+    else {}
+)
+
 # The steps both versions share.
 # The orders service created the order (PENDING) before starting the saga; if a later step
 # fails, the order is rejected.
@@ -65,6 +74,7 @@ RESERVE_CREDIT: Step[OrderState] = Step(
     on_failure=note_reason,
     retry=PATIENT,
     compensate=ReleaseCredit,
+    **UNDO,
 )
 RESERVE_STOCK: Step[OrderState] = Step(
     "reserve-stock",
@@ -74,6 +84,7 @@ RESERVE_STOCK: Step[OrderState] = Step(
     on_failure=note_reason,
     retry=PATIENT,
     compensate=ReleaseStock,
+    **UNDO,
 )
 # The pivot: once a shipment is scheduled the order goes through. Nothing undoes it, so the
 # steps after it are retried forward, never undone, and if it times out every time the saga

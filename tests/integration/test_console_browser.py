@@ -1,8 +1,10 @@
 """The console in a real browser (the system's headless Chromium, driven by Playwright),
-on a running sample system: a viewer filters the sagas and is refused an approval; an
-operator opens the saga waiting for a manager, approves it with a note and sees it
-complete, with who approved it in its timeline. Screenshots of the list and of the saga
-page are kept in test-artifacts/ (the README shows them)."""
+on a running sample system: an operator declines an order while inventory is down, so its
+undo gives up and it is parked; a viewer filters to the parked sagas, opens one, and is
+refused an approval; the operator approves the saga waiting for a manager with a note and
+sees it complete, with who approved it in its timeline, then resumes the parked one once
+inventory is back. Screenshots of the list and of the saga page are kept in
+test-artifacts/ (the README shows them)."""
 
 from __future__ import annotations
 
@@ -63,11 +65,13 @@ async def test_operators_approve_a_waiting_saga_in_the_console_and_viewers_canno
     env = {
         "PLACE_ORDER_DEMO_DATA": "1",
         "PLACE_ORDER_AUTO_APPROVE": "0",  # a person approves large orders
+        "PLACE_ORDER_UNDO_TIMEOUT_S": "1",  # an undo nobody answers parks in seconds
         "SAGAKIT_CONSOLE_TOKENS": f"vera:viewer:{VIEWER};otto:operator:{OPERATOR}",
         "SAGAKIT_READ_MODEL": f"sqlite:///{tmp_path / 'console.db'}",
     }
     orders = make_orders(6, seed=5, run=DEMO_RUN)
     big = asdict(orders[-1]) | {"order_id": "demo-big-order", "amount": 90_000}
+    stuck = asdict(orders[-1]) | {"order_id": "demo-stuck-order", "amount": 80_000}
     async with (
         sample_processes(
             kafka_broker.bootstrap_servers,
@@ -83,7 +87,7 @@ async def test_operators_approve_a_waiting_saga_in_the_console_and_viewers_canno
         await processes.start_all()
         await processes.start("console")
         orders_url = f"http://127.0.0.1:{processes.http_ports['orders']}{ORDERS_PATH}"
-        body = {"orders": [*(asdict(o) for o in orders), big]}
+        body = {"orders": [*(asdict(o) for o in orders), big, stuck]}
         async with http.post(orders_url, json=body) as r:
             assert r.status == 202
         console = f"http://127.0.0.1:{processes.http_ports['console']}"
@@ -93,15 +97,28 @@ async def test_operators_approve_a_waiting_saga_in_the_console_and_viewers_canno
                 async with http.get(f"{console}/api/sagas?id=demo-", headers=auth) as r:
                     sagas = (await r.json())["sagas"]
                 waits = [s for s in sagas if s["waits"]]
-                if len(sagas) == 7 and all(s["ended"] or s["waits"] for s in sagas) and waits:
+                if len(sagas) == 8 and all(s["ended"] or s["waits"] for s in sagas) and waits:
                     break
                 await anyio.sleep(0.3)
-        assert [s["saga_id"] for s in waits] == ["demo-big-order"]
+        assert sorted(s["saga_id"] for s in waits) == ["demo-big-order", "demo-stuck-order"]
         compensated = sorted(s["saga_id"] for s in sagas if s["status"] == "COMPENSATED")
         assert len(compensated) == 3  # the credit, stock and shipping failures
 
         browser = await pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         viewport = {"width": 1400, "height": 900}
+
+        # inventory goes down; an operator declines an order: its stock is never released
+        await processes.kill("inventory")
+        operator = await browser.new_page(viewport=viewport)
+        await operator.goto(f"{console}/login?token={OPERATOR}")
+        await operator.goto(f"{console}/sagas/place-order/demo-stuck-order")
+        decline = operator.locator("form.decline")
+        await decline.locator("input[name=data]").fill('{"reason": "over budget"}')
+        await decline.locator("input[name=note]").fill("the customer asked")
+        await decline.locator("button").click()
+        await expect(operator.get_by_test_id("saga-status")).to_have_text(
+            "FAILED_NEEDS_ATTENTION", timeout=30_000
+        )
 
         # a viewer: filters, sees, and may not approve
         viewer = await browser.new_page(viewport=viewport)
@@ -111,7 +128,13 @@ async def test_operators_approve_a_waiting_saga_in_the_console_and_viewers_canno
         await expect(viewer.get_by_test_id("who")).to_have_text("vera (viewer)")
         await viewer.select_option("[data-testid=status-filter]", "FAILED_NEEDS_ATTENTION")
         await viewer.click("form.filters button[type=submit]")
-        await expect(viewer.get_by_test_id("total")).to_have_text("0 saga(s)")
+        await expect(viewer.get_by_test_id("total")).to_have_text("1 saga(s)")
+        await viewer.click("text=demo-stuck-order")
+        await expect(viewer.locator(".facts")).to_contain_text(
+            "reserve-stock attempt 3 got no reply"
+        )
+        assert await viewer.locator("form.action").count() == 0  # no buttons for a viewer
+        await viewer.go_back()
         await viewer.select_option("[data-testid=status-filter]", "COMPENSATED")
         await viewer.click("form.filters button[type=submit]")
         await expect(viewer.get_by_test_id("total")).to_have_text("3 saga(s)")
@@ -131,11 +154,9 @@ async def test_operators_approve_a_waiting_saga_in_the_console_and_viewers_canno
         )
         assert refused.status == 403 and "takes the operator role" in await refused.text()
 
-        # an operator approves it, and watches it complete
-        operator = await browser.new_page(viewport=viewport)
-        await operator.goto(f"{console}/login?token={OPERATOR}")
+        # the operator approves the big order, and watches it complete
         await operator.goto(f"{console}/?type=place-order")
-        await expect(operator.get_by_test_id("total")).to_have_text("7 saga(s)")
+        await expect(operator.get_by_test_id("total")).to_have_text("8 saga(s)")
         await operator.screenshot(path=str(ARTIFACTS / "console-list.png"), full_page=True)
         await operator.click("text=demo-big-order")
         await expect(operator.get_by_test_id("saga-status")).to_have_text("RUNNING")
@@ -155,6 +176,17 @@ async def test_operators_approve_a_waiting_saga_in_the_console_and_viewers_canno
         await operator.screenshot(
             path=str(ARTIFACTS / "console-saga-completed.png"), full_page=True
         )
+
+        # inventory is back: the operator resumes the parked saga, which finishes its undo
+        await processes.start("inventory")
+        await operator.goto(f"{console}/sagas/place-order/demo-stuck-order")
+        resume = operator.locator("form.action", has=operator.get_by_test_id("resume"))
+        await resume.locator("input[name=note]").fill("inventory is back")
+        await operator.get_by_test_id("resume").click()
+        await expect(operator.get_by_test_id("saga-status")).to_have_text(
+            "COMPENSATED", timeout=30_000
+        )
+        await expect(operator.locator("tr.event-resumed")).to_contain_text("otto")
         await browser.close()
 
     # the viewer's refused approval wrote nothing: one signal, the operator's
@@ -162,3 +194,9 @@ async def test_operators_approve_a_waiting_saga_in_the_console_and_viewers_canno
 
     _, timeline = await find_saga(kafka_transport, "demo-big-order", ns, "place-order")
     assert [(t.event, t.actor) for t in timeline if t.actor] == [("signalled", "otto")]
+    _, timeline = await find_saga(kafka_transport, "demo-stuck-order", ns, "place-order")
+    acted = [(t.event, t.actor, t.note) for t in timeline if t.actor]
+    assert acted == [
+        ("signalled", "otto", "the customer asked"),
+        ("resumed", "otto", "inventory is back"),
+    ]
