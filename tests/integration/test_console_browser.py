@@ -65,7 +65,7 @@ async def test_operators_approve_a_waiting_saga_in_the_console_and_viewers_canno
     env = {
         "PLACE_ORDER_DEMO_DATA": "1",
         "PLACE_ORDER_AUTO_APPROVE": "0",  # a person approves large orders
-        "PLACE_ORDER_UNDO_TIMEOUT_S": "1",  # an undo nobody answers parks in seconds
+        "PLACE_ORDER_UNDO_TIMEOUT_S": "0.5",  # an undo nobody answers parks in seconds
         "SAGAKIT_CONSOLE_TOKENS": f"vera:viewer:{VIEWER};otto:operator:{OPERATOR}",
         "SAGAKIT_READ_MODEL": f"sqlite:///{tmp_path / 'console.db'}",
     }
@@ -84,8 +84,9 @@ async def test_operators_approve_a_waiting_saga_in_the_console_and_viewers_canno
         aiohttp.ClientSession() as http,
         async_playwright() as pw,
     ):
-        await processes.start_all()
-        await processes.start("console")
+        async with anyio.create_task_group() as tg:  # the console starts beside the others
+            tg.start_soon(processes.start, "console")
+            await processes.start_all()
         orders_url = f"http://127.0.0.1:{processes.http_ports['orders']}{ORDERS_PATH}"
         body = {"orders": [*(asdict(o) for o in orders), big, stuck]}
         async with http.post(orders_url, json=body) as r:

@@ -10,6 +10,7 @@ import pytest
 
 from sagakit._http import HEALTH_PATH, METRICS_PATH, READY_PATH, HttpEndpoints
 from sagakit._metrics import Metrics
+from sagakit.broker import EmbeddedBroker
 
 pytestmark = pytest.mark.anyio
 
@@ -56,7 +57,8 @@ def test_the_loop_runs_on_uvloop_only_when_asked(monkeypatch: pytest.MonkeyPatch
     assert run(loop_module).startswith("uvloop")
 
 
-def test_a_port_in_use_is_said_plainly_not_as_a_traceback(tmp_path: Path) -> None:
+@pytest.mark.kafka
+def test_a_port_in_use_is_said_plainly_not_as_a_traceback(kafka_broker: EmbeddedBroker) -> None:
     import socket
     import subprocess
     import sys
@@ -72,7 +74,8 @@ def test_a_port_in_use_is_said_plainly_not_as_a_traceback(tmp_path: Path) -> Non
                 "sagakit",
                 "run",
                 "services.app:app",
-                "--embedded",
+                "--bootstrap",
+                kafka_broker.bootstrap_servers,
                 "--http-port",
                 str(port),
             ],
