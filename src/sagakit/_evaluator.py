@@ -659,10 +659,13 @@ def _timer(
         draft.in_flight.remove(pending)
         step = definition.step(pending.step)
         policy = _policy(step, pending.phase)
+        what = pending.step
+        if pending.phase is Phase.COMPENSATE:  # say it was the undo that got no answer
+            what = f"compensation of {pending.step} ({pending.command.message_type})"
         return draft.retry_or_give_up(
             step,
             pending,
-            f"{pending.step} attempt {pending.attempt} got no reply within {policy.timeout_s}s",
+            f"{what} attempt {pending.attempt} got no reply within {policy.timeout_s}s",
             outcome_unknown=True,
         )
     # the saga deadline

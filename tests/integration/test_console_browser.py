@@ -132,7 +132,7 @@ async def test_operators_approve_a_waiting_saga_in_the_console_and_viewers_canno
         await expect(viewer.get_by_test_id("total")).to_have_text("1 saga(s)")
         await viewer.click("text=demo-stuck-order")
         await expect(viewer.locator(".facts")).to_contain_text(
-            "reserve-stock attempt 3 got no reply"
+            "compensation of reserve-stock (inventory.ReleaseStock) attempt 3 got no reply"
         )
         assert await viewer.locator("form.action").count() == 0  # no buttons for a viewer
         await viewer.go_back()

@@ -917,7 +917,8 @@ def test_a_compensation_timeout_is_retried_then_parks() -> None:
     assert parked.commands == ()
     assert run.inst.status is SagaStatus.FAILED_NEEDS_ATTENTION
     assert run.inst.failure is not None
-    assert "a attempt 2 got no reply within 2s; gave up after 2 attempt(s)" in run.inst.failure
+    assert "compensation of a (" in run.inst.failure  # the undo was not answered
+    assert "attempt 2 got no reply within 2s; gave up after 2 attempt(s)" in run.inst.failure
     assert run.inst.next == NextAttempt("a", Phase.COMPENSATE, 3, 3, None, uncertain=True)
 
 
