@@ -75,6 +75,18 @@ class Member:
         return self.process is not None and self.process.returncode is None
 
 
+async def _either(*events: anyio.Event) -> None:
+    """Return once one of `events` is set."""
+    async with anyio.create_task_group() as tg:
+
+        async def wait(event: anyio.Event) -> None:
+            await event.wait()
+            tg.cancel_scope.cancel()
+
+        for event in events:
+            tg.start_soon(wait, event)
+
+
 class ProcessSystem:
     """The components of an app as child processes: `orchestrators` processes for each
     saga type (sharing its partitions) and one per service.
@@ -159,7 +171,8 @@ class ProcessSystem:
     async def start(
         self, name: str, *, env: Mapping[str, str] | None = None, wait_ready: float | None = 30.0
     ) -> Member:
-        """Start (or restart) a member; wait until it prints READY unless `wait_ready` is None."""
+        """Start (or restart) a member; wait until it prints READY (or exits: a crash
+        asked for by SAGAKIT_CRASH_AT may come first) unless `wait_ready` is None."""
         member = self.members[name]
         if member.alive:
             raise RuntimeError(f"{name} is already running (pid {member.pid})")
@@ -180,7 +193,7 @@ class ProcessSystem:
         self._tg.start_soon(self._watch, member, member.process)
         if wait_ready is not None:
             with anyio.fail_after(wait_ready):
-                await member.ready.wait()
+                await _either(member.ready, member.exited)  # a crash on the way counts too
         return member
 
     async def start_all(
