@@ -107,6 +107,9 @@ class LetterRow:
     original_offset: int | None
     consumer: str | None
     truncated: tuple[str, ...]
+    #: when and by whom it was replayed from the console (None: not yet)
+    replayed_ms: int | None = None
+    replayed_by: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,20 +250,41 @@ def searchable_fields(t: Transition, names: Sequence[str]) -> list[tuple[str, st
     return found
 
 
-def journal_lines(record: Record) -> tuple[str, int, list[bytes]]:
-    """(kind, epoch, transition lines) of a journal record; kind FOREIGN if it is none."""
+@dataclass(frozen=True, slots=True)
+class JournalRecord:
+    """A journal record, decoded once: its kind, claim epoch and transitions (each with
+    its JSON line), or why a line is not one."""
+
+    offset: int
+    where: str
+    kind: str
+    epoch: int
+    transitions: tuple[tuple[bytes, Transition], ...] = ()
+    errors: tuple[str, ...] = ()
+
+
+def decode_journal(record: Record) -> JournalRecord:
+    """One journal record decoded; kind FOREIGN if it is not a journal entry."""
     entry = _entry(record)
+    where = f"{record.topic}[{record.partition}]@{record.offset}"
+    if entry.kind not in (TRANSITION, TRANSITIONS):
+        return JournalRecord(record.offset, where, entry.kind, entry.epoch)
     # a NUL in a JSON string would reach the database's text columns (PostgreSQL refuses it)
     data = entry.data.replace(b"\\u0000", b"\\ufffd")
-    if entry.kind == TRANSITIONS:
-        return entry.kind, entry.epoch, data.split(b"\n")
-    if entry.kind == TRANSITION:
-        return entry.kind, entry.epoch, [data]
-    return entry.kind, entry.epoch, []
+    lines = data.split(b"\n") if entry.kind == TRANSITIONS else [data]
+    transitions, errors = [], []
+    for line in lines:
+        try:
+            transitions.append((line, decode_transition(line, None)))
+        except DecodeError as exc:
+            errors.append(f"{where}: {exc}")
+    return JournalRecord(
+        record.offset, where, entry.kind, entry.epoch, tuple(transitions), tuple(errors)
+    )
 
 
 def fold_journal(
-    records: Iterable[Record],
+    records: Iterable[JournalRecord],
     position: Position,
     current: Mapping[SagaKey, SagaRow],
     changes: Changes,
@@ -274,30 +298,23 @@ def fold_journal(
         if record.offset < next_offset:
             continue  # already projected (read again after a crash or a rebalance)
         next_offset = record.offset + 1
-        kind, record_epoch, lines = journal_lines(record)
-        if kind == CLAIM:
-            epoch = max(epoch, record_epoch)
+        if record.kind == CLAIM:
+            epoch = max(epoch, record.epoch)
             continue
-        if kind == SNAPSHOT:
+        if record.kind == SNAPSHOT:
             continue
-        if kind not in (TRANSITION, TRANSITIONS):
-            changes.anomalies.append(f"{record.topic}[{record.partition}]@{record.offset}: {kind}")
+        if record.kind not in (TRANSITION, TRANSITIONS):
+            changes.anomalies.append(f"{record.where}: {record.kind}")
             continue
-        if record_epoch < epoch:
+        if record.epoch < epoch:
             changes.fenced += 1
             continue
-        for line in lines:
-            try:
-                t = decode_transition(line, None)
-            except DecodeError as exc:
-                changes.anomalies.append(f"{record.topic}@{record.offset}: {exc}")
-                continue
+        changes.anomalies.extend(record.errors)
+        for line, t in record.transitions:
             key = (t.saga_type, t.saga_id)
             before = changes.sagas.get(key) or current.get(key)
             if not accepts(before, t):
-                changes.anomalies.append(
-                    f"{record.topic}@{record.offset}: saga {t.saga_id} seq {t.seq} repeats"
-                )
+                changes.anomalies.append(f"{record.where}: saga {t.saga_id} seq {t.seq} repeats")
                 continue
             changes.sagas[key] = saga_row(t, line, before)
             changes.timeline.append(timeline_row(t, line))
@@ -342,17 +359,6 @@ def fold_letters(records: Iterable[Record], position: Position, changes: Changes
     return Position(next_offset, position.epoch)
 
 
-def saga_keys(records: Iterable[Record]) -> set[SagaKey]:
-    """The sagas journal records name (to load their rows before folding)."""
-    keys: set[SagaKey] = set()
-    for record in records:
-        if not is_journal(record.topic):
-            continue
-        _kind, _epoch, lines = journal_lines(record)
-        for line in lines:
-            try:
-                d: Any = orjson.loads(line)
-                keys.add((str(d["saga_type"]), str(d["saga_id"])))
-            except (orjson.JSONDecodeError, KeyError, TypeError):
-                continue
-    return keys
+def saga_keys(records: Iterable[JournalRecord]) -> set[SagaKey]:
+    """The sagas decoded journal records name (to load their rows before folding)."""
+    return {(t.saga_type, t.saga_id) for r in records for _line, t in r.transitions}

@@ -31,6 +31,7 @@ from ._readmodel import (
     SagaKey,
     SagaRow,
     TimelineRow,
+    decode_journal,
     fold_journal,
     fold_letters,
     is_journal,
@@ -172,6 +173,8 @@ def _letter(row: Sequence[Any]) -> LetterRow:
         original_offset=row[11],
         consumer=row[12],
         truncated=tuple(t for t in row[13].split(",") if t),
+        replayed_ms=None if row[14] is None else int(row[14]),
+        replayed_by=row[15],
     )
 
 
@@ -299,15 +302,20 @@ class ReadStore:
         by_partition: dict[tuple[str, int], list[Record]] = defaultdict(list)
         for record in records:
             by_partition[(record.topic, record.partition)].append(record)
-        keys = saga_keys(records)
+        journals = {  # decoded once, before the transaction
+            tp: [decode_journal(r) for r in part]
+            for tp, part in by_partition.items()
+            if is_journal(tp[0])
+        }
+        keys = saga_keys(r for part in journals.values() for r in part)
         changes = Changes()
         async with self.transaction() as db:
             positions = await self._positions(db, list(by_partition))
             current = await self._current(db, keys)
             for tp, part in by_partition.items():
                 before = positions.get(tp, Position())
-                if is_journal(tp[0]):
-                    after = fold_journal(part, before, current, changes, searchable)
+                if tp in journals:
+                    after = fold_journal(journals[tp], before, current, changes, searchable)
                 else:
                     after = fold_letters(part, before, changes)
                 changes.positions[tp] = after
@@ -498,7 +506,8 @@ class ReadStore:
         async with self.transaction() as db:
             total = await db.fetch(f"SELECT COUNT(*) FROM sagakit_rm_letters{where}", args)
             rows = await db.fetch(
-                f"SELECT {_LETTER_COLUMNS} FROM sagakit_rm_letters{where} "
+                f"SELECT {_LETTER_COLUMNS}, replayed_ms, replayed_by "
+                f"FROM sagakit_rm_letters{where} "
                 "ORDER BY at_ms DESC, topic, part, record_offset DESC LIMIT ? OFFSET ?",
                 [*args, limit, offset],
             )
@@ -536,18 +545,6 @@ class ReadStore:
         async with self.transaction() as db:
             rows = await db.fetch("SELECT topic, COUNT(*) FROM sagakit_rm_letters GROUP BY topic")
         return {r[0]: int(r[1]) for r in rows}
-
-    async def replayed(self, letter: LetterRow) -> tuple[int, str] | None:
-        """When and by whom a dead letter was replayed (None: not yet)."""
-        async with self.transaction() as db:
-            rows = await db.fetch(
-                "SELECT replayed_ms, replayed_by FROM sagakit_rm_letters WHERE topic = ? AND "
-                "part = ? AND record_offset = ?",
-                [letter.topic, letter.partition, letter.offset],
-            )
-        if not rows or rows[0][0] is None:
-            return None
-        return int(rows[0][0]), str(rows[0][1])
 
     async def mark_replayed(self, letters: Sequence[LetterRow], actor: str, at_ms: int) -> None:
         async with self.transaction() as db:

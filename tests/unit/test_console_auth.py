@@ -137,6 +137,12 @@ async def test_each_action_needs_its_role_and_writes_nothing_without_it(
         if action != "dlq-replay":
             assert headers["operator"] == role.name.encode()
             assert headers["saga-id"] == path.split("/")[3].encode()
+        else:  # the letter is marked, and the page says by whom
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(base + "/dlq", headers={"Authorization": f"Bearer {TOKENS[role]}"}) as r,
+            ):
+                assert "replayed by admin" in await r.text()
     else:
         assert status == 403, body
         assert f"{role.name}" in body and "role" in body

@@ -404,3 +404,27 @@ async def test_hostile_records_are_skipped_and_the_projection_goes_on(
     assert positions[(TOPIC, 0)].next_offset == len(hostile) + 1
     assert positions[("ns.x.inbox.dlq", 0)].next_offset == 4
     await store.close()
+
+
+async def test_durations_and_long_runners_for_the_running_too_long_count() -> None:
+    store = SqliteReadStore(":memory:")
+    entries = [claim_entry(1)]
+    for n in range(5):  # ended sagas that took 100, 200, ... 500 ms
+        start = 1000 * n
+        entries.append(
+            transition_entry(transition(f"e{n}", 1, SagaStatus.RUNNING, start, start), 1)
+        )
+        end = transition(f"e{n}", 2, SagaStatus.COMPLETED, start + 100 * (n + 1), start)
+        entries.append(transition_entry(end, 1))
+    parked = transition("p", 2, SagaStatus.FAILED_NEEDS_ATTENTION, 50, 10)
+    entries += [
+        transition_entry(transition("old", 1, SagaStatus.RUNNING, 10, 10), 1),
+        transition_entry(transition("new", 1, SagaStatus.RUNNING, 9000, 9000), 1),
+        transition_entry(transition("p", 1, SagaStatus.RUNNING, 10, 10), 1),
+        transition_entry(parked, 1),
+    ]
+    await store.project([record(i, e) for i, e in enumerate(entries)])
+    assert await store.durations("trip") == [100, 200, 300, 400, 500]
+    # started before 5000 and neither ended nor parked: "old" only
+    assert await store.running_since("trip", 5000) == 1
+    await store.close()

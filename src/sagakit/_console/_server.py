@@ -46,6 +46,8 @@ STATIC = HERE / "static"
 PAGE_SIZE = 50
 #: a running saga older than this many times its type's p99 counts as running too long
 TOO_LONG_FACTOR = 3.0
+#: how often a type's p99 duration is read again from the read model
+P99_EVERY_MS = 30_000
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -124,6 +126,7 @@ class Console:
             metrics=self.metrics,
         )
         self.client = SagaClient(transport, namespace=self.namespace)
+        self._p99: dict[str, tuple[int, int | None]] = {}
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"),
             autoescape=True,
@@ -306,16 +309,26 @@ class Console:
             offset=(page - 1) * PAGE_SIZE,
         )
 
-    async def _alerts(self) -> dict[str, Any]:
+    async def _p99_ms(self, saga_type: str) -> int | None:
+        """The p99 duration of a type's latest ended sagas (None: too few to say), read at
+        most every P99_EVERY_MS: the live counts ask for it every few seconds."""
+        at, p99 = self._p99.get(saga_type, (0, None))
+        if now_ms() - at >= P99_EVERY_MS:
+            durations = await self.store.durations(saga_type)
+            p99 = None
+            if len(durations) >= 20:
+                p99 = durations[min(len(durations) - 1, math.ceil(0.99 * len(durations)) - 1)]
+            self._p99[saga_type] = (now_ms(), p99)
+        return p99
+
+    async def _alerts(self, counts: dict[str, dict[SagaStatus, int]]) -> dict[str, Any]:
         """The counts the alert rules (deploy/prometheus-rules.yaml) watch, from here."""
-        counts = await self.store.counts()
         parked = sum(c.get(SagaStatus.FAILED_NEEDS_ATTENTION, 0) for c in counts.values())
         too_long = 0
         for saga_type in counts:
-            durations = await self.store.durations(saga_type)
-            if len(durations) < 20:
+            p99 = await self._p99_ms(saga_type)
+            if p99 is None:
                 continue
-            p99 = durations[min(len(durations) - 1, math.ceil(0.99 * len(durations)) - 1)]
             too_long += await self.store.running_since(
                 saga_type, now_ms() - round(TOO_LONG_FACTOR * max(p99, 1000))
             )
@@ -336,7 +349,7 @@ class Console:
         for counts in by_type.values():
             for status, n in counts.items():
                 totals[status] += n
-        return {"by_type": by_type, "totals": totals, "alerts": await self._alerts()}
+        return {"by_type": by_type, "totals": totals, "alerts": await self._alerts(by_type)}
 
     async def list_page(self, request: web.Request, who: Identity) -> web.StreamResponse:
         query = self._query(request)
@@ -533,11 +546,6 @@ class Console:
         letters, total = await self.store.letters(
             topic, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE
         )
-        replayed = {}
-        for letter in letters:
-            done = await self.store.replayed(letter)
-            if done is not None:
-                replayed[(letter.topic, letter.partition, letter.offset)] = done
         return self._render(
             "dlq.html",
             request,
@@ -546,7 +554,6 @@ class Console:
             total=total,
             topic=topic,
             topics=await self.store.letter_counts(),
-            replayed=replayed,
             page=page,
             pages=max(1, math.ceil(total / PAGE_SIZE)),
             message=request.query.get("replayed"),
